@@ -1,0 +1,107 @@
+/**
+ * The option model: one table that drives the command-line flags (yargs), the `APILB_*` environment
+ * variables, the YAML keys and validation. A new setting is one row here plus its use.
+ *
+ * Names: flag `--health-check-interval` ⇔ YAML/config key `healthCheckInterval` ⇔ env
+ * `APILB_HEALTH_CHECK_INTERVAL`. Repeatable flags take plural YAML keys (`--backend` ⇔ `backends:`).
+ */
+
+/** The value kinds an option can have. */
+export type OptionKind = 'duration' | 'int' | 'string' | 'bool' | 'address' | 'address-list' | 'enum' | 'file';
+
+/** One row of the option table. */
+export interface OptionSpec {
+  /** Config key (camelCase); also the key in the resolved Config. */
+  key: string;
+  /** Flag name without dashes (kebab-case). */
+  flag: string;
+  /** YAML key when it differs from `key` (plural for repeatable flags). */
+  fileKey?: string;
+  kind: OptionKind;
+  /** Default as an operator would write it (string for durations/addresses); undefined = unset. */
+  default?: unknown;
+  describe: string;
+  /** For `enum`. */
+  choices?: readonly string[];
+  /** Smallest accepted value for `int` and `duration` (ms). */
+  min?: number;
+  /** Largest accepted value for `int` and `duration` (ms). */
+  max?: number;
+  /** Port 0 allowed (listeners only; lets tests bind a free port). */
+  allowPortZero?: boolean;
+  /** Help group. */
+  group: string;
+}
+
+const G_DATA = 'Data path:';
+const G_HEALTH = 'Health checks:';
+const G_TLS = 'TLS for health checks:';
+const G_OPS = 'Operations:';
+const G_DISC = 'Discovery:';
+
+/** Every option apilb understands, in help order. */
+export const OPTIONS: readonly OptionSpec[] = [
+  { key: 'listen', flag: 'listen', kind: 'address-list', allowPortZero: true, group: G_DATA,
+    describe: 'address to accept clients on, repeatable (default 127.0.0.1:6443, plus [::1]:6443 when the host has IPv6 loopback)' },
+  { key: 'backends', flag: 'backend', kind: 'address-list', group: G_DATA,
+    describe: 'API server HOST:PORT, repeatable; a DNS name expands to every A/AAAA record' },
+  { key: 'connectTimeout', flag: 'connect-timeout', kind: 'duration', default: '1s', min: 1, group: G_DATA,
+    describe: 'TCP connect timeout per backend attempt; the next backend is tried after it' },
+  { key: 'firstByteTimeout', flag: 'first-byte-timeout', kind: 'duration', default: '1s', min: 0, group: G_DATA,
+    describe: 'time a backend has to send its first byte after the client spoke before apilb replays the client\'s opening bytes to the next backend; 0 disables' },
+  { key: 'maxConnections', flag: 'max-connections', kind: 'int', default: 10000, min: 1, group: G_DATA,
+    describe: 'client connections allowed at once; excess ones are closed at once and counted' },
+  { key: 'healthCheckMode', flag: 'health-check-mode', kind: 'enum', choices: ['https', 'tcp'], default: 'https', group: G_HEALTH,
+    describe: 'https: GET --health-check-path and expect 200; tcp: connect (and TLS handshake when a CA is set)' },
+  { key: 'healthCheckPath', flag: 'health-check-path', kind: 'string', default: '/readyz', group: G_HEALTH,
+    describe: 'path requested by https checks' },
+  { key: 'healthCheckInterval', flag: 'health-check-interval', kind: 'duration', default: '2s', min: 100, group: G_HEALTH,
+    describe: 'time between checks of one backend (jittered ±10%)' },
+  { key: 'healthCheckTimeout', flag: 'health-check-timeout', kind: 'duration', default: '1s', min: 10, group: G_HEALTH,
+    describe: 'a check that takes longer fails' },
+  { key: 'rise', flag: 'rise', kind: 'int', default: 2, min: 1, max: 100, group: G_HEALTH,
+    describe: 'consecutive successful checks that make a backend up' },
+  { key: 'fall', flag: 'fall', kind: 'int', default: 2, min: 1, max: 100, group: G_HEALTH,
+    describe: 'consecutive transport failures that make a backend down' },
+  { key: 'drainTimeout', flag: 'drain-timeout', kind: 'duration', default: '60s', min: 0, group: G_HEALTH,
+    describe: 'connections to a draining or removed backend are closed after this; 0 closes them at once' },
+  { key: 'healthCheckInsecure', flag: 'health-check-insecure', kind: 'bool', default: false, group: G_TLS,
+    describe: 'do not verify the API server certificate in health checks (explicit opt-out)' },
+  { key: 'caFile', flag: 'ca-file', kind: 'file', group: G_TLS,
+    describe: 'cluster CA bundle used to verify API servers in health checks' },
+  { key: 'tlsServerName', flag: 'tls-server-name', kind: 'string', group: G_TLS,
+    describe: 'name checked against the API server certificate (e.g. kubernetes); default: the backend host' },
+  { key: 'clientCertFile', flag: 'client-cert-file', kind: 'file', group: G_TLS,
+    describe: 'client certificate for health checks when anonymous auth is off' },
+  { key: 'clientKeyFile', flag: 'client-key-file', kind: 'file', group: G_TLS,
+    describe: 'client key for health checks (read from $CREDENTIALS_DIRECTORY when given as a bare name there)' },
+  { key: 'kubeconfig', flag: 'kubeconfig', kind: 'file', group: G_TLS,
+    describe: 'take the CA and client certificate/key from this kubeconfig (e.g. /etc/kubernetes/kubelet.conf)' },
+  { key: 'dnsRefresh', flag: 'dns-refresh', kind: 'duration', default: '30s', min: 1000, group: G_DISC,
+    describe: 'how often DNS-named backends are re-resolved (jittered)' },
+  { key: 'discoverEndpointslices', flag: 'discover-endpointslices', kind: 'bool', default: false, group: G_DISC,
+    describe: 'follow the kubernetes Service EndpointSlices (needs --kubeconfig); --backend entries stay as seeds' },
+  { key: 'stateDir', flag: 'state-dir', kind: 'string', group: G_DISC,
+    describe: 'directory to persist the last discovered backend list (default $STATE_DIRECTORY when set)' },
+  { key: 'adminListen', flag: 'admin-listen', kind: 'address', default: '127.0.0.1:9643', allowPortZero: true, group: G_OPS,
+    describe: 'admin HTTP endpoint (/metrics, /healthz, /readyz, /status); keep it on loopback' },
+  { key: 'shutdownTimeout', flag: 'shutdown-timeout', kind: 'duration', default: '10s', min: 0, group: G_OPS,
+    describe: 'on SIGTERM, time open connections get to finish before they are closed' },
+  { key: 'logLevel', flag: 'log-level', kind: 'enum', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', group: G_OPS,
+    describe: 'log level (per-connection lines at debug)' },
+];
+
+/** Looks up an option by its config key. */
+export function optionByKey(key: string): OptionSpec | undefined {
+  return OPTIONS.find((o) => o.key === key);
+}
+
+/** `healthCheckInterval` → `APILB_HEALTH_CHECK_INTERVAL`. */
+export function envName(spec: OptionSpec): string {
+  return 'APILB_' + spec.flag.replace(/-/g, '_').toUpperCase();
+}
+
+/** The YAML key of an option (plural for repeatable flags). */
+export function fileKey(spec: OptionSpec): string {
+  return spec.fileKey ?? spec.key;
+}

@@ -1,0 +1,74 @@
+/**
+ * Typed errors with stable codes. Every code here is documented in docs/errors.md; a test keeps both in sync.
+ * Operators grep logs and scripts branch on `code`, so codes are a contract: add, never rename.
+ */
+
+/** Every stable error code apilb can report, with a one-line meaning. */
+export const ERROR_CODES = {
+  APILB_ERR_CONFIG_INVALID: 'the configuration (flags, environment or file) is invalid',
+  APILB_ERR_OPTION_INVALID: 'an options object passed to a component is invalid (a programming error)',
+  APILB_ERR_NO_BACKENDS: 'no backend is configured',
+  APILB_ERR_ADDRESS_IN_USE: 'a listen address is already in use',
+  APILB_ERR_LISTEN_FAILED: 'a listener could not be bound for another reason',
+  APILB_ERR_DIAL_TIMEOUT: 'a backend did not complete the TCP handshake within --connect-timeout',
+  APILB_ERR_FIRST_BYTE_TIMEOUT: 'a backend accepted but sent nothing within --first-byte-timeout',
+  APILB_ERR_ALL_BACKENDS_FAILED: 'every eligible backend failed for one client connection',
+  APILB_ERR_TLS_CONFIG: 'TLS material (CA, client certificate or key) is missing or unreadable',
+  APILB_ERR_KUBECONFIG_INVALID: 'the kubeconfig cannot be used for health-check credentials',
+  APILB_ERR_HEALTH_CHECK: 'an active health check failed',
+  APILB_ERR_RELOAD_REJECTED: 'a reloaded configuration was rejected; the previous one stays active',
+  APILB_ERR_DISCOVERY: 'EndpointSlice discovery failed; the last known backend list stays in use',
+  APILB_ERR_SYSTEMD: 'systemd integration (socket activation or notify) failed',
+  APILB_ERR_ADMIN_UNREACHABLE: 'the admin endpoint could not be reached (apilb status)',
+} as const;
+
+/** A stable error code string, e.g. `APILB_ERR_CONFIG_INVALID`. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** One problem found while validating configuration: where it is and why it is wrong. */
+export interface ConfigIssue {
+  /** Dotted path of the offending field, e.g. `backends.1` or `healthCheckInterval`. */
+  path: string;
+  /** Human-readable reason, e.g. `must be a duration like 250ms, 2s or 1m`. */
+  reason: string;
+}
+
+/** Base class of every error apilb raises on purpose. */
+export class ApilbError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ApilbError';
+    this.code = code;
+  }
+}
+
+/** Raised when configuration fails validation; carries every issue found, not just the first. */
+export class ConfigError extends ApilbError {
+  /** All problems found, each with its path and reason. */
+  readonly issues: ConfigIssue[];
+
+  constructor(issues: ConfigIssue[], source = 'configuration') {
+    super(
+      'APILB_ERR_CONFIG_INVALID',
+      `invalid ${source}:\n` + issues.map((i) => `  - ${i.path}: ${i.reason}`).join('\n'),
+    );
+    this.name = 'ConfigError';
+    this.issues = issues;
+  }
+}
+
+/** Raised by constructors when an options object is invalid (programming error, not operator input). */
+export class OptionError extends ApilbError {
+  constructor(option: string, reason: string) {
+    super('APILB_ERR_OPTION_INVALID', `option ${option} ${reason}`);
+    this.name = 'OptionError';
+  }
+}
+
+/** True when `err` is an ApilbError with the given code. */
+export function hasCode(err: unknown, code: ErrorCode): boolean {
+  return err instanceof ApilbError && err.code === code;
+}

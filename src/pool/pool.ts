@@ -1,0 +1,247 @@
+/**
+ * The pool: the one place that decides each backend's state from active checks and passive dial results,
+ * and picks backends round-robin. It knows nothing about sockets; it emits events the data path, metrics
+ * and logger subscribe to.
+ */
+import { EventEmitter } from 'node:events';
+import { systemClock, type Clock } from '../clock.js';
+import { OptionError } from '../errors.js';
+import { Backend, type BackendSpec, type BackendState, type CheckRecord } from './backend.js';
+
+/** Options of {@link Pool}. */
+export interface PoolOptions {
+  /** Consecutive successful checks that make a backend `up` (from `down`/`draining`). Default 2; must be ≥ 1. */
+  rise?: number;
+  /** Consecutive failures that make a backend `down` (transport) or `draining` (wrong status). Default 2; ≥ 1. */
+  fall?: number;
+  /** Default: the system clock. */
+  clock?: Clock;
+}
+
+/** Emitted on every state change. */
+export interface TransitionEvent {
+  backend: Backend;
+  from: BackendState;
+  to: BackendState;
+  reason: string;
+}
+
+/** Result of one active check as reported by health/. */
+export type CheckResult =
+  | { ok: true; latencyMs: number; status?: number }
+  | { ok: false; kind: 'transport'; latencyMs: number; error: string }
+  | { ok: false; kind: 'status'; latencyMs: number; status: number; error?: string };
+
+/** Events: `transition` (TransitionEvent), `recheck` (Backend: a passive failure wants a check now),
+ * `panic` ({ active: boolean }), `added` (Backend), `removed` (Backend: left to drain), `deleted` (Backend: gone). */
+export interface PoolEvents {
+  transition: [TransitionEvent];
+  recheck: [Backend];
+  panic: [{ active: boolean }];
+  added: [Backend];
+  removed: [Backend];
+  deleted: [Backend];
+}
+
+/** Backends, their state machine, and round-robin picking. */
+export class Pool extends EventEmitter<PoolEvents> {
+  readonly rise: number;
+  readonly fall: number;
+  private readonly clock: Clock;
+  private list: Backend[] = [];
+  private cursor = 0;
+  private panicking = false;
+
+  constructor(options: PoolOptions = {}) {
+    super();
+    this.rise = positiveInt('rise', options.rise ?? 2);
+    this.fall = positiveInt('fall', options.fall ?? 2);
+    this.clock = options.clock ?? systemClock;
+  }
+
+  /** Every backend, including removed ones still draining. */
+  get backends(): readonly Backend[] {
+    return this.list;
+  }
+
+  /** True when no backend is eligible and picks fall back to trying every backend. */
+  get panic(): boolean {
+    return this.panicking;
+  }
+
+  /** Looks a backend up by `HOST:PORT`. */
+  get(id: string): Backend | undefined {
+    return this.list.find((b) => b.id === id);
+  }
+
+  /** Adds a backend (state `unknown`, eligible until its first result). Returns the existing one if present. */
+  add(spec: BackendSpec): Backend {
+    const b = new Backend(spec, this.clock.now());
+    const existing = this.get(b.id);
+    if (existing && !existing.removed) return existing;
+    if (existing) this.delete(existing);
+    this.list.push(b);
+    this.emit('added', b);
+    this.updatePanic();
+    return b;
+  }
+
+  /**
+   * Makes the pool hold exactly `specs` (by address): new ones are added, missing ones removed (they drain),
+   * unchanged ones are left alone with their state and connections.
+   */
+  reconcile(specs: readonly BackendSpec[]): { added: Backend[]; removed: Backend[] } {
+    const wanted = new Map(specs.map((s) => [new Backend(s, 0).id, s]));
+    const added: Backend[] = [];
+    const removed: Backend[] = [];
+    for (const b of [...this.list]) {
+      if (!b.removed && !wanted.has(b.id)) {
+        this.remove(b);
+        removed.push(b);
+      }
+    }
+    for (const [id, spec] of wanted) {
+      const cur = this.get(id);
+      if (!cur || cur.removed) added.push(this.add(spec));
+    }
+    return { added, removed };
+  }
+
+  /** Takes a backend out of rotation; it leaves the pool once its last connection closes ({@link release}). */
+  remove(b: Backend): void {
+    if (b.removed) return;
+    b.removed = true;
+    this.emit('removed', b);
+    if (b.activeConnections === 0) this.delete(b);
+    this.updatePanic();
+  }
+
+  private delete(b: Backend): void {
+    const i = this.list.indexOf(b);
+    if (i < 0) return;
+    this.list.splice(i, 1);
+    if (this.cursor > i) this.cursor--;
+    this.emit('deleted', b);
+  }
+
+  /**
+   * Picks the next backend round-robin among eligible ones (`up`/`unknown`), skipping `exclude`. When none
+   * is eligible at all (panic), every non-removed backend is tried in order: a wrong CA or a broken check
+   * must not take the node off the API. Returns undefined when every candidate is excluded.
+   */
+  pick(exclude?: ReadonlySet<Backend>): Backend | undefined {
+    const list = this.list;
+    const n = list.length;
+    if (n === 0) return undefined;
+    let fallback: Backend | undefined;
+    for (let k = 0; k < n; k++) {
+      const i = (this.cursor + k) % n;
+      const b = list[i]!;
+      if (b.removed || exclude?.has(b)) continue;
+      if (b.eligible) {
+        this.cursor = (i + 1) % n;
+        return b;
+      }
+      fallback ??= b;
+    }
+    if (fallback && !this.anyEligible()) {
+      this.cursor = (list.indexOf(fallback) + 1) % n;
+      return fallback;
+    }
+    return undefined;
+  }
+
+  /** The data path opened a connection to `b`. */
+  acquire(b: Backend): void {
+    b.activeConnections++;
+    b.totalConnections++;
+  }
+
+  /** The data path closed a connection to `b`, with the bytes it carried. */
+  release(b: Backend, bytesFromClient: number, bytesToClient: number): void {
+    b.activeConnections--;
+    b.bytesFromClientClosed += bytesFromClient;
+    b.bytesToClientClosed += bytesToClient;
+    if (b.removed && b.activeConnections === 0) this.delete(b);
+  }
+
+  /** A dial reached the backend: transport works, so a pending transport-failure streak ends. */
+  reportDialSuccess(b: Backend): void {
+    if (b.lastFailureKind === 'transport' && b.state !== 'down') b.consecutiveFailures = 0;
+  }
+
+  /**
+   * A client dial failed (refused, timeout, reset, no first byte): counts as one transport failure toward
+   * `fall` and asks health/ for an immediate re-check.
+   */
+  reportDialFailure(b: Backend, reason: string): void {
+    b.connectFailures.set(reason, (b.connectFailures.get(reason) ?? 0) + 1);
+    this.recordFailure(b, 'transport', `connect failed: ${reason}`);
+    this.emit('recheck', b);
+  }
+
+  /** Feeds one active check result into the state machine. */
+  reportCheck(b: Backend, r: CheckResult): void {
+    const rec: CheckRecord = { result: r.ok ? 'ok' : r.kind === 'status' ? 'status' : 'error', latencyMs: r.latencyMs, at: this.clock.now() };
+    if ('status' in r && r.status !== undefined) rec.status = r.status;
+    if (!r.ok && r.error) rec.error = r.error;
+    b.lastCheck = rec;
+    b.checkCounts[rec.result]++;
+    if (r.ok) {
+      b.consecutiveFailures = 0;
+      b.lastFailureKind = undefined;
+      b.consecutiveSuccesses++;
+      // From unknown one success is enough: the backend was eligible already and startup must be fast.
+      if (b.state === 'unknown' || (b.state !== 'up' && b.consecutiveSuccesses >= this.rise)) {
+        this.transition(b, 'up', b.state === 'unknown' ? 'first check passed' : `${b.consecutiveSuccesses} checks passed`);
+      }
+      return;
+    }
+    const reason = r.kind === 'status' ? `health check answered ${r.status}${r.error ? `: ${r.error}` : ''}` : `health check failed: ${r.error}`;
+    this.recordFailure(b, r.kind, reason);
+  }
+
+  /** Forces a state (operator action, tests). */
+  markDown(b: Backend, reason: string): void {
+    this.transition(b, 'down', reason);
+  }
+
+  private recordFailure(b: Backend, kind: 'transport' | 'status', reason: string): void {
+    b.consecutiveSuccesses = 0;
+    // A different failure kind starts a new streak: "answers 500" and "unreachable" are different diagnoses.
+    if (b.lastFailureKind !== kind) b.consecutiveFailures = 0;
+    b.lastFailureKind = kind;
+    b.consecutiveFailures++;
+    if (b.consecutiveFailures < this.fall) return;
+    if (kind === 'transport' && b.state !== 'down') this.transition(b, 'down', reason);
+    else if (kind === 'status' && (b.state === 'up' || b.state === 'unknown')) this.transition(b, 'draining', reason);
+  }
+
+  private transition(b: Backend, to: BackendState, reason: string): void {
+    const from = b.state;
+    if (from === to) return;
+    b.state = to;
+    b.since = this.clock.now();
+    b.reason = reason;
+    b.transitions.set(to, (b.transitions.get(to) ?? 0) + 1);
+    this.emit('transition', { backend: b, from, to, reason });
+    this.updatePanic();
+  }
+
+  private anyEligible(): boolean {
+    return this.list.some((b) => b.eligible);
+  }
+
+  private updatePanic(): void {
+    const now = this.list.some((b) => !b.removed) && !this.anyEligible();
+    if (now !== this.panicking) {
+      this.panicking = now;
+      this.emit('panic', { active: now });
+    }
+  }
+}
+
+function positiveInt(name: string, v: number): number {
+  if (!Number.isInteger(v) || v < 1) throw new OptionError(name, `must be an integer ≥ 1, got ${v}`);
+  return v;
+}
