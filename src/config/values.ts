@@ -59,6 +59,7 @@ export function parseAddress(text: string, opts: { allowPortZero?: boolean } = {
     host = s.slice(0, idx);
     portText = s.slice(idx + 1);
     if (host.includes(':')) throw new Error(`"${s}" looks like an IPv6 address: write it in brackets, like [${host}]:${portText}`);
+    if (isIP(host) !== 4 && /^[\d.]+$/.test(host)) throw new Error(`"${host}" in "${s}" is not a valid IPv4 address`);
     if (isIP(host) !== 4 && !HOSTNAME_RE.test(host)) throw new Error(`"${host}" in "${s}" is neither an IP address nor a host name`);
   }
   if (!/^\d{1,5}$/.test(portText)) throw new Error(`port "${portText}" in "${s}" is not a number`);

@@ -1,0 +1,117 @@
+#!/usr/bin/env node
+/**
+ * The command line: `apilb [run]`, `apilb check-config`, `apilb demo`, `apilb version`. Flags come from the
+ * option table (config/options.ts). The only place that calls process.exit.
+ */
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { resolveConfig, type Config, type Layer } from './config/config.js';
+import { OPTIONS } from './config/options.js';
+import { installSignalHandlers, startDaemon } from './daemon.js';
+import { ApilbError, ConfigError } from './errors.js';
+import { VERSION } from './version.js';
+
+/** Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage. */
+const EXIT_RUNTIME = 1;
+const EXIT_CONFIG = 2;
+
+function camel(flag: string): string {
+  return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+function withOptions<T>(y: Argv<T>): Argv<T> {
+  y.option('config', { type: 'string', describe: 'YAML config file (keys are the flags in camelCase; also APILB_CONFIG)', group: 'Operations:' });
+  for (const spec of OPTIONS) {
+    const type = spec.kind === 'bool' ? 'boolean' : spec.kind === 'address-list' ? 'array' : 'string';
+    const def = spec.default === undefined ? '' : ` [default: ${String(spec.default)}]`;
+    y.option(spec.flag, {
+      type,
+      describe: spec.describe + def,
+      group: spec.group,
+      ...(spec.kind === 'enum' ? { choices: spec.choices as string[] } : {}),
+      ...(type === 'array' ? { string: true } : {}),
+    });
+  }
+  return y;
+}
+
+/** The flags the operator actually set, keyed by config key. */
+function flagLayer(argv: Record<string, unknown>): Layer {
+  const layer: Layer = {};
+  for (const spec of OPTIONS) {
+    const v = argv[camel(spec.flag)];
+    if (v === undefined) continue;
+    layer[spec.key] = spec.kind === 'address-list' ? (v as unknown[]).map(String) : spec.kind === 'bool' ? v : String(v);
+  }
+  return layer;
+}
+
+function configFrom(argv: Record<string, unknown>, opts: { allowNoBackends?: boolean } = {}): Config {
+  const configFile = (argv.config as string | undefined) ?? process.env.APILB_CONFIG;
+  return resolveConfig({
+    flags: flagLayer(argv),
+    env: process.env,
+    ...(configFile ? { configFile } : {}),
+    ...(opts.allowNoBackends ? { allowNoBackends: true } : {}),
+  });
+}
+
+function die(err: unknown): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`apilb: ${err.message}\n`);
+    process.exit(EXIT_CONFIG);
+  }
+  if (err instanceof ApilbError) {
+    process.stderr.write(`apilb: ${err.message} [${err.code}]\n`);
+    process.exit(EXIT_RUNTIME);
+  }
+  process.stderr.write(`apilb: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+  process.exit(EXIT_RUNTIME);
+}
+
+async function run(argv: Record<string, unknown>): Promise<void> {
+  let config: Config;
+  try {
+    config = configFrom(argv);
+  } catch (err) {
+    die(err);
+  }
+  try {
+    const daemon = await startDaemon(config);
+    installSignalHandlers(daemon, (code) => process.exit(code));
+  } catch (err) {
+    die(err);
+  }
+}
+
+async function checkConfig(argv: Record<string, unknown>): Promise<void> {
+  try {
+    const cfg = configFrom(argv);
+    process.stdout.write(`configuration OK: ${cfg.backends.length} backends, listen ${cfg.listen.length} addresses\n`);
+  } catch (err) {
+    die(err);
+  }
+}
+
+/** Builds the yargs parser (exported for tests of help output). */
+export function buildCli(args: string[]): Argv {
+  return yargs(args)
+    .scriptName('apilb')
+    .usage('$0 [run] --backend HOST:PORT [--backend HOST:PORT ...] [options]\n\nNode-local TCP/TLS-passthrough load balancer for the Kubernetes API server.')
+    .command(['run', '$0'], 'run the load balancer (default command)', (y) => withOptions(y), (a) => run(a as Record<string, unknown>))
+    .command('check-config', 'validate flags, environment and --config without starting (exit 0 valid, 2 invalid)', (y) => withOptions(y), (a) => checkConfig(a as Record<string, unknown>))
+    .command('version', 'print the version', () => {}, () => {
+      process.stdout.write(`apilb ${VERSION}\n`);
+    })
+    .strict()
+    .version(VERSION)
+    .help()
+    .wrap(Math.min(120, process.stdout.columns || 100))
+    .fail((msg, err) => {
+      if (err) die(err);
+      process.stderr.write(`apilb: ${msg}\nRun 'apilb --help' for usage.\n`);
+      process.exit(EXIT_CONFIG);
+    });
+}
+
+await buildCli(hideBin(process.argv)).parseAsync();

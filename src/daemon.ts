@@ -1,0 +1,157 @@
+/**
+ * Wiring: configuration → pool → proxy → listeners → admin → health checks; signals (SIGTERM/SIGINT drain,
+ * SIGHUP reload) and systemd readiness. The CLI calls {@link startDaemon}; tests call it too, with listeners,
+ * clocks and dialers injected.
+ */
+import type { Server } from 'node:net';
+import { systemClock, type Clock } from './clock.js';
+import type { Config } from './config/config.js';
+import { formatAddress } from './config/values.js';
+import { AdminServer, type Readiness } from './admin/admin-server.js';
+import { createLogger, subscribeLogger, type Logger } from './logging.js';
+import { Pool } from './pool/pool.js';
+import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
+import { Proxy, type Dialer } from './proxy/proxy.js';
+import { VERSION } from './version.js';
+
+/** Dependencies a caller (tests, socket activation) can inject. */
+export interface DaemonDeps {
+  logger?: Logger;
+  clock?: Clock;
+  dial?: Dialer;
+  /** Already-listening servers (socket activation, tests) used instead of binding `config.listen`. */
+  listeners?: Server[];
+}
+
+/** A running apilb. */
+export class Daemon {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly pool: Pool;
+  readonly proxy: Proxy;
+  readonly admin: AdminServer;
+  readonly listeners: Server[] = [];
+  private readonly unsubscribe: (() => void)[] = [];
+  private started = false;
+  private closing: Promise<void> | undefined;
+
+  constructor(config: Config, deps: DaemonDeps = {}) {
+    this.config = config;
+    this.logger = deps.logger ?? createLogger(config.logLevel);
+    const clock = deps.clock ?? systemClock;
+    this.pool = new Pool({ rise: config.rise, fall: config.fall, clock });
+    for (const address of config.backends) this.pool.add({ address });
+    const proxyOpts: ConstructorParameters<typeof Proxy>[0] = {
+      pool: this.pool,
+      connectTimeout: config.connectTimeout,
+      firstByteTimeout: config.firstByteTimeout,
+      maxConnections: config.maxConnections,
+      drainTimeout: config.drainTimeout,
+      clock,
+    };
+    if (deps.dial) proxyOpts.dial = deps.dial;
+    this.proxy = new Proxy(proxyOpts);
+    this.unsubscribe.push(subscribeLogger(this.logger, this.pool, this.proxy));
+    this.admin = new AdminServer({ readiness: () => this.readiness() });
+    if (deps.listeners) this.listeners.push(...deps.listeners);
+  }
+
+  /** Ready once listeners are bound and at least one backend is eligible. */
+  readiness(): Readiness {
+    if (!this.started) return { ready: false, reason: 'starting' };
+    if (this.closing) return { ready: false, reason: 'shutting down' };
+    const up = this.pool.backends.filter((b) => b.state === 'up').length;
+    if (up === 0) return { ready: false, reason: `no backend is up (${this.pool.backends.length} configured)` };
+    return { ready: true, reason: `${up}/${this.pool.backends.length} backends up` };
+  }
+
+  /** Binds listeners (unless handed in), the admin endpoint, and starts serving. */
+  async start(): Promise<void> {
+    try {
+      if (this.listeners.length === 0) {
+        for (const address of this.config.listen) {
+          const server = createListener();
+          await bindListener(server, address);
+          this.listeners.push(server);
+        }
+      }
+      for (const s of this.listeners) this.proxy.serve(s);
+      await this.admin.listen(this.config.adminListen);
+    } catch (err) {
+      await this.close(0);
+      throw err;
+    }
+    this.started = true;
+    this.logger.info(
+      {
+        event: 'started',
+        version: VERSION,
+        listen: this.listeners.map(listenerAddress),
+        admin: this.adminAddress,
+        backends: this.pool.backends.map((b) => b.id),
+        connectTimeoutMs: this.config.connectTimeout,
+        firstByteTimeoutMs: this.config.firstByteTimeout,
+      },
+      `apilb ${VERSION} listening on ${this.listeners.map(listenerAddress).join(', ')} for ${this.pool.backends.length} backends`,
+    );
+  }
+
+  /** The admin endpoint as `HOST:PORT` (resolved port when bound to port 0). */
+  get adminAddress(): string {
+    const a = this.admin.server.address();
+    return a && typeof a === 'object' ? formatAddress({ host: a.address, port: a.port }) : formatAddress(this.config.adminListen);
+  }
+
+  /**
+   * Graceful shutdown: stop accepting, let connections finish up to `timeoutMs` (default the configured
+   * shutdown timeout), close the rest, stop the admin endpoint and timers. Idempotent.
+   */
+  close(timeoutMs = this.config.shutdownTimeout): Promise<void> {
+    this.closing ??= (async () => {
+      await this.proxy.stopAccepting();
+      this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
+      await this.proxy.close(timeoutMs);
+      await this.admin.close();
+      for (const off of this.unsubscribe) off();
+      this.logger.info({ event: 'stopped' }, 'apilb stopped');
+    })();
+    return this.closing;
+  }
+}
+
+/** Creates and starts a daemon. Rejects (having released everything) when a listener cannot be bound. */
+export async function startDaemon(config: Config, deps: DaemonDeps = {}): Promise<Daemon> {
+  const d = new Daemon(config, deps);
+  await d.start();
+  return d;
+}
+
+/**
+ * Installs SIGTERM/SIGINT (graceful shutdown; a second signal exits at once) handlers. `exit` is called with the
+ * exit code; only the CLI passes `process.exit`.
+ */
+export function installSignalHandlers(d: Daemon, exit: (code: number) => void): () => void {
+  let shuttingDown = false;
+  function onStopSignal(signal: NodeJS.Signals): void {
+    if (shuttingDown) {
+      d.logger.warn({ event: 'signal', signal }, `${signal} again: exiting at once`);
+      exit(1);
+      return;
+    }
+    shuttingDown = true;
+    d.logger.info({ event: 'signal', signal }, `${signal}: graceful shutdown (up to ${d.config.shutdownTimeout} ms)`);
+    d.close().then(
+      () => exit(0),
+      (err: Error) => {
+        d.logger.error({ event: 'shutdown_error', err: err.message }, 'error during shutdown');
+        exit(1);
+      },
+    );
+  }
+  process.on('SIGTERM', onStopSignal);
+  process.on('SIGINT', onStopSignal);
+  return () => {
+    process.off('SIGTERM', onStopSignal);
+    process.off('SIGINT', onStopSignal);
+  };
+}

@@ -1,0 +1,321 @@
+/**
+ * One client connection: dial with timeout and retry across backends, optional first-byte failover with replay
+ * of the client's opening bytes, then a bidirectional byte pipe that honours half-close and backpressure.
+ *
+ * Phases: `dialing` (client paused) → `probing` (backend connected; client bytes are forwarded and also kept for
+ * replay until the backend's first byte) → `piping` (committed) → `closed`.
+ */
+import type { Socket } from 'node:net';
+import type { Backend } from '../pool/backend.js';
+import type { TimerHandle } from '../clock.js';
+import type { Proxy } from './proxy.js';
+
+/** Why a connection ended (label values of apilb_connections_closed_total{reason}). */
+export type CloseReason =
+  | 'normal' | 'client_error' | 'backend_error' | 'backend_down' | 'drain_timeout' | 'shutdown' | 'all_backends_failed' | 'no_backend';
+
+/** Why a dial attempt failed (label values of apilb_connect_failures_total{reason}). */
+export type DialFailureReason = 'refused' | 'timeout' | 'reset' | 'unreachable' | 'first_byte_timeout' | 'closed' | 'error';
+
+type Phase = 'dialing' | 'probing' | 'piping' | 'closed';
+
+// After one side has fully closed, the other gets this long to finish its half before it is destroyed, so a
+// client that never sends its FIN cannot pin a socket forever.
+const LINGER_MS = 30_000;
+
+function dialReason(err: NodeJS.ErrnoException): DialFailureReason {
+  switch (err.code) {
+    case 'ECONNREFUSED': return 'refused';
+    case 'ETIMEDOUT': return 'timeout';
+    case 'ECONNRESET': case 'EPIPE': return 'reset';
+    case 'EHOSTUNREACH': case 'ENETUNREACH': case 'EADDRNOTAVAIL': return 'unreachable';
+    default: return 'error';
+  }
+}
+
+/** A proxied client connection. Created by Proxy; not constructed elsewhere. */
+export class Connection {
+  readonly client: Socket;
+  /** The backend currently dialed or committed to. */
+  backend: Backend | undefined;
+  upstream: Socket | undefined;
+  /** Epoch ms of accept. */
+  readonly openedAt: number;
+  phase: Phase = 'dialing';
+  private readonly proxy: Proxy;
+  private readonly tried = new Set<Backend>();
+  private timer: TimerHandle | undefined;
+  /** Client bytes kept for replay while probing; undefined once committed or past the bound. */
+  private replay: Buffer[] | undefined = [];
+  private replayBytes = 0;
+  private clientEnded = false;
+  private clientClosed = false;
+  private upstreamClosed = false;
+  private clientAttached = false;
+  private closeReason: CloseReason = 'normal';
+
+  constructor(proxy: Proxy, client: Socket, now: number) {
+    this.proxy = proxy;
+    this.client = client;
+    this.openedAt = now;
+    this.onClientData = this.onClientData.bind(this);
+    this.onClientEnd = this.onClientEnd.bind(this);
+    this.onClientError = this.onClientError.bind(this);
+    this.onClientClose = this.onClientClose.bind(this);
+    this.onClientDrain = this.onClientDrain.bind(this);
+    this.onUpstreamData = this.onUpstreamData.bind(this);
+    this.onUpstreamEnd = this.onUpstreamEnd.bind(this);
+    this.onUpstreamError = this.onUpstreamError.bind(this);
+    this.onUpstreamClose = this.onUpstreamClose.bind(this);
+    this.onUpstreamDrain = this.onUpstreamDrain.bind(this);
+    this.onUpstreamConnect = this.onUpstreamConnect.bind(this);
+    this.onTimeout = this.onTimeout.bind(this);
+    client.setNoDelay(true);
+    client.setKeepAlive(true, proxy.keepAliveInitialDelay);
+    client.on('error', this.onClientError);
+    client.on('close', this.onClientClose);
+  }
+
+  /** Starts dialing the first backend. */
+  start(): void {
+    this.dialNext();
+  }
+
+  /** Bytes received from the client so far (live; exact after close). */
+  get bytesFromClient(): number {
+    return this.client.bytesRead;
+  }
+
+  /** Bytes sent to the client so far. */
+  get bytesToClient(): number {
+    return this.client.bytesWritten;
+  }
+
+  private dialNext(): void {
+    const backend = this.proxy.pool.pick(this.tried);
+    if (!backend) {
+      this.fail(this.tried.size === 0 ? 'no_backend' : 'all_backends_failed');
+      return;
+    }
+    this.tried.add(backend);
+    this.backend = backend;
+    this.proxy.attach(this, backend);
+    const up = this.proxy.dial(backend);
+    this.upstream = up;
+    this.upstreamClosed = false;
+    up.on('connect', this.onUpstreamConnect);
+    up.on('error', this.onUpstreamError);
+    up.on('close', this.onUpstreamClose);
+    this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.connectTimeout);
+  }
+
+  private onUpstreamConnect(): void {
+    this.proxy.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    const up = this.upstream!;
+    up.setNoDelay(true);
+    up.setKeepAlive(true, this.proxy.keepAliveInitialDelay);
+    this.proxy.connected(this, this.backend!);
+    up.on('data', this.onUpstreamData);
+    up.on('end', this.onUpstreamEnd);
+    up.on('drain', this.onUpstreamDrain);
+    if (!this.clientAttached) {
+      this.clientAttached = true;
+      this.client.on('data', this.onClientData);
+      this.client.on('end', this.onClientEnd);
+      this.client.on('drain', this.onClientDrain);
+    }
+    if (this.proxy.firstByteTimeout === 0 || this.replay === undefined) {
+      this.commit();
+    } else {
+      this.phase = 'probing';
+      // Replay what an abandoned backend never answered; the timer restarts since the client has spoken.
+      for (const chunk of this.replay) up.write(chunk);
+      if (this.replayBytes > 0) this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.firstByteTimeout);
+      if (this.clientEnded) up.end();
+    }
+    this.client.resume();
+  }
+
+  private onTimeout(): void {
+    this.timer = undefined;
+    this.retry(this.phase === 'probing' ? 'first_byte_timeout' : 'timeout', undefined);
+  }
+
+  /** Abandons the current upstream (it failed before committing) and dials the next backend. */
+  private retry(reason: DialFailureReason, err: Error | undefined): void {
+    const backend = this.backend!;
+    const up = this.upstream!;
+    this.proxy.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    up.removeAllListeners('data');
+    up.removeListener('close', this.onUpstreamClose);
+    up.removeListener('end', this.onUpstreamEnd);
+    up.removeListener('drain', this.onUpstreamDrain);
+    up.removeListener('connect', this.onUpstreamConnect);
+    up.on('error', noop);
+    up.destroy();
+    this.proxy.detach(this, backend);
+    this.upstream = undefined;
+    this.phase = 'dialing';
+    this.proxy.reportDialFailure(this, backend, reason, err);
+    if (this.clientClosed) {
+      this.finish();
+      return;
+    }
+    // While dialing again, stop reading the client: its bytes wait in the kernel, not in our memory.
+    this.client.pause();
+    this.dialNext();
+  }
+
+  private commit(): void {
+    this.phase = 'piping';
+    this.replay = undefined;
+    this.replayBytes = 0;
+    this.proxy.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    this.proxy.committed(this);
+  }
+
+  private onClientData(chunk: Buffer): void {
+    const up = this.upstream;
+    if (this.phase === 'dialing') {
+      // Only reachable in the tick between a retry's pause() and the next dial: keep the bytes for replay.
+      this.replay?.push(chunk);
+      this.replayBytes += chunk.length;
+      this.client.pause();
+      return;
+    }
+    if (this.phase === 'probing' && this.replay !== undefined) {
+      if (this.replayBytes + chunk.length <= this.proxy.firstByteBufferBytes) {
+        if (this.replayBytes === 0) this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.firstByteTimeout);
+        this.replay.push(chunk);
+        this.replayBytes += chunk.length;
+      } else {
+        // Past the bound the connection can no longer be replayed: commit to this backend.
+        this.commit();
+      }
+    }
+    if (up === undefined || this.upstreamClosed) return;
+    if (!up.write(chunk)) this.client.pause();
+  }
+
+  private onClientDrain(): void {
+    this.upstream?.resume();
+  }
+
+  private onUpstreamDrain(): void {
+    this.client.resume();
+  }
+
+  private onUpstreamData(chunk: Buffer): void {
+    if (this.phase === 'probing') this.commit();
+    if (!this.client.write(chunk)) this.upstream!.pause();
+  }
+
+  private onClientEnd(): void {
+    this.clientEnded = true;
+    // Half-close: forward the client's FIN, keep relaying the backend's answer.
+    if (this.upstream && !this.upstreamClosed && this.phase !== 'dialing') this.upstream.end();
+  }
+
+  private onUpstreamEnd(): void {
+    if (this.phase === 'probing') this.commit();
+    this.client.end();
+  }
+
+  private onClientError(err: NodeJS.ErrnoException): void {
+    this.closeReason = 'client_error';
+    this.proxy.clientError(this, err);
+    // Propagate a reset as a reset so the API server sees what the client did.
+    const up = this.upstream;
+    if (up && !up.destroyed) {
+      if (err.code === 'ECONNRESET' && up.readyState === 'open') up.resetAndDestroy();
+      else up.destroy();
+    }
+  }
+
+  private onUpstreamError(err: NodeJS.ErrnoException): void {
+    // Before the backend's first byte reached the client nothing is lost by trying the next backend.
+    if (this.phase === 'dialing' || (this.phase === 'probing' && this.client.bytesWritten === 0)) {
+      this.retry(this.phase === 'dialing' ? dialReason(err) : 'reset', err);
+      return;
+    }
+    if (this.closeReason === 'normal') this.closeReason = 'backend_error';
+    if (err.code === 'ECONNRESET' && !this.client.destroyed) this.client.resetAndDestroy();
+    else this.client.destroy();
+  }
+
+  private onClientClose(): void {
+    this.clientClosed = true;
+    if (this.phase === 'dialing' && this.upstream) {
+      // The client left while we were dialing: nothing to forward.
+      this.upstream.destroy();
+      this.finish();
+      return;
+    }
+    const up = this.upstream;
+    if (up && !this.upstreamClosed) {
+      if (!up.writableEnded) up.end();
+      up.resume();
+      this.lingerThenDestroy(up);
+    }
+    this.maybeFinish();
+  }
+
+  private onUpstreamClose(): void {
+    this.upstreamClosed = true;
+    this.proxy.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.phase === 'dialing' && !this.clientClosed) return; // error handler already retried
+    const c = this.client;
+    if (!this.clientClosed) {
+      // The backend is gone: finish our half towards the client and keep reading so its FIN is seen (a paused
+      // client would otherwise never close: the leak bare pipe() has).
+      if (!c.writableEnded) c.end();
+      c.removeListener('data', this.onClientData);
+      c.on('data', noop);
+      c.resume();
+      this.lingerThenDestroy(c);
+    }
+    this.maybeFinish();
+  }
+
+  private lingerThenDestroy(s: Socket): void {
+    const t = this.proxy.clock.setTimeout(function onLingerTimeout() {
+      s.destroy();
+    }, LINGER_MS);
+    s.once('close', () => this.proxy.clock.clearTimeout(t));
+  }
+
+  private maybeFinish(): void {
+    if (this.clientClosed && (this.upstream === undefined || this.upstreamClosed || this.phase === 'dialing')) this.finish();
+  }
+
+  /** Ends the connection: no backend could be used. */
+  private fail(reason: CloseReason): void {
+    this.closeReason = reason;
+    this.client.destroy();
+    this.finish();
+  }
+
+  /** Closes both sides at once (backend down, drain timeout, shutdown). */
+  destroy(reason: CloseReason): void {
+    if (this.phase === 'closed') return;
+    if (this.closeReason === 'normal') this.closeReason = reason;
+    this.upstream?.destroy();
+    this.client.destroy();
+  }
+
+  private finish(): void {
+    if (this.phase === 'closed') return;
+    const wasDialing = this.phase === 'dialing';
+    this.phase = 'closed';
+    this.proxy.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    this.replay = undefined;
+    this.proxy.finished(this, this.closeReason, wasDialing);
+  }
+}
+
+function noop(): void {}

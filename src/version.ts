@@ -1,0 +1,14 @@
+/** The package version, read once from package.json next to dist/. */
+import { readFileSync } from 'node:fs';
+
+function readVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** apilb's version, e.g. `0.1.0`. */
+export const VERSION = readVersion();
