@@ -7,6 +7,7 @@ import type { Server } from 'node:net';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config/config.js';
 import { formatAddress } from './config/values.js';
+import { BackendSet } from './discovery/backend-set.js';
 import { AdminServer, type Readiness } from './admin/admin-server.js';
 import { createLogger, subscribeLogger, type Logger } from './logging.js';
 import { Pool } from './pool/pool.js';
@@ -28,6 +29,8 @@ export class Daemon {
   readonly config: Config;
   readonly logger: Logger;
   readonly pool: Pool;
+  /** Union of backend sources (static seeds, DNS, discovery) applied to the pool. */
+  readonly backendSet: BackendSet;
   readonly proxy: Proxy;
   readonly admin: AdminServer;
   readonly listeners: Server[] = [];
@@ -40,7 +43,8 @@ export class Daemon {
     this.logger = deps.logger ?? createLogger(config.logLevel);
     const clock = deps.clock ?? systemClock;
     this.pool = new Pool({ rise: config.rise, fall: config.fall, clock });
-    for (const address of config.backends) this.pool.add({ address });
+    this.backendSet = new BackendSet(this.pool);
+    this.backendSet.set('static', config.backends.map((address) => ({ address })));
     const proxyOpts: ConstructorParameters<typeof Proxy>[0] = {
       pool: this.pool,
       connectTimeout: config.connectTimeout,
