@@ -1,0 +1,159 @@
+/**
+ * sd_notify against a real AF_UNIX/SOCK_DGRAM receiver (python3, the way systemd reads it: SO_PASSCRED on,
+ * received fds closed, which is what releases systemd-notify's BARRIER=1 wait).
+ */
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { Notifier, watchdogIntervalFrom } from '../src/systemd/notify.js';
+
+const RECEIVER = `
+import socket, sys, os, array, json
+addr = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('\\0' + addr[1:] if addr.startswith('@') else addr)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+print(json.dumps({"bound": True}), flush=True)
+while True:
+    data, anc, flags, _ = s.recvmsg(65536, socket.CMSG_SPACE(64 * 4) + socket.CMSG_SPACE(12))
+    fds = []
+    pid = None
+    for level, typ, d in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            a = array.array('i'); a.frombytes(d[:len(d) - len(d) % 4]); fds.extend(a)
+        elif level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+            pid = int.from_bytes(d[0:4], sys.byteorder)
+    for fd in fds:
+        os.close(fd)
+    print(json.dumps({"msg": data.decode(), "fds": len(fds), "pid": pid}), flush=True)
+`;
+
+interface Datagram { msg: string; fds: number; pid: number | null }
+
+interface Receiver { messages: Datagram[]; child: ChildProcess }
+
+/** Starts the python receiver bound to `address` and resolves once it is bound. */
+async function startReceiver(t: Tap.Test, address: string): Promise<Receiver> {
+  const child = spawn('python3', ['-c', RECEIVER, address], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const messages: Datagram[] = [];
+  t.teardown(() => { child.kill('SIGKILL'); });
+  const lines = createInterface({ input: child.stdout! });
+  await new Promise<void>((resolve, reject) => {
+    function onReceiverExit(code: number | null): void { reject(new Error(`receiver exited early with ${code}`)); }
+    child.once('exit', onReceiverExit);
+    lines.on('line', function onReceiverLine(line: string) {
+      const obj = JSON.parse(line) as Datagram & { bound?: boolean };
+      if (obj.bound) {
+        child.off('exit', onReceiverExit);
+        resolve();
+      } else {
+        messages.push(obj);
+      }
+    });
+  });
+  return { messages, child };
+}
+
+/** Polls `cond` every 10 ms until true, failing after `timeout` ms. */
+async function waitFor(cond: () => boolean, timeout = 5000): Promise<void> {
+  const deadline = Date.now() + timeout;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function tmp(t: Tap.Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'apilb-notify-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const payloads = (r: Receiver): string[] => r.messages.map((m) => m.msg).filter((m) => m !== 'BARRIER=1');
+
+t.test('without NOTIFY_SOCKET every call is a no-op', async (t) => {
+  const n = new Notifier({ env: { WATCHDOG_USEC: '1000000' }, command: '/nonexistent/systemd-notify' });
+  t.equal(n.enabled, false);
+  t.equal(n.watchdogInterval, 0);
+  await n.ready('up');
+  await n.stopping();
+  await n.status('x');
+  await n.watchdog();
+  t.equal(n.startWatchdog(), false);
+  await n.close();
+});
+
+t.test('READY=1, STATUS=, STOPPING=1 reach a path socket in order, after the barrier', async (t) => {
+  const path = join(tmp(t), 'notify.sock');
+  const r = await startReceiver(t, path);
+  const n = new Notifier({ env: { NOTIFY_SOCKET: path, PATH: process.env.PATH } });
+  t.equal(n.enabled, true);
+  await n.ready('serving on 127.0.0.1:6443');
+  // ready() resolves only after systemd-notify's BARRIER=1 was processed, so the message is already there.
+  await waitFor(() => r.messages.length >= 2);
+  t.same(r.messages.slice(0, 2).map((m) => m.msg), ['READY=1\nSTATUS=serving on 127.0.0.1:6443', 'BARRIER=1']);
+  t.equal(r.messages[1]!.fds, 1, 'the barrier carries one fd, which the receiver closed');
+  t.type(r.messages[0]!.pid, 'number', 'sent with credentials');
+  await n.status('2/3 backends\nup');
+  await n.stopping();
+  await waitFor(() => payloads(r).length >= 3);
+  t.same(payloads(r), ['READY=1\nSTATUS=serving on 127.0.0.1:6443', 'STATUS=2/3 backends up', 'STOPPING=1']);
+  await n.close();
+});
+
+t.test('abstract-namespace socket (@name) and the watchdog loop', async (t) => {
+  const address = `@apilb-test-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  const r = await startReceiver(t, address);
+  const errors: Error[] = [];
+  const n = new Notifier({
+    env: { NOTIFY_SOCKET: address, PATH: process.env.PATH, WATCHDOG_USEC: '200000', WATCHDOG_PID: String(process.pid) },
+    onError: (e) => errors.push(e),
+  });
+  t.teardown(() => n.close());
+  t.equal(n.watchdogInterval, 100, 'half of WATCHDOG_USEC, in ms');
+  await n.ready();
+  t.equal(n.startWatchdog(), true);
+  t.equal(n.startWatchdog(), true, 'a second start keeps the one loop');
+  await waitFor(() => payloads(r).filter((m) => m === 'WATCHDOG=1').length >= 3);
+  await n.stopping('bye');
+  await waitFor(() => payloads(r).includes('STOPPING=1\nSTATUS=bye'));
+  const count = payloads(r).filter((m) => m === 'WATCHDOG=1').length;
+  t.equal(payloads(r)[0], 'READY=1');
+  t.same(errors, []);
+  // After STOPPING=1 the loop is stopped: no ping follows it.
+  await n.close();
+  t.equal(payloads(r).filter((m) => m === 'WATCHDOG=1').length, count);
+  t.equal(payloads(r).at(-1), 'STOPPING=1\nSTATUS=bye');
+});
+
+t.test('watchdog interval: WATCHDOG_PID must match when present', async (t) => {
+  t.equal(watchdogIntervalFrom({ WATCHDOG_USEC: '30000000' }, 42), 15000, 'absent WATCHDOG_PID: ours');
+  t.equal(watchdogIntervalFrom({ WATCHDOG_USEC: '30000000', WATCHDOG_PID: '42' }, 42), 15000);
+  t.equal(watchdogIntervalFrom({ WATCHDOG_USEC: '30000000', WATCHDOG_PID: '43' }, 42), 0, 'meant for another process');
+  t.equal(watchdogIntervalFrom({}, 42), 0);
+  t.equal(watchdogIntervalFrom({ WATCHDOG_USEC: '0' }, 42), 0);
+  t.equal(watchdogIntervalFrom({ WATCHDOG_USEC: 'abc' }, 42), 0);
+  t.equal(watchdogIntervalFrom({ WATCHDOG_USEC: '1000' }, 42), 1, 'never below 1 ms');
+  const n = new Notifier({ env: { NOTIFY_SOCKET: '/nonexistent', WATCHDOG_USEC: '30000000', WATCHDOG_PID: '1' }, pid: 2 });
+  t.equal(n.startWatchdog(), false);
+});
+
+t.test('failures reject with APILB_ERR_SYSTEMD', async (t) => {
+  const dir = tmp(t);
+  const noListener = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'nobody.sock'), PATH: process.env.PATH } });
+  await t.rejects(noListener.ready(), { code: 'APILB_ERR_SYSTEMD' });
+  const noHelper = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'x.sock') }, command: join(dir, 'no-such-helper') });
+  await t.rejects(noHelper.ready(), { code: 'APILB_ERR_SYSTEMD', message: /not found/ });
+  const r = await startReceiver(t, join(dir, 'ok.sock'));
+  const n = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'ok.sock'), PATH: process.env.PATH } });
+  await t.rejects(n.send(['READY=1\nMAINPID=1']), { code: 'APILB_ERR_SYSTEMD' });
+  await t.rejects(n.send(['lower=1']), { code: 'APILB_ERR_SYSTEMD' });
+  // A failed send does not block the queue.
+  await n.ready();
+  await waitFor(() => payloads(r).includes('READY=1'));
+  t.same(payloads(r), ['READY=1']);
+  t.throws(() => new Notifier({ timeout: 0 }), /timeout/);
+});
