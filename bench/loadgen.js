@@ -1,0 +1,105 @@
+// Load generator, a separate process so it never shares an event loop with what it measures.
+// node bench/loadgen.js '<json>' — modes:
+//   {mode:'bulk', port, streams, seconds, warmup}   → {mbps, bytes}
+//   {mode:'hold', port, count, batch}               → prints {ready, opened, failed}, then holds until stdin closes
+//   {mode:'https', port, conns, seconds, newConn, path, ca} → {rps, p50, p99, errors} (fallback when wrk is absent)
+import { connect } from 'node:net';
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
+
+const opt = JSON.parse(process.argv[2]);
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+const host = '127.0.0.1';
+const hardStop = setTimeout(() => { out({ error: 'loadgen hard timeout' }); process.exit(2); }, (opt.limit ?? 120) * 1000);
+hardStop.unref();
+
+if (opt.mode === 'bulk') {
+  let bytes = 0;
+  let total = 0;
+  let counting = false;
+  const socks = [];
+  let errors = 0;
+  for (let i = 0; i < opt.streams; i++) {
+    const s = connect({ port: opt.port, host });
+    s.on('error', () => { errors++; });
+    s.on('connect', () => s.write('S'));
+    s.on('data', (d) => { total += d.length; if (counting) bytes += d.length; });
+    socks.push(s);
+  }
+  setTimeout(() => {
+    counting = true;
+    const t0 = process.hrtime.bigint();
+    setTimeout(() => {
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      counting = false;
+      for (const s of socks) s.destroy();
+      out({ mbps: bytes / secs / 1e6, bytes, total, errors });
+      process.exit(0);
+    }, opt.seconds * 1000);
+  }, (opt.warmup ?? 0.5) * 1000);
+} else if (opt.mode === 'hold') {
+  const socks = [];
+  let opened = 0;
+  let failed = 0;
+  let started = 0;
+  const batch = opt.batch ?? 200;
+  function one() {
+    if (started >= opt.count) return;
+    started++;
+    const s = connect({ port: opt.port, host });
+    socks.push(s);
+    let done = false;
+    const t = setTimeout(() => finish(false), 10_000);
+    function finish(ok) {
+      if (done) return;
+      done = true;
+      clearTimeout(t);
+      if (ok) opened++; else failed++;
+      if (opened + failed === opt.count) out({ ready: true, opened, failed });
+      else one();
+    }
+    s.on('connect', () => s.write('H'));
+    s.once('data', () => finish(true));
+    s.on('error', () => finish(false));
+    s.on('close', () => finish(false));
+  }
+  for (let i = 0; i < batch; i++) one();
+  process.stdin.resume();
+  process.stdin.on('end', () => { for (const s of socks) s.destroy(); process.exit(0); });
+} else if (opt.mode === 'https') {
+  const ca = opt.ca ? readFileSync(opt.ca) : undefined;
+  const agent = opt.newConn ? new https.Agent({ keepAlive: false, maxCachedSessions: 0 })
+    : new https.Agent({ keepAlive: true, maxSockets: opt.conns });
+  const lat = [];
+  let errors = 0;
+  let stop = false;
+  let counting = false;
+  let total = 0;
+  function loop() {
+    if (stop) return;
+    const t0 = process.hrtime.bigint();
+    const req = https.request({ host, port: opt.port, path: opt.path ?? '/api/v1/nodes/node-1', agent, ca, servername: 'kubernetes',
+      headers: opt.newConn ? { connection: 'close' } : {} }, (res) => {
+      res.on('data', () => {});
+      res.on('end', () => { total++; if (counting) lat.push(Number(process.hrtime.bigint() - t0) / 1e6); loop(); });
+    });
+    req.on('error', () => { errors++; setImmediate(loop); });
+    req.end();
+  }
+  for (let i = 0; i < opt.conns; i++) loop();
+  setTimeout(() => {
+    counting = true;
+    const t0 = Date.now();
+    setTimeout(() => {
+      stop = true;
+      const secs = (Date.now() - t0) / 1000;
+      lat.sort((a, b) => a - b);
+      const p = (q) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))];
+      out({ rps: lat.length / secs, requests: lat.length, total, p50: p(0.5), p99: p(0.99), errors });
+      process.exit(0);
+    }, opt.seconds * 1000);
+  }, (opt.warmup ?? 0.5) * 1000);
+} else {
+  out({ error: `unknown mode ${opt.mode}` });
+  process.exit(2);
+}
