@@ -5,6 +5,7 @@
  */
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { fetchStatus, formatStatus } from './admin/status.js';
 import { resolveConfig, type Config, type Layer } from './config/config.js';
 import { OPTIONS } from './config/options.js';
 import { installSignalHandlers, startDaemon } from './daemon.js';
@@ -93,6 +94,18 @@ async function checkConfig(argv: Record<string, unknown>): Promise<void> {
   }
 }
 
+/** `apilb status`: reads GET /status from a running daemon's admin endpoint; a table, or the JSON with --json. */
+async function status(argv: Record<string, unknown>): Promise<void> {
+  const timeout = Number(argv.timeout);
+  if (!(timeout > 0 && Number.isFinite(timeout))) die(new ConfigError([{ path: 'timeout', reason: `must be a number of seconds > 0, got ${String(argv.timeout)}` }]));
+  try {
+    const { doc, raw } = await fetchStatus(String(argv.adminListen), timeout * 1000);
+    process.stdout.write(argv.json ? raw : formatStatus(doc, Date.now()));
+  } catch (err) {
+    die(err);
+  }
+}
+
 /** Builds the yargs parser (exported for tests of help output). */
 export function buildCli(args: string[]): Argv {
   return yargs(args)
@@ -100,6 +113,16 @@ export function buildCli(args: string[]): Argv {
     .usage('$0 [run] --backend HOST:PORT [--backend HOST:PORT ...] [options]\n\nNode-local TCP/TLS-passthrough load balancer for the Kubernetes API server.')
     .command(['run', '$0'], 'run the load balancer (default command)', (y) => withOptions(y), (a) => run(a as Record<string, unknown>))
     .command('check-config', 'validate flags, environment and --config without starting (exit 0 valid, 2 invalid)', (y) => withOptions(y), (a) => checkConfig(a as Record<string, unknown>))
+    .command(
+      'status',
+      'show backends, states and connections of the running apilb (reads GET /status from the admin endpoint)',
+      (y) =>
+        y
+          .option('admin-listen', { type: 'string', default: process.env.APILB_ADMIN_LISTEN ?? '127.0.0.1:9643', describe: "the daemon's admin address (also APILB_ADMIN_LISTEN)" })
+          .option('json', { type: 'boolean', default: false, describe: 'print the raw /status JSON' })
+          .option('timeout', { type: 'number', default: 3, describe: 'seconds to wait for an answer' }),
+      (a) => status(a as Record<string, unknown>),
+    )
     .command('version', 'print the version', () => {}, () => {
       process.stdout.write(`apilb ${VERSION}\n`);
     })

@@ -9,6 +9,8 @@ import type { Config } from './config/config.js';
 import { formatAddress } from './config/values.js';
 import { BackendSet } from './discovery/backend-set.js';
 import { AdminServer, type Readiness } from './admin/admin-server.js';
+import { buildStatus } from './admin/status.js';
+import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeLogger, type Logger } from './logging.js';
 import { Pool } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
@@ -34,6 +36,13 @@ export class Daemon {
   readonly proxy: Proxy;
   readonly admin: AdminServer;
   readonly listeners: Server[] = [];
+  /** Prometheus metrics served on GET /metrics (read from pool/proxy at scrape time). */
+  readonly metrics: Metrics;
+  /** Configuration reloads by result (`success`, `failure`); read by apilb_config_reloads_total. */
+  readonly reloads = new Map<string, number>();
+  /** Epoch ms the daemon object was created (uptime in /status). */
+  readonly startedAt: number;
+  private readonly clock: Clock;
   private readonly unsubscribe: (() => void)[] = [];
   private started = false;
   private closing: Promise<void> | undefined;
@@ -42,6 +51,8 @@ export class Daemon {
     this.config = config;
     this.logger = deps.logger ?? createLogger(config.logLevel);
     const clock = deps.clock ?? systemClock;
+    this.clock = clock;
+    this.startedAt = clock.now();
     this.pool = new Pool({ rise: config.rise, fall: config.fall, clock });
     this.backendSet = new BackendSet(this.pool);
     this.backendSet.set('static', config.backends.map((address) => ({ address })));
@@ -58,6 +69,30 @@ export class Daemon {
     this.unsubscribe.push(subscribeLogger(this.logger, this.pool, this.proxy));
     this.admin = new AdminServer({ readiness: () => this.readiness() });
     if (deps.listeners) this.listeners.push(...deps.listeners);
+    this.metrics = createMetrics({
+      pool: this.pool,
+      proxy: this.proxy,
+      version: VERSION,
+      counters: { reloads: this.reloads },
+      readiness: () => this.readiness(),
+      listeners: () => this.listeners.filter((s) => s.listening).length,
+    });
+    this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await this.metrics.render() }));
+    this.admin.route('GET', '/status', () => ({ status: 200, body: this.status() }));
+  }
+
+  /** The GET /status document. */
+  status(): ReturnType<typeof buildStatus> {
+    return buildStatus({
+      version: VERSION,
+      pool: this.pool,
+      proxy: this.proxy,
+      readiness: this.readiness(),
+      listeners: this.listeners.filter((s) => s.listening).map(listenerAddress),
+      admin: this.adminAddress,
+      startedAt: this.startedAt,
+      now: this.clock.now(),
+    });
   }
 
   /** Ready once listeners are bound and at least one backend is eligible. */
@@ -116,6 +151,7 @@ export class Daemon {
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
       await this.proxy.close(timeoutMs);
       await this.admin.close();
+      this.metrics.close();
       for (const off of this.unsubscribe) off();
       this.logger.info({ event: 'stopped' }, 'apilb stopped');
     })();

@@ -1,0 +1,229 @@
+/**
+ * Prometheus metrics. Every value is read from the pool, the data path and the daemon at scrape time (collect
+ * callbacks); nothing here runs on the hot path. The one exception is the health-check latency histogram, which
+ * is fed by the health monitor's `check` event (a few events per second at most, never per connection).
+ *
+ * Series are rebuilt from the live objects on each scrape, so a backend that left the pool has no series.
+ * Metric names and labels are a contract (docs/observability.md): add, never rename.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Backend } from '../pool/backend.js';
+import { BACKEND_STATES } from '../pool/backend.js';
+import type { CheckResult, Pool } from '../pool/pool.js';
+import type { Proxy } from '../proxy/proxy.js';
+
+/** One active health check result, as the health monitor emits it (`check` event). */
+export interface HealthCheckEvent {
+  backend: Backend;
+  result: CheckResult;
+}
+
+/** Anything that emits `check` events (the health monitor; an EventEmitter in tests). */
+export interface HealthCheckSource {
+  on(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
+  off(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
+}
+
+/** Label values of `apilb_config_reloads_total{result}` that always exist (at 0 before the first reload). */
+export const RELOAD_RESULTS: readonly string[] = ['success', 'failure'];
+
+/** Label values of `apilb_connect_failures_total{reason}` exported even at 0 (so `increase()` sees the first). */
+export const CONNECT_FAILURE_REASONS: readonly string[] = ['refused', 'timeout', 'reset', 'unreachable', 'first_byte_timeout', 'closed', 'error'];
+
+/** Label values of `apilb_connections_closed_total{reason}` exported even at 0. */
+export const CLOSE_REASONS: readonly string[] = ['normal', 'client_error', 'backend_error', 'backend_down', 'drain_timeout', 'shutdown', 'all_backends_failed'];
+
+/** Label values of `apilb_rejected_connections_total{reason}` exported even at 0. */
+export const REJECT_REASONS: readonly string[] = ['max_connections'];
+
+/** Default buckets of `apilb_health_check_duration_seconds` (seconds; the default check timeout is 1 s). */
+export const HEALTH_CHECK_BUCKETS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/** prom-client default metrics that are gauges named `*_total`: `promtool check metrics` rejects them. */
+const LINT_FAILING_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+/** Options of {@link createMetrics}. */
+export interface MetricsOptions {
+  pool: Pool;
+  proxy: Proxy;
+  /** Source of `check` events for the latency histogram. Default none (attach later with `watchHealth`). */
+  health?: HealthCheckSource;
+  /** Value of `apilb_build_info{version}`. */
+  version: string;
+  /** Counters kept by the daemon. `reloads`: reloads by result (`success`, `failure`). Default: none (all 0). */
+  counters?: { reloads?: ReadonlyMap<string, number> };
+  /** Readiness for `apilb_ready`. Default: always false. */
+  readiness?: () => { ready: boolean };
+  /** Number of bound client listeners for `apilb_listeners`. Default: 0. */
+  listeners?: () => number;
+  /** Register prom-client's process/nodejs metrics. Default true. */
+  defaultMetrics?: boolean;
+  /** Histogram buckets in seconds. Default {@link HEALTH_CHECK_BUCKETS}. */
+  healthCheckBuckets?: readonly number[];
+}
+
+/** The metrics of one daemon. */
+export interface Metrics {
+  /** A private registry (never prom-client's global one), so several daemons can run in one process. */
+  readonly registry: Registry;
+  /** Content-Type of {@link render}'s output (Prometheus text format 0.0.4). */
+  readonly contentType: string;
+  /** The exposition text, read from the live objects now. */
+  render(): Promise<string>;
+  /** Feeds `check` events of `source` into the latency histogram; returns a function that stops it. */
+  watchHealth(source: HealthCheckSource): () => void;
+  /** Stops watching health sources and clears the registry. */
+  close(): void;
+}
+
+type Labels = Record<string, string>;
+
+/**
+ * A counter whose value is owned elsewhere (a plain number in the pool or proxy): each scrape resets it and
+ * re-adds the current totals, so it stays a real `counter` type (promtool, `rate()`) without hot-path calls.
+ */
+function readCounter(registry: Registry, name: string, help: string, labelNames: string[], read: () => Iterable<[Labels, number]>): Counter {
+  return new Counter({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect(this: Counter) {
+      this.reset();
+      for (const [labels, value] of read()) this.inc(labels, value);
+    },
+  });
+}
+
+/** A gauge rebuilt from the live objects at each scrape. */
+function readGauge(registry: Registry, name: string, help: string, labelNames: string[], read: () => Iterable<[Labels, number]>): Gauge {
+  return new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect(this: Gauge) {
+      this.reset();
+      for (const [labels, value] of read()) this.set(labels, value);
+    },
+  });
+}
+
+/** Creates the registry with every apilb metric plus (by default) prom-client's process/nodejs metrics. */
+export function createMetrics(options: MetricsOptions): Metrics {
+  const { pool, proxy, version } = options;
+  const registry = new Registry();
+  if (options.defaultMetrics ?? true) {
+    collectDefaultMetrics({ register: registry });
+    for (const name of LINT_FAILING_DEFAULTS) registry.removeSingleMetric(name);
+  }
+  const backends = (): readonly Backend[] => pool.backends;
+
+  function* perBackend(fn: (b: Backend) => number): Iterable<[Labels, number]> {
+    for (const b of backends()) yield [{ backend: b.id }, fn(b)];
+  }
+  function* perBackendMap(label: string, known: readonly string[], fn: (b: Backend) => ReadonlyMap<string, number> | undefined): Iterable<[Labels, number]> {
+    for (const b of backends()) {
+      const m = fn(b);
+      const keys = new Set([...known, ...(m?.keys() ?? [])]);
+      for (const k of keys) yield [{ backend: b.id, [label]: k }, m?.get(k) ?? 0];
+    }
+  }
+  function* byKey(label: string, known: readonly string[], m: ReadonlyMap<string, number> | undefined): Iterable<[Labels, number]> {
+    for (const k of new Set([...known, ...(m?.keys() ?? [])])) yield [{ [label]: k }, m?.get(k) ?? 0];
+  }
+
+  new Gauge({ name: 'apilb_build_info', help: 'Always 1; the version label is the running apilb version.', labelNames: ['version'], registers: [registry] }).set({ version }, 1);
+
+  readGauge(registry, 'apilb_backend_up', '1 when the backend is up (passed its health checks), else 0.', ['backend'], () => perBackend((b) => (b.state === 'up' ? 1 : 0)));
+  readGauge(registry, 'apilb_backend_state', '1 for the backend\'s current state (unknown, up, draining, down), 0 for the others.', ['backend', 'state'], function* () {
+    for (const b of backends()) for (const s of BACKEND_STATES) yield [{ backend: b.id, state: s }, b.state === s ? 1 : 0];
+  });
+  readGauge(registry, 'apilb_backend_state_since_timestamp_seconds', 'Unix time at which the backend entered its current state.', ['backend'], () => perBackend((b) => b.since / 1000));
+  readCounter(registry, 'apilb_backend_transitions_total', 'State changes of the backend, by target state.', ['backend', 'to'], () =>
+    perBackendMap('to', ['up', 'draining', 'down'], (b) => b.transitions),
+  );
+  readGauge(registry, 'apilb_panic', '1 while no backend is eligible and every backend is tried for each connection (panic mode).', [], () => [[{}, pool.panic ? 1 : 0]]);
+
+  readGauge(registry, 'apilb_connections_active', 'Open proxied connections per backend.', ['backend'], () => perBackend((b) => b.activeConnections));
+  readCounter(registry, 'apilb_connections_total', 'Connections established to the backend (TCP handshake done).', ['backend'], () => perBackend((b) => b.totalConnections));
+  readCounter(registry, 'apilb_connect_failures_total', 'Failed dials to the backend, by reason.', ['backend', 'reason'], () =>
+    perBackendMap('reason', CONNECT_FAILURE_REASONS, (b) => b.connectFailures),
+  );
+  readCounter(registry, 'apilb_first_byte_timeouts_total', 'Connections the backend accepted but sent nothing on within --first-byte-timeout.', ['backend'], () =>
+    perBackend((b) => b.connectFailures.get('first_byte_timeout') ?? 0),
+  );
+  readCounter(registry, 'apilb_connections_closed_total', 'Closed proxied connections, by backend and reason (normal, backend_down, drain_timeout, ...).', ['backend', 'reason'], () =>
+    perBackendMap('reason', CLOSE_REASONS, (b) => proxy.counters.closed.get(b.id)),
+  );
+  readCounter(registry, 'apilb_bytes_total', 'Bytes proxied, including open connections. direction="to_backend": client to backend; "to_client": backend to client.', ['backend', 'direction'], function* () {
+    for (const b of backends()) {
+      const bytes = proxy.bytesFor(b);
+      yield [{ backend: b.id, direction: 'to_backend' }, bytes.fromClient];
+      yield [{ backend: b.id, direction: 'to_client' }, bytes.toClient];
+    }
+  });
+  readCounter(registry, 'apilb_health_checks_total', 'Active health checks, by result (ok; status: answered not ready; error: transport failure).', ['backend', 'result'], function* () {
+    for (const b of backends()) for (const r of ['ok', 'status', 'error'] as const) yield [{ backend: b.id, result: r }, b.checkCounts[r]];
+  });
+
+  readGauge(registry, 'apilb_client_connections_active', 'Open client connections (dialing or proxied).', [], () => [[{}, proxy.activeConnections]]);
+  readCounter(registry, 'apilb_accepted_connections_total', 'Client connections accepted.', [], () => [[{}, proxy.counters.accepted]]);
+  readCounter(registry, 'apilb_retries_total', 'Dials retried on another backend after a failed connect or first-byte timeout.', [], () => {
+    let n = 0;
+    for (const v of proxy.counters.retries.values()) n += v;
+    return [[{}, n]];
+  });
+  readCounter(registry, 'apilb_rejected_connections_total', 'Client connections refused by apilb itself, by reason.', ['reason'], () => byKey('reason', REJECT_REASONS, proxy.counters.rejected));
+  readCounter(registry, 'apilb_config_reloads_total', 'Configuration reloads, by result (success, failure).', ['result'], () => byKey('result', RELOAD_RESULTS, options.counters?.reloads));
+  readGauge(registry, 'apilb_listeners', 'Client listeners bound.', [], () => [[{}, options.listeners?.() ?? 0]]);
+  readGauge(registry, 'apilb_ready', '1 when /readyz answers 200.', [], () => [[{}, options.readiness?.().ready ? 1 : 0]]);
+
+  // Ids with histogram series; a backend that left the pool gets its series removed at the next scrape.
+  const observed = new Set<string>();
+  const latency = new Histogram({
+    name: 'apilb_health_check_duration_seconds',
+    help: 'Duration of active health checks.',
+    labelNames: ['backend'],
+    buckets: [...(options.healthCheckBuckets ?? HEALTH_CHECK_BUCKETS)],
+    registers: [registry],
+    collect() {
+      const live = new Set(backends().map((b) => b.id));
+      for (const id of observed) {
+        if (!live.has(id)) {
+          latency.remove({ backend: id });
+          observed.delete(id);
+        }
+      }
+    },
+  });
+  function onCheck(ev: HealthCheckEvent): void {
+    // A check that finishes after its backend left the pool must not bring the series back.
+    if (!pool.backends.includes(ev.backend)) return;
+    observed.add(ev.backend.id);
+    latency.observe({ backend: ev.backend.id }, ev.result.latencyMs / 1000);
+  }
+
+  const unwatch = new Set<() => void>();
+  function watchHealth(source: HealthCheckSource): () => void {
+    source.on('check', onCheck);
+    const off = () => {
+      source.off('check', onCheck);
+      unwatch.delete(off);
+    };
+    unwatch.add(off);
+    return off;
+  }
+  if (options.health) watchHealth(options.health);
+
+  return {
+    registry,
+    contentType: registry.contentType,
+    render: () => registry.metrics(),
+    watchHealth,
+    close() {
+      for (const off of [...unwatch]) off();
+      registry.clear();
+    },
+  };
+}
