@@ -8,6 +8,7 @@ import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config/config.js';
 import { formatAddress } from './config/values.js';
 import { BackendSet } from './discovery/backend-set.js';
+import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
 import { AdminServer, type Readiness } from './admin/admin-server.js';
 import { buildStatus } from './admin/status.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
@@ -24,6 +25,8 @@ export interface DaemonDeps {
   dial?: Dialer;
   /** Already-listening servers (socket activation, tests) used instead of binding `config.listen`. */
   listeners?: Server[];
+  /** Tuning of EndpointSlice discovery (debounce, backoff, clock); default the built-in defaults and `clock`. */
+  discovery?: DiscoveryTuning;
 }
 
 /** A running apilb. */
@@ -42,6 +45,9 @@ export class Daemon {
   readonly reloads = new Map<string, number>();
   /** Epoch ms the daemon object was created (uptime in /status). */
   readonly startedAt: number;
+  /** EndpointSlice discovery, when --discover-endpointslices is set (created in start(), once listeners are bound). */
+  discovery: EndpointSliceDiscovery | undefined;
+  private readonly discoveryTuning: DiscoveryTuning | undefined;
   private readonly clock: Clock;
   private readonly unsubscribe: (() => void)[] = [];
   private started = false;
@@ -52,6 +58,7 @@ export class Daemon {
     this.logger = deps.logger ?? createLogger(config.logLevel);
     const clock = deps.clock ?? systemClock;
     this.clock = clock;
+    this.discoveryTuning = deps.discovery;
     this.startedAt = clock.now();
     this.pool = new Pool({ rise: config.rise, fall: config.fall, clock });
     this.backendSet = new BackendSet(this.pool);
@@ -115,6 +122,17 @@ export class Daemon {
         }
       }
       for (const s of this.listeners) this.proxy.serve(s);
+      if (this.config.discoverEndpointslices) {
+        // Discovery's requests go through our own listener (the balanced path), so it starts once that is bound.
+        this.discovery = new EndpointSliceDiscovery({
+          backendSet: this.backendSet,
+          logger: this.logger,
+          clock: this.clock,
+          ...discoveryOptionsFromConfig(this.config, this.listeners),
+          ...this.discoveryTuning,
+        });
+        this.discovery.start();
+      }
       await this.admin.listen(this.config.adminListen);
     } catch (err) {
       await this.close(0);
@@ -148,6 +166,8 @@ export class Daemon {
   close(timeoutMs = this.config.shutdownTimeout): Promise<void> {
     this.closing ??= (async () => {
       await this.proxy.stopAccepting();
+      // Before the drain: discovery's own watch is a connection through the proxy and would hold it open.
+      await this.discovery?.close();
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
       await this.proxy.close(timeoutMs);
       await this.admin.close();
