@@ -9,8 +9,9 @@ import { isAbsolute, join } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
+import { loadKubeconfigCredentials } from './kubeconfig.js';
 import { envName, fileKey, OPTIONS, type OptionSpec } from './options.js';
-import { parseAddress, parseDuration, type Address } from './values.js';
+import { formatDuration, parseAddress, parseDuration, type Address } from './values.js';
 
 /** The fully resolved, validated configuration. Durations are milliseconds. */
 export interface Config {
@@ -75,67 +76,116 @@ export interface ResolveInput {
   hasIPv6Loopback?: boolean;
 }
 
+/** Short description of a raw value for messages: `"abc"`, `5`, `a list`, `a mapping`. */
+function shown(v: unknown): string {
+  if (v === null || v === undefined) return 'nothing';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  if (typeof v === 'string') return JSON.stringify(v.length > 60 ? v.slice(0, 57) + '...' : v);
+  return String(v);
+}
+
+/**
+ * One value parser per option kind. Every kind accepts the raw forms an operator can produce (strings from flags
+ * and the environment, typed scalars from YAML) and reports anything else as "must be X, got Y" so the message
+ * names what to write instead of a zod type name.
+ */
 function kindSchema(spec: OptionSpec): z.ZodTypeAny {
-  const msg = (m: string) => ({ message: m });
+  const fail = (ctx: z.RefinementCtx, message: string, path?: (string | number)[]) => {
+    ctx.addIssue({ code: 'custom', message, ...(path ? { path } : {}) });
+    return z.NEVER;
+  };
   switch (spec.kind) {
     case 'duration':
-      return z.union([z.string(), z.literal(0)]).transform((v, ctx) => {
-        try {
-          const ms = parseDuration(String(v));
-          if (spec.min !== undefined && ms < spec.min) {
-            ctx.addIssue({ code: 'custom', message: spec.min <= 1 ? 'must be greater than zero' : `must be at least ${spec.min}ms` });
-            return z.NEVER;
-          }
-          return ms;
-        } catch (e) {
-          ctx.addIssue({ code: 'custom', message: (e as Error).message });
-          return z.NEVER;
+      return z.unknown().transform((v, ctx) => {
+        const raw = v;
+        if (typeof v === 'number') {
+          // YAML `connectTimeout: 5` is ambiguous (seconds? milliseconds?): only a bare 0 is accepted.
+          if (v !== 0) return fail(ctx, `must be a duration with a unit, like ${v}s or ${v}ms (a bare number is ambiguous)`);
+          v = '0';
         }
+        if (typeof v !== 'string') return fail(ctx, `must be a duration like 250ms, 2s or 1m, got ${shown(v)}`);
+        let ms: number;
+        try {
+          ms = parseDuration(v);
+        } catch (e) {
+          return fail(ctx, (e as Error).message);
+        }
+        if (spec.min !== undefined && ms < spec.min) return fail(ctx, spec.min <= 1 ? `must be greater than zero, got ${shown(raw)}` : `must be at least ${formatDuration(spec.min)}, got ${shown(raw)}`);
+        if (spec.max !== undefined && ms > spec.max) return fail(ctx, `must be at most ${formatDuration(spec.max)}, got ${shown(raw)}`);
+        return ms;
       });
     case 'int':
-      return z
-        .union([z.number(), z.string().regex(/^-?\d+$/, 'must be a whole number')])
-        .transform(Number)
-        .pipe(
-          z.number(msg('must be a whole number')).int('must be a whole number')
-            .min(spec.min ?? Number.MIN_SAFE_INTEGER, `must be at least ${spec.min}`)
-            .max(spec.max ?? Number.MAX_SAFE_INTEGER, `must be at most ${spec.max}`),
-        );
+      return z.unknown().transform((v, ctx) => {
+        const n = typeof v === 'number' ? v : typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : NaN;
+        if (!Number.isSafeInteger(n)) return fail(ctx, `must be a whole number, got ${shown(v)}`);
+        if (spec.min !== undefined && n < spec.min) return fail(ctx, `must be at least ${spec.min}, got ${n}`);
+        if (spec.max !== undefined && n > spec.max) return fail(ctx, `must be at most ${spec.max}, got ${n}`);
+        return n;
+      });
     case 'bool':
-      return z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform(
-        (v) => v === true || v === 'true' || v === '1' || v === 'yes',
-      );
+      return z.unknown().transform((v, ctx) => {
+        if (typeof v === 'boolean') return v;
+        const s = typeof v === 'string' ? v.trim().toLowerCase() : undefined;
+        if (s === 'true' || s === '1' || s === 'yes') return true;
+        if (s === 'false' || s === '0' || s === 'no') return false;
+        return fail(ctx, `must be true or false, got ${shown(v)}`);
+      });
     case 'enum':
-      return z.string().refine((v) => spec.choices!.includes(v), `must be one of ${spec.choices!.join(', ')}`);
+      return z.unknown().transform((v, ctx) => {
+        if (typeof v === 'string' && spec.choices!.includes(v)) return v;
+        return fail(ctx, `must be one of ${spec.choices!.join(', ')}, got ${shown(v)}`);
+      });
     case 'string':
-      return z.string().min(1, 'must not be empty');
+      return z.unknown().transform((v, ctx) => {
+        if (typeof v !== 'string') return fail(ctx, `must be a string, got ${shown(v)}`);
+        if (v.trim() === '') return fail(ctx, 'must not be empty');
+        return v;
+      });
     case 'file':
-      return z.string().min(1, 'must not be empty').transform((p, ctx) => {
-        const resolved = resolveCredentialPath(p);
+      return z.unknown().transform((v, ctx) => {
+        if (typeof v !== 'string') return fail(ctx, `must be a file path, got ${shown(v)}`);
+        if (v.trim() === '') return fail(ctx, 'must not be empty');
+        const resolved = resolveCredentialPath(v);
         try {
           accessSync(resolved, constants.R_OK);
         } catch (e) {
           const code = (e as NodeJS.ErrnoException).code;
-          ctx.addIssue({ code: 'custom', message: code === 'ENOENT' ? `file "${p}" does not exist` : `file "${p}" is not readable (${code})` });
-          return z.NEVER;
+          return fail(ctx, code === 'ENOENT' ? `file "${v}" does not exist` : `file "${v}" is not readable (${code})`);
         }
         return resolved;
       });
     case 'address':
-      return z.string().transform((v, ctx) => addressOrIssue(v, spec, ctx));
+      return z.unknown().transform((v, ctx) => {
+        if (typeof v !== 'string') return fail(ctx, `must be an address HOST:PORT, got ${shown(v)}`);
+        try {
+          return parseAddress(v, { allowPortZero: spec.allowPortZero === true });
+        } catch (e) {
+          return fail(ctx, (e as Error).message);
+        }
+      });
     case 'address-list':
-      return z
-        .union([z.string().transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean)), z.array(z.string())])
-        .pipe(z.array(z.string().transform((v, ctx) => addressOrIssue(v, spec, ctx))));
-  }
-}
-
-function addressOrIssue(v: string, spec: OptionSpec, ctx: z.RefinementCtx): Address {
-  try {
-    return parseAddress(v, { allowPortZero: spec.allowPortZero === true });
-  } catch (e) {
-    ctx.addIssue({ code: 'custom', message: (e as Error).message });
-    return z.NEVER;
+      return z.unknown().transform((v, ctx) => {
+        // Flags and the environment give `a,b` or a list of strings; YAML gives a list (or one string).
+        const items = typeof v === 'string' ? v.split(',').map((x) => x.trim()).filter(Boolean) : v;
+        if (!Array.isArray(items)) return fail(ctx, `must be a list of HOST:PORT addresses, got ${shown(v)}`);
+        const out: Address[] = [];
+        let bad = false;
+        items.forEach((item, i) => {
+          if (typeof item !== 'string') {
+            bad = true;
+            fail(ctx, `must be an address HOST:PORT, got ${shown(item)}`, [i]);
+            return;
+          }
+          try {
+            out.push(parseAddress(item, { allowPortZero: spec.allowPortZero === true }));
+          } catch (e) {
+            bad = true;
+            fail(ctx, (e as Error).message, [i]);
+          }
+        });
+        return bad ? z.NEVER : out;
+      });
   }
 }
 
@@ -166,10 +216,6 @@ function zodIssues(err: z.ZodError, label: (path: (string | number)[]) => string
   for (const issue of err.issues) {
     if (issue.code === 'unrecognized_keys') {
       for (const k of issue.keys) out.push({ path: label([...issue.path, k]), reason: 'unknown key' + suggest(k) });
-    } else if (issue.code === 'invalid_union') {
-      // A union failed on every branch: report the most specific message of the string branch.
-      const inner = issue.unionErrors.flatMap((e) => e.issues).find((i) => i.code === 'custom' || i.code === 'too_small' || i.code === 'invalid_string');
-      out.push({ path: label(issue.path), reason: inner?.message ?? describeType(issue) });
     } else {
       out.push({ path: label(issue.path), reason: issue.message });
     }
@@ -177,14 +223,34 @@ function zodIssues(err: z.ZodError, label: (path: (string | number)[]) => string
   return out;
 }
 
-function describeType(issue: z.ZodIssue): string {
-  return issue.message === 'Invalid input' ? 'has the wrong type' : issue.message;
+/** Levenshtein distance, for "did you mean" on misspelt keys. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length]!;
 }
 
+/**
+ * Suggests the YAML key an unknown key most likely meant: the same letters in another case or separator style
+ * (`drain_timeout`, `connect-timeout`, `backend` for `backends`), else the closest key within a few edits.
+ */
 function suggest(key: string): string {
-  const lower = key.toLowerCase().replace(/[-_]/g, '');
-  const hit = OPTIONS.find((o) => fileKey(o).toLowerCase() === lower || o.key.toLowerCase() === lower || o.flag.replace(/-/g, '') === lower);
-  return hit ? ` (did you mean "${fileKey(hit)}"?)` : '';
+  const norm = (k: string) => k.toLowerCase().replace(/[-_]/g, '');
+  const lower = norm(key);
+  let best: { name: string; d: number } | undefined;
+  for (const o of OPTIONS) {
+    const name = fileKey(o);
+    const d = Math.min(editDistance(lower, norm(name)), editDistance(lower, norm(o.flag)));
+    if (!best || d < best.d) best = { name, d };
+  }
+  const limit = Math.max(2, Math.floor(lower.length / 4));
+  return best && best.d <= limit ? ` (did you mean "${best.name}"?)` : '';
 }
 
 /** Reads and parses a YAML config file; throws ConfigError naming the file on any problem. */
@@ -240,10 +306,17 @@ export function resolveConfig(input: ResolveInput = {}): Config {
   const origin: Record<string, string> = {};
 
   if (input.configFile) {
-    const raw = readConfigFile(input.configFile);
-    const r = FILE_SCHEMA.safeParse(raw);
-    if (r.success) assignDefined(merged, r.data, fileToKey, origin, 'file');
-    else issues.push(...zodIssues(r.error, (p) => `${input.configFile}: ${p.join('.')}`));
+    // An unreadable file is one issue among others: the environment and flags are still checked and reported.
+    let raw: Layer | undefined;
+    try {
+      raw = readConfigFile(input.configFile);
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      issues.push(...e.issues);
+    }
+    const r = raw === undefined ? undefined : FILE_SCHEMA.safeParse(raw);
+    if (r?.success) assignDefined(merged, r.data, fileToKey, origin, 'file');
+    else if (r) issues.push(...zodIssues(r.error, (p) => `${input.configFile}: ${p.join('.')}`));
   }
   if (input.env) {
     const { layer, names } = envLayer(input.env);
@@ -267,9 +340,12 @@ export function resolveConfig(input: ResolveInput = {}): Config {
   cfg.backends ??= [];
   if (input.configFile) cfg.configFile = input.configFile;
 
+  // Cross-field issues are reported where the operator set the value: file key, environment variable or flag.
   const where = (key: string) => {
     const spec = OPTIONS.find((o) => o.key === key)!;
-    return origin[key] === 'file' ? fileKey(spec) : `--${spec.flag}`;
+    if (origin[key] === 'file') return `${input.configFile}: ${fileKey(spec)}`;
+    if (origin[key] === 'env') return envName(spec);
+    return `--${spec.flag}`;
   };
   if (!input.allowNoBackends && cfg.backends.length === 0 && !cfg.discoverEndpointslices) {
     issues.push({ path: 'backends', reason: 'no backend configured: pass --backend HOST:PORT (repeatable), set backends: in --config FILE, or set APILB_BACKEND' });
@@ -288,6 +364,17 @@ export function resolveConfig(input: ResolveInput = {}): Config {
   }
   if (cfg.healthCheckTimeout > cfg.healthCheckInterval) {
     issues.push({ path: where('healthCheckTimeout'), reason: `must not exceed healthCheckInterval (${cfg.healthCheckInterval}ms)` });
+  }
+  if (cfg.kubeconfig) {
+    // Read it now so a broken kubeconfig fails check-config and startup, not the first health check.
+    try {
+      const k = loadKubeconfigCredentials(cfg.kubeconfig);
+      if (!k.ca && !cfg.caFile && cfg.healthCheckMode === 'https' && !cfg.healthCheckInsecure) {
+        issues.push({ path: where('kubeconfig'), reason: 'has no certificate-authority or certificate-authority-data for its cluster: pass --ca-file too' });
+      }
+    } catch (e) {
+      issues.push({ path: where('kubeconfig'), reason: (e as Error).message });
+    }
   }
   if (issues.length) throw new ConfigError(issues);
   return cfg;

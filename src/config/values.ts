@@ -21,6 +21,7 @@ const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_00
 export function parseDuration(text: string): number {
   const s = String(text).trim();
   if (s === '0') return 0;
+  if (s.startsWith('-')) throw new Error(`"${s}" is negative: a duration is 0 or more, like 250ms, 2s or 1m`);
   const m = DURATION_RE.exec(s);
   if (!m) throw new Error(`"${s}" is not a duration: write a number with a unit, like 250ms, 2s, 1m or 1h`);
   const ms = Number(m[1]) * UNIT_MS[m[2]!]!;
@@ -58,7 +59,12 @@ export function parseAddress(text: string, opts: { allowPortZero?: boolean } = {
     if (idx <= 0) throw new Error(`"${s}" is not HOST:PORT (for example 10.0.0.1:6443)`);
     host = s.slice(0, idx);
     portText = s.slice(idx + 1);
-    if (host.includes(':')) throw new Error(`"${s}" looks like an IPv6 address: write it in brackets, like [${host}]:${portText}`);
+    if (host.includes(':')) {
+      // `fe80::1:6443` could be an address with a port or a longer address without one: ask for brackets, and
+      // suggest the reading with a port unless that leaves no valid address (`::1` alone).
+      const hint = isIP(host) === 6 && /^\d{1,5}$/.test(portText) ? `[${host}]:${portText}` : `[${s}]:6443`;
+      throw new Error(`"${s}" looks like an IPv6 address: write it in brackets with a port, like ${hint}`);
+    }
     if (isIP(host) !== 4 && /^[\d.]+$/.test(host)) throw new Error(`"${host}" in "${s}" is not a valid IPv4 address`);
     if (isIP(host) !== 4 && !HOSTNAME_RE.test(host)) throw new Error(`"${host}" in "${s}" is neither an IP address nor a host name`);
   }
