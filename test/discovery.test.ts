@@ -250,3 +250,275 @@ t.test('debounce: a flapping entry is applied once, at most maxDebounce after th
   r.clock.advance(10000);
   t.equal(r.d.stats.applied, 2, 'applied once');
 });
+
+t.test('an empty or implausible list is never applied: the last good list and the seeds stay', async (t) => {
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), port), tuning: { maxBackends: 3 } });
+  const p = r.port;
+  await until(() => r.d.stats.applied === 1 && r.cluster.openWatches === 1, 'first list applied, watching');
+  const good = [`127.0.0.2:${p}`, `127.0.0.3:${p}`];
+
+  r.cluster.setSlice('kubernetes', [{ ip: '127.0.0.2', ready: false }, { ip: '127.0.0.3', ready: false }], p);
+  await r.caughtUp();
+  r.clock.advance(3000);
+  t.same(r.discovered(), good, 'every endpoint not ready: ignored');
+  t.equal(r.d.stats.rejected, 1);
+
+  r.cluster.deleteSlice('kubernetes');
+  await r.caughtUp();
+  r.clock.advance(3000);
+  t.same(r.discovered(), good, 'slice deleted: ignored');
+  t.equal(r.d.stats.rejected, 2);
+
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'), p);
+  await r.caughtUp();
+  r.clock.advance(3000);
+  t.same(r.discovered(), good, 'more than maxBackends: ignored');
+  t.equal(r.d.stats.rejected, 3);
+  t.same(r.live(), ['10.99.0.1:6443', ...good], 'seed and last good list in the pool');
+  const warned = r.lines.filter((l) => l.event === 'discovery_rejected');
+  t.equal(warned.length, 3, 'each distinct reason logged once');
+  t.match(String(warned[0]!.msg), /no ready API server in the EndpointSlices \(2 not ready\); keeping the last good list \(2 API servers\)/);
+  t.equal(warned[0]!.code, 'APILB_ERR_DISCOVERY');
+
+  r.cluster.setSlice('kubernetes', eps('127.0.0.3'), p);
+  await r.caughtUp();
+  r.clock.advance(3000);
+  t.same(r.discovered(), [`127.0.0.3:${p}`], 'a plausible list is applied again');
+  t.equal(r.d.stats.listSize, 1);
+});
+
+t.test('an empty first LIST leaves the seeds alone', async (t) => {
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', [{ ip: '127.0.0.2', ready: false }], port) });
+  await until(() => r.d.stats.rejected === 1, 'first list rejected');
+  t.equal(r.set.get(ENDPOINTSLICES_SOURCE), undefined, 'nothing applied');
+  t.same(r.live(), ['10.99.0.1:6443']);
+  await until(() => r.cluster.openWatches === 1, 'watching anyway');
+  // Still before any good list: the first plausible one is applied at once, without debounce.
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2'), r.port);
+  await until(() => r.discovered().length === 1, 'first good list applied without waiting');
+  t.equal(r.d.stats.applied, 1);
+});
+
+t.test('watch errors back off with jitter and resume from the last resourceVersion; events missed meanwhile arrive', async (t) => {
+  let rnd = 0.5;
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2'), port), tuning: { random: () => rnd } });
+  const p = r.port;
+  const failures: number[] = [];
+  r.d.on('failure', (f) => failures.push(f.retryInMs));
+  await until(() => r.cluster.openWatches === 1, 'watching');
+  const rvAtBreak = r.d.stats.resourceVersion;
+
+  r.cluster.failWatches = 2;
+  r.cluster.breakWatches();
+  await until(() => failures.length === 1, 'first failure');
+  t.equal(failures[0], 1000, 'first retry after backoffBaseMs (random 0.5 = no jitter)');
+  t.equal(r.d.stats.state, 'backoff');
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), p); // happens while apilb is not watching
+  rnd = 0; // jitter ±50%: the low end
+  r.clock.advance(1000);
+  await until(() => failures.length === 2, 'second failure (injected 500)');
+  t.equal(failures[1], 1000, 'second retry doubles (2000) and is jittered down by 50%');
+  rnd = 1;
+  r.clock.advance(1000);
+  await until(() => failures.length === 3, 'third failure (injected 500)');
+  t.equal(failures[2], 6000, 'third retry doubles (4000) and is jittered up by 50%');
+  r.clock.advance(6000);
+  await until(() => r.cluster.openWatches === 1, 'watch re-established');
+  await r.caughtUp();
+  const watches = r.cluster.requests.filter((q) => q.kind === 'watch');
+  t.ok(watches.length >= 4);
+  t.ok(watches.slice(1).every((w) => w.resourceVersion === rvAtBreak), 'every retry resumed from the resourceVersion it had');
+  t.equal(r.cluster.requests.filter((q) => q.kind === 'list').length, 1, 'no re-list');
+  r.clock.advance(3000);
+  t.same(r.discovered(), [`127.0.0.2:${p}`, `127.0.0.3:${p}`], 'the change made during the outage arrived');
+  t.equal(r.d.stats.errors, 3);
+  t.equal(r.d.stats.watchRestarts, 3);
+  t.match(r.d.stats.lastError, /WATCH: HTTP 500: injected watch failure/);
+  const warns = r.lines.filter((l) => l.event === 'discovery_error' && l.level === 'warn');
+  t.ok(warns.length >= 1 && warns.length <= 2, 'a repeated error is logged at warn once');
+  t.ok(r.lines.some((l) => l.event === 'discovery_recovered'), 'recovery logged');
+
+  // Backoff resets after success: the next failure waits backoffBaseMs again.
+  rnd = 0.5;
+  r.cluster.failWatches = 1;
+  r.cluster.breakWatches();
+  await until(() => failures.length === 4, 'fourth failure');
+  t.equal(failures[3], 1000, 'backoff reset after a working watch');
+  r.clock.advance(1000);
+  await until(() => failures.length === 5, 'the injected 500');
+  r.clock.advance(2000);
+  await until(() => r.cluster.openWatches === 1, 'watching again');
+});
+
+t.test('backoff is capped at backoffMaxMs', async (t) => {
+  const r = await rig(t, { setup: (c) => (c.failLists = 100), tuning: { backoffBaseMs: 1000, backoffMaxMs: 5000 } });
+  const failures: number[] = [];
+  r.d.on('failure', (f) => failures.push(f.retryInMs));
+  for (let i = 1; i <= 6; i++) {
+    await until(() => failures.length === i, `failure ${i}`);
+    r.clock.advance(failures[i - 1]!);
+  }
+  t.same(failures, [1000, 2000, 4000, 5000, 5000, 5000]);
+  t.equal(r.d.stats.lists, 0);
+});
+
+t.test('410 Gone on the watch request re-lists', async (t) => {
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2'), port) });
+  const p = r.port;
+  await until(() => r.cluster.openWatches === 1, 'watching');
+  r.cluster.breakWatches();
+  await until(() => r.d.stats.state === 'backoff', 'backing off');
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), p);
+  r.cluster.compact(); // the history apilb would resume from is gone
+  r.clock.advance(1000);
+  await until(() => r.d.stats.lists === 2 && r.cluster.openWatches === 1, 're-listed and watching');
+  t.equal(r.d.stats.relists, 1);
+  const kinds = r.cluster.requests.map((q) => q.kind);
+  t.same(kinds.slice(-3), ['watch', 'list', 'watch'], 'the 410 watch is followed by a LIST, then a fresh watch');
+  t.equal(r.cluster.requests.at(-1)!.resourceVersion, r.cluster.resourceVersion, 'the new watch starts at the LIST resourceVersion');
+  r.clock.advance(3000);
+  t.same(r.discovered(), [`127.0.0.2:${p}`, `127.0.0.3:${p}`], 'the re-list brought the change');
+  t.ok(r.lines.some((l) => l.event === 'discovery_relist' && l.reason === '410'));
+});
+
+t.test('an ERROR event with code 410 inside the watch stream re-lists at once', async (t) => {
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2'), port) });
+  r.cluster.goneAsEvent = true;
+  await until(() => r.cluster.openWatches === 1, 'watching');
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), r.port);
+  await r.caughtUp();
+  r.cluster.expireWatches();
+  // No clock advance: a 410 is not an error, the LIST follows immediately.
+  await until(() => r.d.stats.lists === 2 && r.cluster.openWatches === 1, 're-listed and watching');
+  t.equal(r.d.stats.relists, 1);
+  t.equal(r.d.stats.errors, 0, 'not counted as an error');
+  t.ok(r.lines.some((l) => l.event === 'discovery_relist' && l.reason === '410-event'));
+  r.clock.advance(3000);
+  t.equal(r.discovered().length, 2);
+});
+
+t.test('a watch the server ends is resumed from its resourceVersion without a LIST; bookmarks advance it', async (t) => {
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2'), port) });
+  await until(() => r.cluster.openWatches === 1, 'watching');
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), r.port);
+  r.cluster.bookmark();
+  await r.caughtUp();
+  const rv = r.cluster.resourceVersion;
+  r.cluster.endWatches();
+  await until(() => r.d.stats.watchRestarts === 1 && r.cluster.openWatches === 1, 'watch resumed');
+  t.equal(r.cluster.requests.at(-1)!.kind, 'watch');
+  t.equal(r.cluster.requests.at(-1)!.resourceVersion, rv);
+  t.equal(r.d.stats.lists, 1);
+  t.equal(r.d.stats.errors, 0);
+
+  // A watch that ends at once without an event is an error (no hot loop).
+  r.cluster.endWatches();
+  await until(() => r.d.stats.state === 'backoff', 'backing off');
+  t.match(r.d.stats.lastError, /ended at once/);
+  r.clock.advance(1000);
+  await until(() => r.cluster.openWatches === 1, 'watching again');
+});
+
+t.test('LIST errors back off; 403 points at the RBAC manifest', async (t) => {
+  const r = await rig(t, { setup: (c, port) => { c.setSlice('kubernetes', eps('127.0.0.2'), port); c.listStatus = 403; } });
+  await until(() => r.d.stats.state === 'backoff', 'backing off');
+  t.equal(r.d.stats.lists, 0);
+  const err = r.lines.find((l) => l.event === 'discovery_error');
+  t.match(String(err?.msg), /LIST failed: HTTP 403: endpointslices.discovery.k8s.io is forbidden \(.*contrib\/rbac-endpointslices.yaml\)/);
+  t.equal(r.set.get(ENDPOINTSLICES_SOURCE), undefined);
+  r.cluster.listStatus = 0;
+  r.clock.advance(1000);
+  await until(() => r.discovered().length === 1, 'listed after the RBAC fix');
+});
+
+t.test('TLS: a server certificate from another CA is refused, nothing is applied', async (t) => {
+  const cluster = new FakeCluster();
+  const [s] = await startApiStandIns(cluster, ['127.0.0.2'], { tls: otherCa.server(), ca: ca.cert });
+  t.teardown(() => s!.close());
+  cluster.setSlice('kubernetes', eps('127.0.0.2'), s!.port);
+  const set = new BackendSet(new Pool());
+  const clock = new FakeClock();
+  const { logger, lines } = captureLogger();
+  const d = new EndpointSliceDiscovery({ backendSet: set, target: { host: s!.host, port: s!.port }, tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key }, clock, logger });
+  t.teardown(() => d.close());
+  d.start();
+  await until(() => d.stats.errors === 1, 'the TLS failure');
+  t.equal(cluster.requests.length, 0, 'no request reached the impostor');
+  t.match(String(lines.find((l) => l.event === 'discovery_error')?.msg), /does not verify against the cluster CA/);
+  t.equal(set.get(ENDPOINTSLICES_SOURCE), undefined);
+});
+
+t.test('state file: written atomically after each applied change, with the CA fingerprints', async (t) => {
+  const dir = tmp(t, 'apilb-state-');
+  const r = await rig(t, { stateDir: dir, setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), port) });
+  const p = r.port;
+  const file = join(dir, 'endpoints.json');
+  await until(() => existsSync(file), 'state file written');
+  const doc = JSON.parse(readFileSync(file, 'utf8')) as { version: number; caFingerprints: string[]; backends: string[]; savedAt: string };
+  t.equal(doc.version, 1);
+  t.same(doc.backends, [`127.0.0.2:${p}`, `127.0.0.3:${p}`]);
+  t.same(doc.caFingerprints, caFingerprints(ca.cert));
+  t.match(doc.caFingerprints[0], /^[0-9a-f]{64}$/);
+  t.equal(doc.savedAt, new Date(r.clock.now()).toISOString());
+  r.cluster.setSlice('kubernetes', eps('127.0.0.3'), p);
+  await r.caughtUp();
+  r.clock.advance(3000);
+  await until(() => (JSON.parse(readFileSync(file, 'utf8')) as { backends: string[] }).backends.length === 1, 'state file updated');
+  t.same(readdirSync(dir), ['endpoints.json'], 'no temporary file left behind');
+  t.equal(r.d.stats.stateFile, 'missing', 'nothing to load at the start');
+  t.equal(r.d.stats.stateFileErrors, 0);
+});
+
+t.test('state file: loaded before the first LIST; another cluster\'s file or a corrupt one is ignored', async (t) => {
+  const fps = caFingerprints(ca.cert);
+
+  t.test('same cluster: loaded synchronously by start()', async (t) => {
+    const dir = tmp(t, 'apilb-state-');
+    await saveStateFile(dir, [parseAddress('10.0.0.7:6443'), parseAddress('10.0.0.8:6443')], fps);
+    const r = await rig(t, { stateDir: dir, start: false, setup: (c) => (c.failLists = 1000) });
+    r.d.start();
+    t.same(r.discovered(), ['10.0.0.7:6443', '10.0.0.8:6443'], 'in the pool when start() returns');
+    t.equal(r.d.stats.stateFile, 'loaded');
+    t.equal(r.d.stats.listSize, 2);
+    t.ok(r.lines.some((l) => l.event === 'discovery_state_loaded'));
+  });
+
+  t.test('a CA bundle sharing a certificate (CA rotation) still matches', async (t) => {
+    const dir = tmp(t, 'apilb-state-');
+    await saveStateFile(dir, [parseAddress('10.0.0.7:6443')], caFingerprints(otherCa.cert + ca.cert));
+    const r = loadStateFile(dir, fps);
+    t.equal(r.result, 'loaded');
+  });
+
+  t.test('another cluster: ignored and logged, replaced after the first LIST', async (t) => {
+    const dir = tmp(t, 'apilb-state-');
+    await saveStateFile(dir, [parseAddress('10.0.0.7:6443')], caFingerprints(otherCa.cert));
+    const r = await rig(t, { stateDir: dir, start: false, setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2'), port) });
+    r.d.start();
+    t.equal(r.set.get(ENDPOINTSLICES_SOURCE), undefined, 'not loaded');
+    t.equal(r.d.stats.stateFile, 'other-cluster');
+    const warn = r.lines.find((l) => l.event === 'discovery_state_ignored');
+    t.equal(warn?.reason, 'ca-mismatch');
+    t.match(String(warn?.msg), /written for another cluster/);
+    await until(() => r.discovered().length === 1, 'listed');
+    await until(() => loadStateFile(dir, fps).result === 'loaded', 'file rewritten for this cluster');
+    t.same((loadStateFile(dir, fps) as { backends: unknown[] }).backends, [{ host: '127.0.0.2', port: r.port }]);
+  });
+
+  t.test('corrupt, wrong version, bad address, implausible: ignored', async (t) => {
+    const dir = tmp(t, 'apilb-state-');
+    const f = join(dir, 'endpoints.json');
+    writeFileSync(f, '{"version": 1, "caFing');
+    t.match(loadStateFile(dir, fps), { result: 'invalid', reason: /not JSON/ });
+    writeFileSync(f, JSON.stringify({ version: 2, caFingerprints: fps, backends: [] }));
+    t.match(loadStateFile(dir, fps), { result: 'invalid', reason: /version 2/ });
+    writeFileSync(f, JSON.stringify({ version: 1, caFingerprints: fps, backends: ['nope'] }));
+    t.match(loadStateFile(dir, fps), { result: 'invalid', reason: /backend "nope"/ });
+    t.same(loadStateFile(join(dir, 'absent'), fps), { result: 'missing' });
+    writeFileSync(f, JSON.stringify({ version: 1, caFingerprints: fps, backends: [] }));
+    const r = await rig(t, { stateDir: dir, start: false, setup: (c) => (c.failLists = 1000) });
+    r.d.start();
+    t.equal(r.d.stats.stateFile, 'implausible', 'an empty list in the file is not applied either');
+    t.equal(r.set.get(ENDPOINTSLICES_SOURCE), undefined);
+  });
+});

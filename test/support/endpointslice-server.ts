@@ -104,9 +104,9 @@ export class FakeCluster {
     for (const w of this.watchers) w.res.write(line);
   }
 
-  /** Forgets history: watches resuming from any earlier resourceVersion get 410 Gone. */
+  /** Forgets history: watches resuming from any resourceVersion older than the current one get 410 Gone. */
   compact(): void {
-    this.compactedRv = this.rv + 1;
+    this.compactedRv = this.rv;
     this.history.length = 0;
   }
 
