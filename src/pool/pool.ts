@@ -51,6 +51,8 @@ export class Pool extends EventEmitter<PoolEvents> {
   private list: Backend[] = [];
   private cursor = 0;
   private panicking = false;
+  /** Backends whose current failure streak includes a failed active check (see reportDialSuccess). */
+  private readonly checkFailedInStreak = new WeakSet<Backend>();
 
   constructor(options: PoolOptions = {}) {
     super();
@@ -165,9 +167,14 @@ export class Pool extends EventEmitter<PoolEvents> {
     if (b.removed && b.activeConnections === 0) this.delete(b);
   }
 
-  /** A dial reached the backend: transport works, so a pending transport-failure streak ends. */
+  /**
+   * A dial reached the backend: a streak made only of failed dials ends. A streak that includes a failed
+   * active check is left alone: a hung process's kernel still completes TCP handshakes, so a dial success
+   * proves less than a check failure does, and resetting on it would keep a hung backend out of `down` for
+   * as long as clients keep dialing it.
+   */
   reportDialSuccess(b: Backend): void {
-    if (b.lastFailureKind === 'transport' && b.state !== 'down') b.consecutiveFailures = 0;
+    if (b.lastFailureKind === 'transport' && b.state !== 'down' && !this.checkFailedInStreak.has(b)) b.consecutiveFailures = 0;
   }
 
   /**
@@ -188,6 +195,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     b.lastCheck = rec;
     b.checkCounts[rec.result]++;
     if (r.ok) {
+      this.checkFailedInStreak.delete(b);
       b.consecutiveFailures = 0;
       b.lastFailureKind = undefined;
       b.consecutiveSuccesses++;
@@ -199,6 +207,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     }
     const reason = r.kind === 'status' ? `health check answered ${r.status}${r.error ? `: ${r.error}` : ''}` : `health check failed: ${r.error}`;
     this.recordFailure(b, r.kind, reason);
+    if (r.kind === 'transport') this.checkFailedInStreak.add(b);
   }
 
   /** Forces a state (operator action, tests). */
@@ -209,7 +218,10 @@ export class Pool extends EventEmitter<PoolEvents> {
   private recordFailure(b: Backend, kind: 'transport' | 'status', reason: string): void {
     b.consecutiveSuccesses = 0;
     // A different failure kind starts a new streak: "answers 500" and "unreachable" are different diagnoses.
-    if (b.lastFailureKind !== kind) b.consecutiveFailures = 0;
+    if (b.lastFailureKind !== kind) {
+      b.consecutiveFailures = 0;
+      this.checkFailedInStreak.delete(b);
+    }
     b.lastFailureKind = kind;
     b.consecutiveFailures++;
     if (b.consecutiveFailures < this.fall) return;
