@@ -33,7 +33,8 @@ let otherCa: TestCA;
 
 t.before(() => {
   ca = createTestCA();
-  serverCert = ca.server();
+  // Every loopback address the stand-ins use, so health checks that verify the backend IP pass too.
+  serverCert = ca.server('kube-apiserver', ['DNS:kubernetes', 'DNS:localhost', ...[1, 2, 3, 4, 5, 6, 7].map((i) => `IP:127.0.0.${i}`)]);
   clientCert = ca.client('system:node:node-1', 'system:nodes');
   otherCa = createTestCA({ name: 'another-cluster-ca' });
 });
@@ -521,4 +522,178 @@ t.test('state file: loaded before the first LIST; another cluster\'s file or a c
     t.equal(r.d.stats.stateFile, 'implausible', 'an empty list in the file is not applied either');
     t.equal(r.set.get(ENDPOINTSLICES_SOURCE), undefined);
   });
+});
+
+// ---- Through a real daemon: discovery's requests take apilb's own balanced path ----
+
+function writeKubeconfig(t: Tap.Test): string {
+  const dir = tmp(t, 'apilb-kubeconfig-');
+  const path = join(dir, 'kubelet.conf');
+  writeFileSync(
+    path,
+    [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters:',
+      '- name: test',
+      '  cluster:',
+      `    certificate-authority: ${ca.certFile}`,
+      '    server: https://127.0.0.1:6443',
+      'contexts:',
+      '- name: test',
+      '  context: {cluster: test, user: node}',
+      'current-context: test',
+      'users:',
+      '- name: node',
+      '  user:',
+      `    client-certificate: ${clientCert.certFile}`,
+      `    client-key: ${clientCert.keyFile}`,
+      '',
+    ].join('\n'),
+  );
+  return path;
+}
+
+async function daemon(t: Tap.Test, seeds: string[], kubeconfig: string, stateDir: string, tuning: DiscoveryTuning = {}): Promise<Daemon> {
+  const config = resolveConfig({
+    flags: {
+      listen: ['127.0.0.1:0'],
+      adminListen: '127.0.0.1:0',
+      backends: seeds,
+      kubeconfig,
+      discoverEndpointslices: true,
+      stateDir,
+      logLevel: 'silent',
+    },
+    env: {},
+  });
+  const d = await startDaemon(config, { logger: createLogger('silent'), discovery: tuning });
+  t.teardown(() => d.close(0));
+  return d;
+}
+
+/** A client holding one keep-alive TLS connection through apilb; `disconnects` counts lost connections. */
+function apiClient(t: Tap.Test, d: Daemon): { client: Client; disconnects: () => number; whoami: () => Promise<string> } {
+  const a = d.listeners[0]!.address() as { port: number };
+  const client = new Client(`https://127.0.0.1:${a.port}`, {
+    connect: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key, servername: 'kubernetes' },
+    pipelining: 1,
+    keepAliveTimeout: 600_000,
+  });
+  let disconnects = 0;
+  client.on('disconnect', () => disconnects++);
+  t.teardown(() => client.destroy());
+  return {
+    client,
+    disconnects: () => disconnects,
+    whoami: async () => {
+      const res = await client.request({ method: 'GET', path: '/whoami' });
+      return res.body.text();
+    },
+  };
+}
+
+async function getStatus(d: Daemon): Promise<StatusDoc> {
+  const res = await request(`http://${d.adminAddress}/status`);
+  return (await res.body.json()) as StatusDoc;
+}
+
+t.test('daemon: a control-plane change reaches the pool and /status within 5 s, connections to unchanged API servers stay', async (t) => {
+  const cluster = new FakeCluster();
+  const standIns = await startApiStandIns(cluster, ['127.0.0.2', '127.0.0.3', '127.0.0.4'], { tls: serverCert, ca: ca.cert });
+  t.teardown(() => Promise.all(standIns.map((s) => s.close())));
+  const p = standIns[0]!.port;
+  cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3', '127.0.0.4'), p);
+  const d = await daemon(t, [`127.0.0.2:${p}`], writeKubeconfig(t), tmp(t, 'apilb-state-'));
+  const disc = d.discovery!;
+  t.ok(disc, 'discovery created by the daemon');
+  const live = () => d.pool.backends.filter((b) => !b.removed).map((b) => b.id).sort();
+  await until(() => disc.stats.applied === 1 && cluster.openWatches === 1, 'first list applied, watching', 5000);
+  t.same(live(), [`127.0.0.2:${p}`, `127.0.0.3:${p}`, `127.0.0.4:${p}`]);
+  t.equal(disc.target.host, '127.0.0.1', 'discovery targets apilb\'s own listener');
+  t.equal(disc.target.port, (d.listeners[0]!.address() as { port: number }).port);
+  t.ok(d.proxy.counters.accepted >= 1, 'the LIST and WATCH came in through apilb\'s listener');
+  t.ok(cluster.requests.every((q) => q.cn === 'system:node:node-1'), 'with the kubeconfig\'s client identity');
+
+  // One keep-alive connection through apilb to each API server.
+  const byServer = new Map<string, ReturnType<typeof apiClient>>();
+  for (let i = 0; i < 20 && byServer.size < 3; i++) {
+    const c = apiClient(t, d);
+    const who = await c.whoami();
+    if (!byServer.has(who)) byServer.set(who, c);
+    else await c.client.close();
+  }
+  t.equal(byServer.size, 3, 'a connection on each API server');
+
+  // Renumber: 127.0.0.4 is replaced by 127.0.0.5.
+  const five = await addApiStandIn(cluster, '127.0.0.5', p, { tls: serverCert, ca: ca.cert });
+  t.teardown(() => five.close());
+  const t0 = Date.now();
+  cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3', '127.0.0.5'), p);
+  await until(() => live().includes(`127.0.0.5:${p}`) && !live().includes(`127.0.0.4:${p}`), 'the pool follows', 5000);
+  const poolMs = Date.now() - t0;
+  await until(async () => {
+    const s = await getStatus(d);
+    const five = s.backends.find((b) => b.address === `127.0.0.5:${p}`);
+    const four = s.backends.find((b) => b.address === `127.0.0.4:${p}`);
+    return five?.source === 'discovery' && (!four || four.removed);
+  }, '/status follows', 5000);
+  const statusMs = Date.now() - t0;
+  t.ok(statusMs < 5000, `change visible in /status after ${statusMs} ms (pool: ${poolMs} ms; debounce 3000 ms)`);
+  t.comment(`measured: control-plane change -> pool ${poolMs} ms, -> /status ${statusMs} ms`);
+
+  for (const name of ['127.0.0.2', '127.0.0.3']) {
+    const c = byServer.get(name)!;
+    t.equal(await c.whoami(), name, `the connection to unchanged ${name} still answers from ${name}`);
+    t.equal(c.disconnects(), 0, `the connection to ${name} was never dropped`);
+  }
+  t.equal(await byServer.get('127.0.0.4')!.whoami(), '127.0.0.4', 'the removed server\'s connection drains instead of being cut');
+  const st = await getStatus(d);
+  t.match(st.backends.find((b) => b.address === `127.0.0.4:${p}`), { removed: true, activeConnections: 1 });
+  for (const c of byServer.values()) await c.client.close();
+});
+
+t.test('daemon: restart with the persisted list while every seed is down', async (t) => {
+  const cluster = new FakeCluster();
+  const standIns = await startApiStandIns(cluster, ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
+  t.teardown(() => Promise.all(standIns.map((s) => s.close())));
+  const p = standIns[0]!.port;
+  cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), p);
+  const kubeconfig = writeKubeconfig(t);
+  const stateDir = tmp(t, 'apilb-state-');
+
+  const first = await daemon(t, [`127.0.0.2:${p}`], kubeconfig, stateDir);
+  await until(() => loadStateFile(stateDir, caFingerprints(ca.cert)).result === 'loaded', 'state file written', 5000);
+  const closeStart = Date.now();
+  await first.close();
+  t.ok(Date.now() - closeStart < 2000, 'the discovery watch does not hold the graceful shutdown');
+
+  // Seeds that accept and hang up at once: dead API servers as far as a client can tell.
+  const dead: NetServer[] = [];
+  const deadSockets = new Set<Socket>();
+  for (let i = 0; i < 2; i++) {
+    const s = createNetServer((sock) => {
+      deadSockets.add(sock);
+      sock.on('error', () => {});
+      sock.destroy();
+    });
+    await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+    dead.push(s);
+  }
+  t.teardown(() => Promise.all(dead.map((s) => new Promise((r) => s.close(r)))));
+  const seeds = dead.map((s) => `127.0.0.1:${(s.address() as { port: number }).port}`);
+
+  const listsBefore = cluster.requests.filter((q) => q.kind === 'list').length;
+  const second = await daemon(t, seeds, kubeconfig, stateDir, { backoffBaseMs: 50, backoffMaxMs: 200 });
+  const disc = second.discovery!;
+  t.equal(disc.stats.stateFile, 'loaded');
+  const live = second.pool.backends.map((b) => b.id).sort();
+  t.same(live, [...seeds, `127.0.0.2:${p}`, `127.0.0.3:${p}`].sort(), 'the persisted API servers are in the pool from the start');
+  await until(() => disc.stats.lists >= 1, 'a LIST succeeded through the persisted API servers', 10000);
+  t.ok(cluster.requests.filter((q) => q.kind === 'list').length > listsBefore);
+  t.ok(disc.stats.lastSuccessTime > 0);
+  t.equal(disc.stats.listSize, 2);
+  const c = apiClient(t, second);
+  t.match(await c.whoami(), /^127\.0\.0\.[23]$/, 'clients reach an API server although every seed is down');
+  await c.client.close();
 });

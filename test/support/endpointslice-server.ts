@@ -254,6 +254,10 @@ export async function startApiStandIn(cluster: FakeCluster, opts: StandInOptions
     s.on('close', () => sockets.delete(s));
   });
   server.on('tlsClientError', () => {});
+  // Real API servers keep idle connections open far longer than node's 5 s default; tests hold connections
+  // through apilb across a debounce and must only see them close when apilb closes them.
+  server.keepAliveTimeout = 0;
+  server.requestTimeout = 0;
   const host = opts.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
