@@ -2,7 +2,7 @@
  * The kube-apiserver stand-in, exercised by real clients on loopback: node https (HTTP/1.1), node http2, curl and
  * kubectl; mutual TLS; fault controls (not ready, graceful shutdown, crash, hang) in-process and SIGSTOP in a child.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { connect as http2Connect, type ClientHttp2Session } from 'node:http2';
@@ -25,7 +25,6 @@ import {
   type TestRequest,
 } from './support/index.js';
 
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const ca = createTestCA();
 const client = ca.client('system:node:node-1', 'system:nodes');
@@ -331,6 +330,14 @@ t.test('startDemoBackends: three named servers and a kubeconfig kubectl can use'
   tt.same(JSON.parse(r.stdout), { cn: 'demo-user', o: ['system:masters'], server: 'apiserver-2', httpVersion: '2.0' });
   await demo.close();
   tt.same(demo.servers.map((x) => x.activeConnections), [0, 0, 0]);
+});
+
+t.test('listens on IPv6 loopback too', async (tt) => {
+  const s = await start(tt, { host: '::1' });
+  tt.equal(s.address, `[::1]:${s.port}`);
+  for (const req of [h1Request, h2Request]) {
+    tt.equal((await req({ host: '::1', port: s.port, path: '/readyz', ca: ca.cert })).text, 'ok');
+  }
 });
 
 t.test('options are validated', async (tt) => {

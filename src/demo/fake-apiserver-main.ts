@@ -3,11 +3,11 @@
  * the kernel still completes TCP handshakes into its backlog. Started by spawnFakeApiServer (fake-apiserver-process.ts):
  *
  *   node dist/demo/fake-apiserver-main.js --ca-dir DIR [--port 0] [--host 127.0.0.1] [--name apiserver-1]
- *     [--anonymous-auth true|false] [--watch-interval-ms 1000] [--shutdown-delay-ms 0]
+ *     [--anonymous-auth true|false] [--watch-interval-ms 1000] [--shutdown-delay-ms 0] [--watch-stdin false]
  *
  * DIR holds ca.crt, apiserver.crt and apiserver.key (PEM). Prints one JSON line {"port":N,"pid":P} on stdout once
- * listening. SIGTERM shuts down gracefully (readyz 500 for --shutdown-delay-ms, then drain); SIGINT or stdin
- * closing (the parent went away) closes at once. Exit code 0 after a clean stop, 2 on bad arguments.
+ * listening. SIGTERM shuts down gracefully (readyz 500 for --shutdown-delay-ms, then drain); SIGINT closes at
+ * once, and so does stdin closing with --watch-stdin true (the parent went away; spawnFakeApiServer sets it). Exit code 0 after a clean stop, 2 on bad arguments.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,6 +21,7 @@ interface MainArgs {
   anonymousAuth: boolean;
   watchIntervalMs: number;
   shutdownDelayMs: number;
+  watchStdin: boolean;
 }
 
 function parseArgs(argv: string[]): MainArgs {
@@ -33,7 +34,7 @@ function parseArgs(argv: string[]): MainArgs {
     if (value === undefined) throw new Error(`--${m[1]} needs a value`);
     raw.set(m[1]!, value);
   }
-  const known = ['ca-dir', 'port', 'host', 'name', 'anonymous-auth', 'watch-interval-ms', 'shutdown-delay-ms'];
+  const known = ['ca-dir', 'port', 'host', 'name', 'anonymous-auth', 'watch-interval-ms', 'shutdown-delay-ms', 'watch-stdin'];
   for (const k of raw.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}`);
   const int = (k: string, dflt: number): number => {
     const v = raw.get(k);
@@ -43,16 +44,21 @@ function parseArgs(argv: string[]): MainArgs {
   };
   const caDir = raw.get('ca-dir');
   if (!caDir) throw new Error('--ca-dir is required');
-  const anon = raw.get('anonymous-auth') ?? 'true';
-  if (anon !== 'true' && anon !== 'false') throw new Error('--anonymous-auth must be true or false');
+  const bool = (k: string, dflt: boolean): boolean => {
+    const v = raw.get(k);
+    if (v === undefined) return dflt;
+    if (v !== 'true' && v !== 'false') throw new Error(`--${k} must be true or false, got ${JSON.stringify(v)}`);
+    return v === 'true';
+  };
   return {
     caDir,
     port: int('port', 0),
     host: raw.get('host') ?? '127.0.0.1',
     name: raw.get('name') ?? 'apiserver-1',
-    anonymousAuth: anon === 'true',
+    anonymousAuth: bool('anonymous-auth', true),
     watchIntervalMs: int('watch-interval-ms', 1000),
     shutdownDelayMs: int('shutdown-delay-ms', 0),
+    watchStdin: bool('watch-stdin', false),
   };
 }
 
@@ -79,7 +85,7 @@ async function main(): Promise<void> {
   const stop = (graceful: boolean): void => {
     if (stopping) return;
     stopping = true;
-    process.stdin.destroy();
+    if (args.watchStdin) process.stdin.destroy();
     process.off('SIGTERM', onSigterm);
     process.off('SIGINT', onSigint);
     const done = graceful ? server.gracefulShutdown({ delayMs: args.shutdownDelayMs }) : server.close();
@@ -96,9 +102,11 @@ async function main(): Promise<void> {
   }
   process.on('SIGTERM', onSigterm);
   process.on('SIGINT', onSigint);
-  process.stdin.on('end', onStdinEnd);
-  process.stdin.on('error', onStdinEnd);
-  process.stdin.resume();
+  if (args.watchStdin) {
+    process.stdin.on('end', onStdinEnd);
+    process.stdin.on('error', onStdinEnd);
+    process.stdin.resume();
+  }
   process.stdout.write(JSON.stringify({ port: server.port, pid: process.pid }) + '\n');
 }
 

@@ -82,7 +82,7 @@ export async function spawnFakeApiServer(opts: SpawnFakeApiServerOptions): Promi
   writeFileSync(join(dir, FILES.key), tls.key, { mode: 0o600 });
   const args = ['--ca-dir', dir, '--port', String(opts.port ?? 0), '--host', host, '--name', name,
     '--anonymous-auth', String(opts.anonymousAuth ?? true), '--watch-interval-ms', String(opts.watchIntervalMs ?? 1000),
-    '--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0)];
+    '--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0), '--watch-stdin', 'true'];
   const entry = mainEntry();
   // stdin is a pipe the child watches: if this process dies, the child sees EOF and exits.
   const child = spawn(process.execPath, [...entry.execArgv, entry.file, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });

@@ -85,6 +85,8 @@ const MAX_LIST_BYTES = 256 * 1024 * 1024;
 const MAX_ECHO_BYTES = 64 * 1024 * 1024 * 1024;
 const DEFAULT_LIST_BYTES = 1024 * 1024;
 const WRITE_CHUNK = 64 * 1024;
+/** Payload of /echo-size, shared by every response (never written to). */
+const ECHO_BLOCK = Buffer.alloc(WRITE_CHUNK, 'x');
 const PUBLIC_PATHS = new Set(['/readyz', '/livez', '/healthz', '/version']);
 const READYZ_CHECKS = ['ping', 'log', 'etcd', 'etcd-readiness', 'informer-sync', 'poststarthook/start-apiserver-admission-initializer'];
 
@@ -200,13 +202,15 @@ export class FakeApiServer {
   /** The TCP server emitted 'close' (listener closed and every accepted connection gone). */
   private tcpClosed = false;
   private hung = false;
+  private crashed = false;
   private resumeWaiters: (() => void)[] = [];
   private readonly raws = new Set<Socket>();
   /** Raw sockets accepted while hung: never handed to TLS until resume(). */
   private readonly held = new Set<Socket>();
   private readonly sessions = new Set<Http2Session>();
   private readonly http1 = new Map<TLSSocket, Http1Conn>();
-  private readonly watches = new Set<Response>();
+  /** Open watches and how to stop each one's event timer. */
+  private readonly watches = new Map<Response, () => void>();
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly listCache = new Map<number, Buffer>();
   private shutdownPromise: Promise<void> | undefined;
@@ -296,7 +300,11 @@ export class FakeApiServer {
       this.after(delayMs, () => {
         this.closeListener();
         for (const raw of this.held) raw.destroy();
-        for (const res of this.watches) res.end();
+        for (const [res, stop] of this.watches) {
+          // Timer first: an event written after end() would reset the stream instead of finishing it.
+          stop();
+          res.end();
+        }
         for (const session of this.sessions) session.close();
         for (const [socket, conn] of this.http1) if (conn.active === 0) socket.end();
         this.after(drainTimeoutMs, () => {
@@ -324,6 +332,9 @@ export class FakeApiServer {
       }
     }
     this.clearTimers();
+    // Stalled handlers (from a hang) wake, see their response destroyed and return.
+    this.crashed = true;
+    this.releaseWaiters();
     await this.allClosed();
   }
 
@@ -349,9 +360,7 @@ export class FakeApiServer {
       readStart(raw);
       this.http.emit('connection', raw);
     }
-    const waiters = this.resumeWaiters;
-    this.resumeWaiters = [];
-    for (const w of waiters) w();
+    this.releaseWaiters();
   }
 
   /** Releases everything at once: listener, every socket (destroyed, no drain), timers. Idempotent. */
@@ -361,12 +370,13 @@ export class FakeApiServer {
     this.closePromise = (async () => {
       this.closeListener();
       this.clearTimers();
-      for (const res of this.watches) res.destroy();
+      for (const [res, stop] of this.watches) {
+        stop();
+        res.destroy();
+      }
       for (const session of this.sessions) session.destroy();
       for (const raw of this.raws) raw.destroy();
-      const waiters = this.resumeWaiters;
-      this.resumeWaiters = [];
-      for (const w of waiters) w();
+      this.releaseWaiters();
       await this.allClosed();
       this.listCache.clear();
     })();
@@ -454,9 +464,15 @@ export class FakeApiServer {
     this.timers.clear();
   }
 
-  /** Resolves at once unless hung; then when resumed (or closed). */
+  private releaseWaiters(): void {
+    const waiters = this.resumeWaiters;
+    this.resumeWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Resolves at once unless hung; then when resumed (or crashed or closed). */
   private whenRunning(): Promise<void> {
-    if (!this.hung || this.closePromise) return Promise.resolve();
+    if (!this.hung || this.crashed || this.closePromise) return Promise.resolve();
     return new Promise((resolve) => this.resumeWaiters.push(resolve));
   }
 
@@ -565,13 +581,13 @@ export class FakeApiServer {
       case '/api/v1/namespaces/default/pods': {
         const bytes = bytesParam(url, DEFAULT_LIST_BYTES, MAX_LIST_BYTES);
         if (bytes === null) return this.send(res, 400, status(400, 'BadRequest', `bytes must be an integer 0..${MAX_LIST_BYTES}`));
-        return void this.stream(res, 'application/json', bytes, (off, n) => this.podList(bytes).subarray(off, off + n));
+        const body = this.podList(bytes);
+        return void this.stream(res, 'application/json', bytes, (off, n) => body.subarray(off, off + n));
       }
       case '/echo-size': {
         const bytes = bytesParam(url, 0, MAX_ECHO_BYTES);
         if (bytes === null) return this.send(res, 400, status(400, 'BadRequest', `bytes must be an integer 0..${MAX_ECHO_BYTES}`));
-        const block = Buffer.alloc(WRITE_CHUNK, 'x');
-        return void this.stream(res, 'application/octet-stream', bytes, (_off, n) => (n === block.length ? block : block.subarray(0, n)));
+        return void this.stream(res, 'application/octet-stream', bytes, (_off, n) => (n === ECHO_BLOCK.length ? ECHO_BLOCK : ECHO_BLOCK.subarray(0, n)));
       }
       default:
         return this.send(res, 404, status(404, 'NotFound', 'the server could not find the requested resource'));
@@ -624,7 +640,7 @@ export class FakeApiServer {
     let off = 0;
     while (off < total) {
       if (this.hung) await this.whenRunning();
-      if (res.destroyed || this.closePromise) return;
+      if (res.destroyed || this.crashed || this.closePromise) return;
       const n = Math.min(WRITE_CHUNK, total - off);
       const ok = res.write(chunk(off, n));
       off += n;
@@ -652,7 +668,6 @@ export class FakeApiServer {
       return;
     }
     res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-cache, private' });
-    this.watches.add(res);
     const event = (type: string): string => JSON.stringify({
       type,
       object: { kind: 'Pod', apiVersion: 'v1', metadata: { name: 'watched-pod', namespace: 'default', resourceVersion: String(++this.resourceVersion) },
@@ -663,16 +678,21 @@ export class FakeApiServer {
     if (this.opts.watchIntervalMs > 0) {
       timer = setInterval(() => {
         // Hung: the process would not run at all, so no event.
-        if (!this.hung) res.write(event('MODIFIED'));
+        if (!this.hung && !res.writableEnded) res.write(event('MODIFIED'));
       }, this.opts.watchIntervalMs);
       this.timers.add(timer);
     }
-    res.once('close', () => {
-      this.watches.delete(res);
+    const stop = (): void => {
       if (timer) {
         clearInterval(timer);
         this.timers.delete(timer);
+        timer = undefined;
       }
+    };
+    this.watches.set(res, stop);
+    res.once('close', () => {
+      this.watches.delete(res);
+      stop();
     });
   }
 }

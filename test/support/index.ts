@@ -115,7 +115,7 @@ export function h1Request(r: TestRequest): Promise<TestResponse> {
   return new Promise((resolve, reject) => {
     const req = httpsRequest({
       host: r.host ?? '127.0.0.1', port: r.port, path: r.path ?? '/', method: r.method ?? 'GET', agent: false,
-      ALPNProtocols: ['http/1.1'], ca: r.ca, cert: r.cert, key: r.key, rejectUnauthorized: r.ca !== undefined,
+      ca: r.ca, cert: r.cert, key: r.key, rejectUnauthorized: r.ca !== undefined,
       headers: r.headers,
     }, (res) => {
       collect(res).then((body) => {
@@ -139,7 +139,8 @@ export function h1Request(r: TestRequest): Promise<TestResponse> {
 export function h2Request(r: TestRequest): Promise<TestResponse> {
   const timeoutMs = r.timeoutMs ?? 5000;
   return new Promise((resolve, reject) => {
-    const session = http2Connect(`https://${r.host ?? '127.0.0.1'}:${r.port}`, {
+    const host = r.host ?? '127.0.0.1';
+    const session = http2Connect(`https://${host.includes(':') ? `[${host}]` : host}:${r.port}`, {
       ca: r.ca, cert: r.cert, key: r.key, rejectUnauthorized: r.ca !== undefined,
     });
     let settled = false;
