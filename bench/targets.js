@@ -1,9 +1,9 @@
 // The proxies under test, each started in front of the same backend ports. Every start function returns
 // { name, port, pid, child, stop() } where pid is the process whose tree is measured (undefined for direct).
-import { writeFileSync, openSync, existsSync } from 'node:fs';
+import { writeFileSync, openSync, existsSync, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { spawnTracked, killChild, freePort, waitForPort, withNoFile, ROOT, tailStderr, waitFor, sleep } from './lib.js';
+import { spawnTracked, killChild, freePort, waitForPort, withNoFile, ROOT, tailStderr, waitFor, sleep, readJsonLine } from './lib.js';
 
 const NGINX_STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
 
@@ -25,7 +25,7 @@ async function started(name, child, port, extra = {}) {
     await killChild(child, 'SIGKILL');
     throw new Error(`${name} did not start: ${e.message}\n${err()}`);
   }
-  return { name, port, pid: child.pid, child, stop: () => killChild(child), ...extra };
+  return { name, port, pid: child.pid, child, stop: (sig) => killChild(child, sig), ...extra };
 }
 
 /**
@@ -33,20 +33,30 @@ async function started(name, child, port, extra = {}) {
  * checks can verify the stand-in API servers). `extraArgs` lets the failover benchmark add its own.
  */
 export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [] }) {
-  const port = await freePort();
-  const admin = await freePort();
-  const args = [...nodeArgs, join(ROOT, 'dist/cli.js'), 'run', '--listen', `127.0.0.1:${port}`,
-    ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]), '--admin-listen', `127.0.0.1:${admin}`,
+  // Ports chosen by the kernel: apilb listens on port 0 and reports the bound addresses in its "started" log line.
+  const args = [...nodeArgs, join(ROOT, 'dist/cli.js'), 'run', '--listen', '127.0.0.1:0',
+    ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]), '--admin-listen', '127.0.0.1:0',
     ...(caFile ? ['--ca-file', caFile] : []), ...extraArgs];
   const fd = logFd(dir, name);
   const [cmd, wargs] = withNoFile(process.execPath, args);
-  const child = spawnTracked(cmd, wargs, { stdio: ['pipe', fd, fd] });
-  const t = await started(name, child, port, { admin });
+  const child = spawnTracked(cmd, wargs, { stdio: ['pipe', 'pipe', fd] });
+  const log = createWriteStream(null, { fd: logFd(dir, name) });
+  let line;
+  try {
+    line = await readJsonLine(child, (j) => j.event === 'started' || j.listen, 15000);
+  } catch (e) {
+    await killChild(child, 'SIGKILL');
+    throw new Error(`${name} did not start: ${e.message} (log: ${join(dir, name + '.log')})`);
+  }
+  // Keep draining its log so a full pipe never blocks it.
+  child.stdout.pipe(log);
+  const port = Number(/:(\d+)$/.exec([].concat(line.listen)[0])[1]);
+  const admin = Number(/:(\d+)$/.exec(line.admin)[1]);
   // Ready = admin /readyz answers 200 (at least one backend up); bounded, and we go on regardless.
   await waitFor(async () => {
     try { return (await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 200; } catch { return false; }
-  }, { timeout: 10000, interval: 100 });
-  return t;
+  }, { timeout: 6000, interval: 100 });
+  return { name, port, pid: child.pid, child, admin, stop: (sig) => killChild(child, sig) };
 }
 
 /** The 20-line Node pipe proxy (the floor from issue 6). */
