@@ -235,9 +235,15 @@ t.test('crash: an open connection gets ECONNRESET and the port refuses', async (
   await new Promise((resolve) => sock.once('secureConnect', resolve));
   sock.write('GET /watch HTTP/1.1\r\nHost: x\r\n\r\n');
   await new Promise((resolve) => sock.once('data', resolve));
+  const w = h2Watch(s.port);
+  tt.teardown(() => w.session.destroy());
+  const sessionErr = new Promise<NodeJS.ErrnoException>((resolve) => w.session.once('error', resolve));
+  await waitFor(() => w.events.length >= 1, { what: 'HTTP/2 watch running' });
   const err = new Promise<NodeJS.ErrnoException>((resolve) => sock.once('error', resolve));
   await s.crash();
-  tt.equal((await err).code, 'ECONNRESET');
+  tt.equal((await err).code, 'ECONNRESET', 'HTTP/1.1 connection reset');
+  tt.equal((await sessionErr).code, 'ECONNRESET', 'HTTP/2 session reset');
+  tt.not(await w.ended, 'end', 'the watch did not end cleanly');
   await tt.rejects(h2Request({ port: s.port, path: '/readyz', ca: ca.cert }), { code: 'ECONNREFUSED' });
   tt.equal(s.activeConnections, 0);
 });
