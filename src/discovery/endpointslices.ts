@@ -524,7 +524,9 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
         this.stats.watchRestarts++;
         return this.fail('WATCH', `HTTP ${res.statusCode}${statusMessage(body)}`, statusHint(res.statusCode));
       }
-      this.succeeded();
+      // Reachable, but the backoff only resets once the watch proves useful (an event, or a full-length watch):
+      // a server that accepts watches and closes them at once must still back off exponentially.
+      this.stats.lastSuccessTime = this.clock.now();
       const decoder = new StringDecoder('utf8');
       let buf = '';
       for await (const chunk of res.body) {
@@ -557,6 +559,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       // A middlebox or a broken server closing every watch at once must not become a hot loop.
       return this.fail('WATCH', 'the watch ended at once without an event');
     }
+    this.succeeded();
     this.log.debug({ event: 'discovery_watch_ended', events: delivered, resourceVersion: this.stats.resourceVersion }, 'watch ended; resuming');
     return 'ok';
   }
@@ -579,8 +582,11 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     }
     const rv = obj?.metadata?.resourceVersion;
     const name = obj?.metadata?.name;
-    if (!obj || typeof rv !== 'string' || rv === '') return this.fail('WATCH', `${ev.type ?? 'an'} event without a resourceVersion`);
-    this.stats.lastSuccessTime = this.clock.now();
+    if (ev.type !== 'BOOKMARK' && ev.type !== 'ADDED' && ev.type !== 'MODIFIED' && ev.type !== 'DELETED') {
+      return this.fail('WATCH', `unknown event type ${String(ev.type)}`);
+    }
+    if (!obj || typeof rv !== 'string' || rv === '') return this.fail('WATCH', `${ev.type} event without a resourceVersion`);
+    this.succeeded();
     switch (ev.type) {
       case 'BOOKMARK':
         this.stats.resourceVersion = rv;
@@ -592,8 +598,6 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       case 'DELETED':
         if (name) this.slices.delete(name);
         break;
-      default:
-        return this.fail('WATCH', `unknown event type ${String(ev.type)}`);
     }
     this.stats.resourceVersion = rv;
     this.scheduleApply();
