@@ -125,5 +125,12 @@ export async function saveStateFile(dir: string, backends: readonly Address[], f
   }
   // The rename is durable only once the directory entry is; not every filesystem allows fsync on a directory.
   const dh = await open(dir, 'r').catch(() => undefined);
-  if (dh) await dh.sync().catch(() => {}).finally(() => dh.close());
+  if (!dh) return;
+  try {
+    await dh.sync();
+  } catch {
+    // EINVAL/EISDIR on some filesystems: the rename is done, only its durability is up to the filesystem.
+  } finally {
+    await dh.close();
+  }
 }
