@@ -1,0 +1,218 @@
+/**
+ * Zero-refused restarts with socket activation. The test plays systemd's part: it creates the listening socket,
+ * hands it to a small supervisor (`sh`) that keeps it open for as long as the "socket unit" lives, and starts
+ * apilb with it at fd 3 with LISTEN_FDS=1, LISTEN_PID=<apilb's PID>, LISTEN_FDNAMES=apilb — exactly what
+ * systemd passes. The supervisor restarts apilb like `systemctl restart` does (SIGTERM, wait for exit, start
+ * again) while client loops connect continuously through apilb to a loopback echo backend. Every connection
+ * must succeed: while no apilb runs, connections wait in the kernel's accept queue of the held socket.
+ *
+ * Why not `systemd-socket-activate`: it execs its child once and cannot restart it, and it needs a fixed port.
+ * Why `sh` holds the socket and not this process: a listening net.Server here would accept connections itself.
+ */
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { echoServer } from './support/net.js';
+
+const SRC = new URL('../src/', import.meta.url).href;
+
+// apilb as the CLI runs it, with the passed sockets adopted through src/systemd/listen-fds.ts.
+const APILB_CHILD = `
+import { listenFds, listenOnFds, splitListenFds } from '${SRC}systemd/listen-fds.js';
+import { resolveConfig } from '${SRC}config/config.js';
+import { installSignalHandlers, startDaemon } from '${SRC}daemon.js';
+const config = resolveConfig({ flags: JSON.parse(process.argv[2]), env: {} });
+const passed = await listenOnFds(splitListenFds(listenFds()).listeners);
+const daemon = await startDaemon(config, { listeners: passed.map((l) => l.server) });
+installSignalHandlers(daemon, (code) => process.exit(code));
+`;
+
+// The "socket unit": holds fd 3 for its whole life; starts/stops apilb on command, one per line on stdin.
+const SUPERVISOR = `
+start() {
+  sh -c 'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=apilb; export LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; exec "$@"' apilb "$@" &
+  child=$!
+  echo "supervisor: started $child"
+}
+stop() {
+  kill -TERM "$child"
+  wait "$child"
+  echo "supervisor: exited $child $?"
+}
+while read -r cmd; do
+  case "$cmd" in
+    start) start "$@" ;;
+    stop) stop ;;
+    quit) exit 0 ;;
+  esac
+done
+`;
+
+interface Supervisor {
+  send(cmd: 'start' | 'stop' | 'quit'): void;
+  /** Resolves with the next line matching `re` seen after this call. */
+  next(re: RegExp): Promise<string>;
+  proc: ChildProcess;
+}
+
+function startSupervisor(t: Tap.Test, fd: number, argv: string[]): Supervisor {
+  const proc = spawn('sh', ['-c', SUPERVISOR, 'supervisor', ...argv], {
+    stdio: ['pipe', 'pipe', 'inherit', fd],
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
+  });
+  t.teardown(() => { proc.kill('SIGKILL'); });
+  const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
+  createInterface({ input: proc.stdout! }).on('line', function onSupervisorLine(line: string) {
+    const i = waiters.findIndex((w) => w.re.test(line));
+    if (i >= 0) waiters.splice(i, 1)[0]!.resolve(line);
+  });
+  return {
+    proc,
+    send: (cmd) => { proc.stdin!.write(cmd + '\n'); },
+    next: (re) => new Promise((resolve) => { waiters.push({ re, resolve }); }),
+  };
+}
+
+interface LoopStats { attempted: number; ok: number; failed: number; errors: Record<string, number>; maxMs: number }
+
+/** One client connection: connect, send 256 random bytes, expect them back, close. */
+function oneEcho(port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const payload = randomBytes(256);
+    const chunks: Buffer[] = [];
+    let got = 0;
+    const s = connect({ port, host: '127.0.0.1' });
+    s.setTimeout(15_000);
+    s.on('timeout', function onEchoTimeout() { s.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })); });
+    s.on('error', reject);
+    s.on('data', function onEchoData(d: Buffer) {
+      chunks.push(d);
+      got += d.length;
+      if (got >= payload.length) s.end();
+    });
+    s.on('close', function onEchoClose() {
+      if (Buffer.concat(chunks).equals(payload)) resolve();
+      else reject(Object.assign(new Error(`echo mismatch: ${got} bytes`), { code: 'MISMATCH' }));
+    });
+    s.write(payload);
+  });
+}
+
+/** `workers` sequential client loops until stop() is called. */
+function clientLoops(port: number, workers: number): { stats: LoopStats; stop: () => Promise<void> } {
+  const stats: LoopStats = { attempted: 0, ok: 0, failed: 0, errors: {}, maxMs: 0 };
+  let running = true;
+  async function loop(): Promise<void> {
+    while (running) {
+      stats.attempted++;
+      const t0 = Date.now();
+      try {
+        await oneEcho(port);
+        stats.ok++;
+      } catch (err) {
+        stats.failed++;
+        const code = (err as NodeJS.ErrnoException).code ?? 'unknown';
+        stats.errors[code] = (stats.errors[code] ?? 0) + 1;
+      }
+      stats.maxMs = Math.max(stats.maxMs, Date.now() - t0);
+    }
+  }
+  const all = Promise.all(Array.from({ length: workers }, loop));
+  return { stats, stop: async () => { running = false; await all; } };
+}
+
+/** `p`, or a rejection naming `what` after `ms` (a bound, not a delay). */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms); });
+  return Promise.race([p, limit]).finally(() => clearTimeout(timer));
+}
+
+/** Polls `cond` every 5 ms until true; fails after `timeout` ms. */
+async function waitFor(cond: () => boolean, timeout = 20_000): Promise<void> {
+  const deadline = Date.now() + timeout;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+t.test('restarting apilb under a held socket refuses no connection', async (t) => {
+  const backend = await echoServer();
+  t.teardown(() => backend.close());
+
+  // The socket systemd would create from apilb.socket. Once the supervisor has its copy at fd 3, ours is closed.
+  const socket = createServer();
+  await new Promise<void>((r) => socket.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => r()));
+  const port = (socket.address() as AddressInfo).port;
+  const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+
+  const dir = mkdtempSync(join(tmpdir(), 'apilb-sa-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const script = join(dir, 'apilb-child.mts');
+  writeFileSync(script, APILB_CHILD);
+  const flags = {
+    backends: [backend.address],
+    healthCheckMode: 'tcp',
+    adminListen: '127.0.0.1:0',
+    shutdownTimeout: '5s',
+    logLevel: 'info',
+  };
+  const sup = startSupervisor(t, fd, [process.execPath, ...process.execArgv, script, JSON.stringify(flags)]);
+  await new Promise<void>((r) => socket.close(() => r()));
+
+  const started = async (): Promise<void> => {
+    const log = sup.next(/"event":"started"/);
+    sup.send('start');
+    await within(sup.next(/^supervisor: started/), 5000, 'supervisor start');
+    await within(log, 20_000, 'apilb "started" log line');
+  };
+  const stopped = async (): Promise<string> => {
+    const line = sup.next(/^supervisor: exited/);
+    sup.send('stop');
+    return within(line, 20_000, 'apilb exit');
+  };
+
+  await started();
+  const clients = clientLoops(port, 4);
+  t.teardown(() => clients.stop());
+  const { stats } = clients;
+  const RESTARTS = 5;
+  const exits: string[] = [];
+  for (let i = 0; i < RESTARTS; i++) {
+    const before = stats.ok;
+    await waitFor(() => stats.ok >= before + 20);
+    exits.push(await stopped());
+    if (i === 2) {
+      // No apilb at all now: a new connection must still be accepted by the kernel and answered later.
+      const queued = oneEcho(port);
+      const connectedWhileDown = await new Promise<boolean>((resolve) => {
+        const probe = connect({ port, host: '127.0.0.1' });
+        probe.on('connect', function onProbeConnect() { probe.destroy(); resolve(true); });
+        probe.on('error', function onProbeError() { resolve(false); });
+      });
+      t.ok(connectedWhileDown, 'the handshake completes while no apilb process runs (kernel accept queue)');
+      await started();
+      await queued;
+      t.pass('a connection made while apilb was down is served by the next apilb');
+      continue;
+    }
+    await started();
+  }
+  const before = stats.ok;
+  await waitFor(() => stats.ok >= before + 20);
+  await clients.stop();
+  await stopped();
+  sup.send('quit');
+
+  t.comment(`restarts=${RESTARTS} attempted=${stats.attempted} ok=${stats.ok} failed=${stats.failed} errors=${JSON.stringify(stats.errors)} slowest=${stats.maxMs}ms`);
+  t.equal(exits.filter((l) => / 0$/.test(l)).length, RESTARTS, 'each apilb exited cleanly (0) on SIGTERM');
+  t.ok(stats.attempted >= RESTARTS * 20, 'the client loop ran throughout');
+  t.equal(stats.failed, 0, 'no connection refused, reset or broken across restarts');
+  t.same(stats.errors, {});
+});
