@@ -83,6 +83,7 @@ export class Daemon {
       counters: { reloads: this.reloads },
       readiness: () => this.readiness(),
       listeners: () => this.listeners.filter((s) => s.listening).length,
+      ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
     });
     this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await this.metrics.render() }));
     this.admin.route('GET', '/status', () => ({ status: 200, body: this.status() }));

@@ -22,6 +22,7 @@ import { hasCode } from '../src/errors.js';
 import { createLogger } from '../src/logging.js';
 import { Pool } from '../src/pool/pool.js';
 import type { StatusDoc } from '../src/admin/status.js';
+import { parseExposition, promtool } from './support/prom-text.js';
 import { addApiStandIn, FakeCluster, startApiStandIns, type ApiStandIn } from './support/endpointslice-server.js';
 import { FakeClock } from './support/fake-clock.js';
 import { until } from './support/net.js';
@@ -614,6 +615,19 @@ t.test('daemon: a control-plane change reaches the pool and /status within 5 s, 
   t.equal(disc.target.port, (d.listeners[0]!.address() as { port: number }).port);
   t.ok(d.proxy.counters.accepted >= 1, 'the LIST and WATCH came in through apilb\'s listener');
   t.ok(cluster.requests.every((q) => q.cn === 'system:node:node-1'), 'with the kubeconfig\'s client identity');
+
+  const text = await (await request(`http://${d.adminAddress}/metrics`)).body.text();
+  const m = parseExposition(text);
+  t.equal(m.get('apilb_discovery_state', { state: 'watching' }), 1, 'apilb_discovery_state{state="watching"} 1');
+  t.equal(m.get('apilb_discovery_state', { state: 'backoff' }), 0);
+  t.equal(m.get('apilb_discovery_backends'), 3);
+  t.ok(m.get('apilb_discovery_last_success_timestamp_seconds')! > 1e9);
+  t.equal(m.types.get('apilb_discovery_watch_restarts_total'), 'counter');
+  t.equal(m.get('apilb_discovery_errors_total'), 0);
+  t.equal(m.get('apilb_discovery_relists_total'), 0);
+  t.equal(m.get('apilb_discovery_rejected_lists_total'), 0);
+  const lint = promtool(['check', 'metrics'], text);
+  t.equal(lint.status, 0, `promtool check metrics passes: ${lint.output}`);
 
   // One keep-alive connection through apilb to each API server.
   const byServer = new Map<string, ReturnType<typeof apiClient>>();

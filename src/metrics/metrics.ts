@@ -11,6 +11,7 @@ import type { Backend } from '../pool/backend.js';
 import { BACKEND_STATES } from '../pool/backend.js';
 import type { CheckResult, Pool } from '../pool/pool.js';
 import type { Proxy } from '../proxy/proxy.js';
+import { DISCOVERY_STATES, type DiscoveryStats } from '../discovery/endpointslices.js';
 
 /** One active health check result, as the health monitor emits it (`check` event). */
 export interface HealthCheckEvent {
@@ -58,6 +59,11 @@ export interface MetricsOptions {
   listeners?: () => number;
   /** Register prom-client's process/nodejs metrics. Default true. */
   defaultMetrics?: boolean;
+  /**
+   * EndpointSlice discovery counters (`EndpointSliceDiscovery.stats`), read at scrape time. Default none: the
+   * `apilb_discovery_*` metrics are not registered. Returning undefined (discovery not started yet) exports zeros.
+   */
+  discovery?: () => DiscoveryStats | undefined;
   /** Histogram buckets in seconds. Default {@link HEALTH_CHECK_BUCKETS}. */
   healthCheckBuckets?: readonly number[];
 }
@@ -178,6 +184,22 @@ export function createMetrics(options: MetricsOptions): Metrics {
   readCounter(registry, 'apilb_config_reloads_total', 'Configuration reloads, by result (success, failure).', ['result'], () => byKey('result', RELOAD_RESULTS, options.counters?.reloads));
   readGauge(registry, 'apilb_listeners', 'Client listeners bound.', [], () => [[{}, options.listeners?.() ?? 0]]);
   readGauge(registry, 'apilb_ready', '1 when /readyz answers 200.', [], () => [[{}, options.readiness?.().ready ? 1 : 0]]);
+
+  // ---- EndpointSlice discovery (owner: src/discovery/endpointslices.ts; only with --discover-endpointslices) ----
+  const discovery = options.discovery;
+  if (discovery) {
+    readGauge(registry, 'apilb_discovery_state', '1 for the current EndpointSlice discovery phase (starting, listing, watching, backoff, stopped), 0 for the others.', ['state'], function* () {
+      const s = discovery();
+      for (const st of DISCOVERY_STATES) yield [{ state: st }, (s?.state ?? 'stopped') === st ? 1 : 0];
+    });
+    readGauge(registry, 'apilb_discovery_last_success_timestamp_seconds', 'Unix time of the last successful EndpointSlice LIST or watch event; 0 = never.', [], () => [[{}, (discovery()?.lastSuccessTime ?? 0) / 1000]]);
+    readGauge(registry, 'apilb_discovery_backends', 'API servers in the discovered list in use (from the API or the state file); the seeds are not counted.', [], () => [[{}, discovery()?.listSize ?? 0]]);
+    readCounter(registry, 'apilb_discovery_watch_restarts_total', 'EndpointSlice watches that ended (server timeout, connection loss, error) and were started again.', [], () => [[{}, discovery()?.watchRestarts ?? 0]]);
+    readCounter(registry, 'apilb_discovery_errors_total', 'Failed EndpointSlice LIST/WATCH requests.', [], () => [[{}, discovery()?.errors ?? 0]]);
+    readCounter(registry, 'apilb_discovery_relists_total', 'EndpointSlice re-lists forced by 410 Gone.', [], () => [[{}, discovery()?.relists ?? 0]]);
+    readCounter(registry, 'apilb_discovery_rejected_lists_total', 'Discovered lists not applied because they were empty or implausible (the last good list stayed).', [], () => [[{}, discovery()?.rejected ?? 0]]);
+  }
+  // ---- end of EndpointSlice discovery ----
 
   // Ids with histogram series; a backend that left the pool gets its series removed at the next scrape.
   const observed = new Set<string>();
