@@ -310,8 +310,9 @@ t.test('createMetrics: health-check latency histogram from check events; counter
   const b2 = pool.add({ address: parseAddress('127.0.0.1:1002') });
   const health = new EventEmitter<{ check: [HealthCheckEvent] }>();
   const reloads = new Map([['success', 3], ['failure', 1]]);
+  const dnsFailures = new Map([['api.example:6443', 2]]);
   let listeners = 2;
-  const metrics = createMetrics({ pool, proxy, health, version: '9.9.9', counters: { reloads }, readiness: () => ({ ready: true }), listeners: () => listeners, defaultMetrics: false });
+  const metrics = createMetrics({ pool, proxy, health, version: '9.9.9', counters: { reloads, dnsFailures }, readiness: () => ({ ready: true }), listeners: () => listeners, defaultMetrics: false });
   tt.equal(health.listenerCount('check'), 1);
 
   health.emit('check', { backend: b1, result: { ok: true, latencyMs: 3 } });
@@ -329,6 +330,7 @@ t.test('createMetrics: health-check latency histogram from check events; counter
   tt.equal(m.get('apilb_config_reloads_total', { result: 'success' }), 3);
   tt.equal(m.get('apilb_config_reloads_total', { result: 'failure' }), 1);
   tt.equal(m.get('apilb_build_info', { version: '9.9.9' }), 1);
+  tt.equal(m.get('apilb_dns_failures_total', { name: 'api.example:6443' }), 2);
   tt.equal(m.get('apilb_listeners'), 2);
   tt.equal(m.get('apilb_ready'), 1);
   tt.equal(m.get('apilb_rejected_connections_total', { reason: 'max_connections' }), 0);

@@ -51,8 +51,11 @@ export interface MetricsOptions {
   health?: HealthCheckSource;
   /** Value of `apilb_build_info{version}`. */
   version: string;
-  /** Counters kept by the daemon. `reloads`: reloads by result (`success`, `failure`). Default: none (all 0). */
-  counters?: { reloads?: ReadonlyMap<string, number> };
+  /**
+   * Counters kept by the daemon. `reloads`: reloads by result (`success`, `failure`). `dnsFailures`: failed or
+   * empty resolutions by DNS backend name (`HOST:PORT`). Default: none (reloads at 0, no DNS series).
+   */
+  counters?: { reloads?: ReadonlyMap<string, number>; dnsFailures?: ReadonlyMap<string, number> };
   /** Readiness for `apilb_ready`. Default: always false. */
   readiness?: () => { ready: boolean };
   /** Number of bound client listeners for `apilb_listeners`. Default: 0. */
@@ -182,6 +185,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   readCounter(registry, 'apilb_rejected_connections_total', 'Client connections refused by apilb itself, by reason.', ['reason'], () => byKey('reason', REJECT_REASONS, proxy.counters.rejected));
   readCounter(registry, 'apilb_config_reloads_total', 'Configuration reloads, by result (success, failure).', ['result'], () => byKey('result', RELOAD_RESULTS, options.counters?.reloads));
+  readCounter(registry, 'apilb_dns_failures_total', 'Failed or empty DNS resolutions of a DNS-named backend (the last known addresses stay in use).', ['name'], () =>
+    byKey('name', [], options.counters?.dnsFailures),
+  );
   readGauge(registry, 'apilb_listeners', 'Client listeners bound.', [], () => [[{}, options.listeners?.() ?? 0]]);
   readGauge(registry, 'apilb_ready', '1 when /readyz answers 200.', [], () => [[{}, options.readiness?.().ready ? 1 : 0]]);
 
