@@ -4,7 +4,8 @@
  */
 import pino, { type Logger } from 'pino';
 import type { Backend } from './pool/backend.js';
-import type { Pool, TransitionEvent } from './pool/pool.js';
+import type { CheckResult, Pool, TransitionEvent } from './pool/pool.js';
+import { TLS_ERROR_PREFIX } from './health/checker.js';
 import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
 
 export type { Logger } from 'pino';
@@ -80,5 +81,56 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
     proxy.off('reject', onRejectLog);
     proxy.off('close', onCloseLog);
     proxy.off('client-error', onClientErrorLog);
+  };
+}
+
+/** What {@link subscribeHealthLogger} needs of the health monitor. */
+export interface HealthLogSource {
+  on(event: 'check', listener: (ev: { backend: Backend; result: CheckResult }) => void): unknown;
+  off(event: 'check', listener: (ev: { backend: Backend; result: CheckResult }) => void): unknown;
+}
+
+/** Minimum time between two hint lines of one kind for one backend (a failing check repeats every few 100 ms). */
+const HEALTH_HINT_INTERVAL_MS = 60_000;
+
+/**
+ * Subscribes `log` to health-check results: an actionable warning when a backend answers 401/403 (credentials)
+ * or fails certificate verification (CA / server name), at most once a minute per backend and kind; every
+ * result at debug level. Transitions are logged by {@link subscribeLogger}. Returns a function that unsubscribes.
+ */
+export function subscribeHealthLogger(log: Logger, source: HealthLogSource, now: () => number = Date.now): () => void {
+  const lastHint = new Map<string, number>();
+  function hint(key: string): boolean {
+    const t = now();
+    const last = lastHint.get(key);
+    if (last !== undefined && t - last < HEALTH_HINT_INTERVAL_MS) return false;
+    lastHint.set(key, t);
+    return true;
+  }
+  const debug = log.isLevelEnabled('debug');
+  function onCheckLog(ev: { backend: Backend; result: CheckResult }): void {
+    const { backend, result: r } = ev;
+    if (debug) log.debug({ event: 'health_check', backend: backend.id, ok: r.ok, kind: r.ok ? 'ok' : r.kind, status: 'status' in r ? r.status : undefined, latencyMs: r.latencyMs, err: r.ok ? undefined : r.error }, 'health check');
+    if (r.ok) return;
+    if (r.kind === 'status' && (r.status === 401 || r.status === 403)) {
+      if (!hint(`auth ${backend.id}`)) return;
+      const what = r.status === 401 ? 'rejected the anonymous health check (401 Unauthorized: anonymous auth is off)' : 'forbade the health check (403 Forbidden: the identity may not read the health path)';
+      log.warn(
+        { event: 'health_check_auth', code: 'APILB_ERR_HEALTH_CHECK', backend: backend.id, status: r.status },
+        `backend ${backend.id} ${what}; it counts as not ready. Give apilb a client certificate allowed to GET the health path: ` +
+          '--client-cert-file and --client-key-file (e.g. the kubelet client certificate), or --kubeconfig (e.g. /etc/kubernetes/kubelet.conf)',
+      );
+    } else if (r.kind === 'transport' && r.error.startsWith(TLS_ERROR_PREFIX)) {
+      if (!hint(`tls ${backend.id}`)) return;
+      log.warn(
+        { event: 'health_check_tls', code: 'APILB_ERR_HEALTH_CHECK', backend: backend.id, err: r.error },
+        `health check of ${backend.id} failed TLS verification (${r.error.slice(TLS_ERROR_PREFIX.length)}): check --ca-file (the cluster CA) and ` +
+          '--tls-server-name (API server certificates carry "kubernetes", not always the IP); --health-check-insecure skips verification',
+      );
+    }
+  }
+  source.on('check', onCheckLog);
+  return function unsubscribeHealthLogger() {
+    source.off('check', onCheckLog);
   };
 }

@@ -1,8 +1,9 @@
 /**
  * Active health checking: one independent check loop per backend (a hung backend never delays the others),
- * results reported into the pool, which owns the state machine. After a failure, and when the data path reports
- * a failed dial (pool `recheck`), the next check comes after a short `recheckDelay` instead of a full interval,
- * so `fall` consecutive failures take about `timeout + recheckDelay + timeout`, not `fall` intervals.
+ * results reported into the pool, which owns the state machine. After a result that disagrees with the backend's
+ * state (a failure while up, a success while down), and when the data path reports a failed dial (pool
+ * `recheck`), the next check comes after a short `recheckDelay` instead of a full interval, so `fall` failures
+ * take about `timeout + recheckDelay + timeout`, not `fall` intervals.
  */
 import { EventEmitter } from 'node:events';
 import { jitter, systemClock, type Clock, type TimerHandle } from '../clock.js';
@@ -80,7 +81,7 @@ interface Slot {
   recheckWanted: boolean;
   lastStart: number;
   results: number;
-  lastOk: boolean;
+  lastResult: CheckResult | undefined;
 }
 
 function validate(o: HealthMonitorOptions | Settings, base?: Settings): Settings {
@@ -199,7 +200,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
         slot.checker = this.newChecker(slot.backend);
         this.schedule(slot, 0);
       } else if (retime && slot.timer !== undefined && !slot.running) {
-        this.schedule(slot, this.nextDelay(slot.lastOk));
+        this.schedule(slot, this.nextDelay(slot.backend, slot.lastResult));
       }
     }
   }
@@ -227,7 +228,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     if (this.closed || this.slots.has(backend)) return;
     const slot: Slot = {
       backend, checker: this.newChecker(backend), timer: undefined, dueAt: 0, running: undefined, generation: 0,
-      recheckWanted: false, lastStart: Number.NEGATIVE_INFINITY, results: 0, lastOk: true,
+      recheckWanted: false, lastStart: Number.NEGATIVE_INFINITY, results: 0, lastResult: undefined,
     };
     this.slots.set(backend, slot);
     this.schedule(slot, 0);
@@ -264,8 +265,16 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     }, ms);
   }
 
-  private nextDelay(ok: boolean): number {
-    return ok ? jitter(this.settings.interval, 0.1, this.random) : this.settings.recheckDelay;
+  /**
+   * A result that disagrees with the backend's state is confirmed quickly (recheckDelay), so `fall` failures or
+   * `rise` successes take about one check each plus recheckDelay. Once the state agrees (up and passing, or
+   * down/draining and still failing) checks go back to the jittered interval: a backend that stays dead for hours
+   * must not get a check every few hundred milliseconds from every node.
+   */
+  private nextDelay(backend: Backend, result: CheckResult | undefined): number {
+    const s = backend.state;
+    const settled = result === undefined || (result.ok ? s === 'up' : result.kind === 'transport' ? s === 'down' : s === 'draining' || s === 'down');
+    return settled ? jitter(this.settings.interval, 0.1, this.random) : this.settings.recheckDelay;
   }
 
   private async run(slot: Slot): Promise<void> {
@@ -295,12 +304,12 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     if (slot.running === ac) slot.running = undefined;
     if (this.closed || slot.generation !== generation || this.slots.get(slot.backend) !== slot) return;
     slot.results++;
-    slot.lastOk = result.ok;
+    slot.lastResult = result;
     this.pool.reportCheck(slot.backend, result);
     this.emit('check', { backend: slot.backend, result });
     this.notifyRound();
     if (this.closed || slot.generation !== generation || slot.timer !== undefined) return;
-    this.schedule(slot, slot.recheckWanted ? this.settings.recheckDelay : this.nextDelay(result.ok));
+    this.schedule(slot, slot.recheckWanted ? this.settings.recheckDelay : this.nextDelay(slot.backend, result));
   }
 
   /** Aborts a check in flight and cancels the timer, keeping the slot. */

@@ -52,11 +52,14 @@ export class TcpChecker implements Checker {
         if (settled) return;
         settled = true;
         signal.removeEventListener('abort', onCheckAbort);
-        for (const s of sockets) {
-          s.destroy();
-          this.open.delete(s);
-        }
         resolve(r);
+        // Not from inside a TLS callback (a verify error is emitted from the handshake callback).
+        setImmediate(() => {
+          for (const s of sockets) {
+            s.destroy();
+            this.open.delete(s);
+          }
+        });
       };
       const fail = (err: unknown): void => finish({ ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err) });
       const track = (s: Socket): void => {
@@ -71,20 +74,20 @@ export class TcpChecker implements Checker {
       if (signal.aborted) return onCheckAbort();
       signal.addEventListener('abort', onCheckAbort);
       const { host, port } = this.backend.address;
-      const raw = netConnect({ host, port, noDelay: true });
-      track(raw);
-      raw.once('connect', () => {
-        if (!this.handshake) return finish({ ok: true, latencyMs: elapsed(start) });
-        const opts: ConnectionOptions = { socket: raw, ca: this.tls.ca, rejectUnauthorized: !this.tls.insecure, ALPNProtocols: ['http/1.1'] };
-        const servername = checkServerName(this.tls, this.backend);
-        if (servername) opts.servername = servername;
-        else opts.host = host;
-        if (this.tls.cert) opts.cert = this.tls.cert;
-        if (this.tls.key) opts.key = this.tls.key;
-        const secure: TLSSocket = tlsConnect(opts);
-        track(secure);
-        secure.once('secureConnect', () => finish({ ok: true, latencyMs: elapsed(start) }));
-      });
+      if (!this.handshake) {
+        const raw = netConnect({ host, port, noDelay: true });
+        track(raw);
+        raw.once('connect', () => finish({ ok: true, latencyMs: elapsed(start) }));
+        return;
+      }
+      const opts: ConnectionOptions = { host, port, ca: this.tls.ca, rejectUnauthorized: !this.tls.insecure, ALPNProtocols: ['http/1.1'] };
+      const servername = checkServerName(this.tls, this.backend);
+      if (servername) opts.servername = servername;
+      if (this.tls.cert) opts.cert = this.tls.cert;
+      if (this.tls.key) opts.key = this.tls.key;
+      const secure: TLSSocket = tlsConnect(opts);
+      track(secure);
+      secure.once('secureConnect', () => finish({ ok: true, latencyMs: elapsed(start) }));
     });
   }
 
