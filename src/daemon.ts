@@ -12,7 +12,9 @@ import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTunin
 import { AdminServer, type Readiness } from './admin/admin-server.js';
 import { buildStatus } from './admin/status.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
-import { createLogger, subscribeLogger, type Logger } from './logging.js';
+import { createLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
+import { loadTlsMaterial } from './config/tls.js';
+import { HealthMonitor } from './health/health-monitor.js';
 import { Pool } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
@@ -37,6 +39,8 @@ export class Daemon {
   /** Union of backend sources (static seeds, DNS, discovery) applied to the pool. */
   readonly backendSet: BackendSet;
   readonly proxy: Proxy;
+  /** Active health checks feeding the pool (started by start(), stopped first thing in close()). */
+  readonly health: HealthMonitor;
   readonly admin: AdminServer;
   readonly listeners: Server[] = [];
   /** Prometheus metrics served on GET /metrics (read from pool/proxy at scrape time). */
@@ -74,11 +78,22 @@ export class Daemon {
     if (deps.dial) proxyOpts.dial = deps.dial;
     this.proxy = new Proxy(proxyOpts);
     this.unsubscribe.push(subscribeLogger(this.logger, this.pool, this.proxy));
+    this.health = new HealthMonitor({
+      pool: this.pool,
+      mode: config.healthCheckMode,
+      path: config.healthCheckPath,
+      interval: config.healthCheckInterval,
+      timeout: config.healthCheckTimeout,
+      tls: loadTlsMaterial(config),
+      clock,
+    });
+    this.unsubscribe.push(subscribeHealthLogger(this.logger, this.health));
     this.admin = new AdminServer({ readiness: () => this.readiness() });
     if (deps.listeners) this.listeners.push(...deps.listeners);
     this.metrics = createMetrics({
       pool: this.pool,
       proxy: this.proxy,
+      health: this.health,
       version: VERSION,
       counters: { reloads: this.reloads },
       readiness: () => this.readiness(),
@@ -135,6 +150,9 @@ export class Daemon {
         this.discovery.start();
       }
       await this.admin.listen(this.config.adminListen);
+      // Ready only after a first check round: until then every backend is merely eligible.
+      this.health.start();
+      await this.health.firstRound(this.config.healthCheckTimeout + 500);
     } catch (err) {
       await this.close(0);
       throw err;
@@ -167,6 +185,7 @@ export class Daemon {
   close(timeoutMs = this.config.shutdownTimeout): Promise<void> {
     this.closing ??= (async () => {
       await this.proxy.stopAccepting();
+      await this.health.close();
       // Before the drain: discovery's own watch is a connection through the proxy and would hold it open.
       await this.discovery?.close();
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
