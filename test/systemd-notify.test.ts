@@ -78,10 +78,10 @@ t.test('without NOTIFY_SOCKET every call is a no-op', async (t) => {
   const n = new Notifier({ env: { WATCHDOG_USEC: '1000000' }, command: '/nonexistent/systemd-notify' });
   t.equal(n.enabled, false);
   t.equal(n.watchdogInterval, 0);
-  await n.ready('up');
-  await n.stopping();
-  await n.status('x');
-  await n.watchdog();
+  t.equal(await n.ready('up'), false);
+  t.equal(await n.stopping(), false);
+  t.equal(await n.status('x'), false);
+  t.equal(await n.watchdog(), false);
   t.equal(n.startWatchdog(), false);
   await n.close();
 });
@@ -91,7 +91,7 @@ t.test('READY=1, STATUS=, STOPPING=1 reach a path socket in order, after the bar
   const r = await startReceiver(t, path);
   const n = new Notifier({ env: { NOTIFY_SOCKET: path, PATH: process.env.PATH } });
   t.equal(n.enabled, true);
-  await n.ready('serving on 127.0.0.1:6443');
+  t.equal(await n.ready('serving on 127.0.0.1:6443'), true);
   // ready() resolves only after systemd-notify's BARRIER=1 was processed, so the message is already there.
   await waitFor(() => r.messages.length >= 2);
   t.same(r.messages.slice(0, 2).map((m) => m.msg), ['READY=1\nSTATUS=serving on 127.0.0.1:6443', 'BARRIER=1']);
@@ -141,18 +141,26 @@ t.test('watchdog interval: WATCHDOG_PID must match when present', async (t) => {
   t.equal(n.startWatchdog(), false);
 });
 
-t.test('failures reject with APILB_ERR_SYSTEMD', async (t) => {
+t.test('failures resolve false and reach onError with APILB_ERR_SYSTEMD; they never reject', async (t) => {
   const dir = tmp(t);
-  const noListener = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'nobody.sock'), PATH: process.env.PATH } });
-  await t.rejects(noListener.ready(), { code: 'APILB_ERR_SYSTEMD' });
-  const noHelper = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'x.sock') }, command: join(dir, 'no-such-helper') });
-  await t.rejects(noHelper.ready(), { code: 'APILB_ERR_SYSTEMD', message: /not found/ });
+  const errors: Error[] = [];
+  const onError = (e: Error): void => { errors.push(e); };
+  const noListener = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'nobody.sock'), PATH: process.env.PATH }, onError });
+  t.equal(await noListener.ready(), false);
+  t.match(errors.pop(), { code: 'APILB_ERR_SYSTEMD', message: /READY=1 failed: systemd-notify exited with/ });
+  const noHelper = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'x.sock') }, command: join(dir, 'no-such-helper'), onError });
+  t.equal(await noHelper.ready(), false);
+  t.match(errors.pop(), { code: 'APILB_ERR_SYSTEMD', message: /not found/ });
   const r = await startReceiver(t, join(dir, 'ok.sock'));
-  const n = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'ok.sock'), PATH: process.env.PATH } });
-  await t.rejects(n.send(['READY=1\nMAINPID=1']), { code: 'APILB_ERR_SYSTEMD' });
-  await t.rejects(n.send(['lower=1']), { code: 'APILB_ERR_SYSTEMD' });
-  // A failed send does not block the queue.
-  await n.ready();
+  const n = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'ok.sock'), PATH: process.env.PATH }, onError });
+  t.equal(await n.send(['READY=1\nMAINPID=1']), false, 'a newline would inject a field');
+  t.equal(await n.send(['lower=1']), false);
+  t.equal(errors.length, 2);
+  t.ok(errors.every((e) => (e as { code?: string }).code === 'APILB_ERR_SYSTEMD'));
+  const throwing = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'nobody.sock'), PATH: process.env.PATH }, onError: () => { throw new Error('logger broke'); } });
+  t.equal(await throwing.status('x'), false, 'a throwing onError does not turn into a rejection');
+  // Failed sends do not block the queue.
+  t.equal(await n.ready(), true);
   await waitFor(() => payloads(r).includes('READY=1'));
   t.same(payloads(r), ['READY=1']);
   t.throws(() => new Notifier({ timeout: 0 }), /timeout/);

@@ -33,13 +33,15 @@ export interface NotifierOptions {
    * itself gives the barrier 5 s). 0 or negative is rejected.
    */
   timeout?: number;
-  /** Called with send failures of the watchdog loop (explicit calls reject instead). Default: ignored. */
+  /** Called with every failed send (an APILB_ERR_SYSTEMD error), e.g. to log it. Default: ignored. */
   onError?: (err: ApilbError) => void;
 }
 
 /**
  * Sends `sd_notify` messages to systemd. When `NOTIFY_SOCKET` is unset (not started by systemd with
- * `Type=notify`) every method is a no-op that resolves at once. Messages are sent one at a time in call order.
+ * `Type=notify`) every method is a no-op that resolves to false at once. Messages are sent one at a time in call
+ * order. Sends never reject (a daemon fires them and moves on; an unhandled rejection would kill it): they resolve
+ * to true once systemd has processed the message, or to false after passing the error to `onError`.
  */
 export class Notifier {
   /** The notify socket (`/run/systemd/notify` or an abstract `@name`), undefined when not under systemd. */
@@ -66,7 +68,15 @@ export class Notifier {
     this.timeout = timeout;
     this.command = opts.command ?? 'systemd-notify';
     this.clock = opts.clock ?? systemClock;
-    this.onError = opts.onError ?? (() => {});
+    const onError = opts.onError;
+    // A throwing callback must not turn a send into a rejection (see the class comment).
+    this.onError = (err) => {
+      try {
+        onError?.(err);
+      } catch {
+        /* the caller's problem; sends still resolve */
+      }
+    };
     const socket = env.NOTIFY_SOCKET;
     this.socket = socket === undefined || socket === '' ? undefined : socket;
     this.watchdogInterval = this.socket ? watchdogIntervalFrom(env, opts.pid ?? process.pid) : 0;
@@ -80,23 +90,23 @@ export class Notifier {
   }
 
   /** `READY=1` (plus `STATUS=` when given): listeners are up and the first health round is done. */
-  ready(status?: string): Promise<void> {
+  ready(status?: string): Promise<boolean> {
     return this.send(status === undefined ? ['READY=1'] : ['READY=1', statusField(status)]);
   }
 
   /** `STOPPING=1` (plus `STATUS=`): graceful shutdown has begun. Stops the watchdog loop. */
-  stopping(status?: string): Promise<void> {
+  stopping(status?: string): Promise<boolean> {
     this.stopWatchdog();
     return this.send(status === undefined ? ['STOPPING=1'] : ['STOPPING=1', statusField(status)]);
   }
 
   /** `STATUS=text`, shown by `systemctl status`. Newlines become spaces. */
-  status(text: string): Promise<void> {
+  status(text: string): Promise<boolean> {
     return this.send([statusField(text)]);
   }
 
   /** One `WATCHDOG=1` keep-alive ping. */
-  watchdog(): Promise<void> {
+  watchdog(): Promise<boolean> {
     return this.send(['WATCHDOG=1']);
   }
 
@@ -112,10 +122,7 @@ export class Notifier {
       this.timer = this.clock.setTimeout(tick, this.watchdogInterval);
       if (this.pinging) return;
       this.pinging = true;
-      this.watchdog().then(
-        () => { this.pinging = false; },
-        (err: ApilbError) => { this.pinging = false; this.onError(err); },
-      );
+      void this.watchdog().finally(() => { this.pinging = false; });
     };
     tick();
     return true;
@@ -131,23 +138,30 @@ export class Notifier {
   async close(): Promise<void> {
     this.stopWatchdog();
     this.closed = true;
-    await this.queue.catch(() => {});
+    await this.queue;
   }
 
   /**
-   * Sends raw `KEY=VALUE` assignments in one datagram. Resolves when systemd has processed the message; rejects
-   * with APILB_ERR_SYSTEMD when the helper cannot run, fails or times out. A value with a newline is rejected
-   * (it would inject another assignment).
+   * Sends raw `KEY=VALUE` assignments in one datagram. Resolves to true when systemd has processed the message;
+   * to false (after `onError` got an APILB_ERR_SYSTEMD error) when the helper cannot run, fails or times out, or
+   * a field is malformed: a value with a newline would inject another assignment.
    */
-  send(fields: readonly string[]): Promise<void> {
-    if (!this.socket || this.closed) return Promise.resolve();
+  send(fields: readonly string[]): Promise<boolean> {
+    if (!this.socket || this.closed) return Promise.resolve(false);
     for (const f of fields) {
       if (!/^[A-Z_][A-Z0-9_]*=/.test(f) || /[\n\0]/.test(f)) {
-        return Promise.reject(new ApilbError('APILB_ERR_SYSTEMD', `invalid sd_notify field ${JSON.stringify(f)}`));
+        this.onError(new ApilbError('APILB_ERR_SYSTEMD', `invalid sd_notify field ${JSON.stringify(f)}`));
+        return Promise.resolve(false);
       }
     }
-    const next = this.queue.catch(() => {}).then(() => this.runHelper(fields));
-    this.queue = next;
+    const next = this.queue.then(() => this.runHelper(fields)).then(
+      () => true,
+      (err: ApilbError) => {
+        this.onError(err);
+        return false;
+      },
+    );
+    this.queue = next.then(() => {});
     return next;
   }
 
