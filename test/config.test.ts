@@ -358,6 +358,24 @@ t.test('kubeconfig: file paths relative to the kubeconfig, and inline data', asy
   tt.equal(m2.serverName, 'api');
 });
 
+t.test('kubeconfig: unreadable referenced files are found in $CREDENTIALS_DIRECTORY by base name', async (tt) => {
+  const ca = createTestCA();
+  tt.teardown(() => ca.remove());
+  const client = ca.client('system:node:node-1', 'system:nodes');
+  const creds = tmp(tt);
+  writeFile(creds, 'kubelet-client-current.pem', client.cert + client.key);
+  const dir = tmp(tt);
+  const kc = writeFile(dir, 'kubelet.conf', [
+    `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}}}]`,
+    'contexts: [{name: x, context: {cluster: c, user: u}}]',
+    'current-context: x',
+    'users: [{name: u, user: {client-certificate: /nonexistent/pki/kubelet-client-current.pem, client-key: /nonexistent/pki/kubelet-client-current.pem}}]',
+  ].join('\n'));
+  const k = loadKubeconfigCredentials(kc, { CREDENTIALS_DIRECTORY: creds });
+  tt.equal(k.cert, client.cert + client.key, 'read from the credentials directory');
+  tt.throws(() => loadKubeconfigCredentials(kc, {}), { message: /client certificate file "\/nonexistent\/pki\/kubelet-client-current.pem" \(client-certificate\) cannot be read: ENOENT/ });
+});
+
 t.test('kubeconfig errors', async (tt) => {
   const dir = tmp(tt);
   const kc = (name: string, lines: string[]) => writeFile(dir, name, lines.join('\n') + '\n');

@@ -3,7 +3,7 @@
  * (relative to the kubeconfig's directory, as kubectl resolves them) or inline base64 `*-data` fields.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { ApilbError } from '../errors.js';
 
@@ -30,8 +30,15 @@ function fail(path: string, reason: string, cause?: unknown): never {
   throw new ApilbError('APILB_ERR_KUBECONFIG_INVALID', `kubeconfig "${path}": ${reason}`, { cause });
 }
 
-/** Loads the current context's cluster CA and user client certificate/key. Throws APILB_ERR_KUBECONFIG_INVALID. */
-export function loadKubeconfigCredentials(path: string): KubeconfigCredentials {
+/**
+ * Loads the current context's cluster CA and user client certificate/key. Throws APILB_ERR_KUBECONFIG_INVALID.
+ *
+ * A referenced file that cannot be read (a hardened unit's dynamic user cannot read the kubelet's root-only
+ * `/var/lib/kubelet/pki/kubelet-client-current.pem`) is looked up by its base name in `$CREDENTIALS_DIRECTORY`,
+ * where `LoadCredential=kubelet-client-current.pem:/var/lib/kubelet/pki/kubelet-client-current.pem` puts it.
+ * `env` defaults to `process.env`.
+ */
+export function loadKubeconfigCredentials(path: string, env: NodeJS.ProcessEnv = process.env): KubeconfigCredentials {
   let doc: KubeconfigDoc;
   try {
     doc = parseYaml(readFileSync(path, 'utf8')) as KubeconfigDoc;
@@ -58,6 +65,14 @@ export function loadKubeconfigCredentials(path: string): KubeconfigCredentials {
       try {
         return readFileSync(p, 'utf8');
       } catch (e) {
+        const credDir = env.CREDENTIALS_DIRECTORY;
+        if (credDir) {
+          try {
+            return readFileSync(join(credDir, basename(p)), 'utf8');
+          } catch {
+            // Report the path the kubeconfig names, below.
+          }
+        }
         fail(path, `${what} file "${p}" (${fileKey}) cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, e);
       }
     }
