@@ -4,11 +4,12 @@
  */
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Notifier, watchdogIntervalFrom } from '../src/systemd/notify.js';
+import { FakeClock } from './support/fake-clock.js';
 
 const RECEIVER = `
 import socket, sys, os, array, json
@@ -164,4 +165,30 @@ t.test('failures resolve false and reach onError with APILB_ERR_SYSTEMD; they ne
   await waitFor(() => payloads(r).includes('READY=1'));
   t.same(payloads(r), ['READY=1']);
   t.throws(() => new Notifier({ timeout: 0 }), /timeout/);
+});
+
+t.test('watchdog schedule on an injected clock: at once, then every WATCHDOG_USEC/2', async (t) => {
+  const dir = tmp(t);
+  // A stand-in helper that records its arguments, so only the schedule is under test here.
+  const log = join(dir, 'calls');
+  const helper = join(dir, 'record');
+  writeFileSync(helper, `#!/bin/sh\necho "$*" >> '${log}'\n`);
+  chmodSync(helper, 0o755);
+  const calls = (): string[] => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : []);
+  const clock = new FakeClock();
+  const n = new Notifier({ env: { NOTIFY_SOCKET: '/run/systemd/notify', WATCHDOG_USEC: '10000000' }, command: helper, clock });
+  t.teardown(() => n.close());
+  t.equal(n.watchdogInterval, 5000);
+  t.equal(n.startWatchdog(), true);
+  await waitFor(() => calls().length === 1);
+  await waitFor(() => clock.pending === 1, 2000); // only the next tick is left once the helper has exited
+  clock.advance(4999);
+  t.equal(calls().length, 1, 'not before the interval');
+  clock.advance(1);
+  await waitFor(() => calls().length === 2);
+  t.same(calls(), ['WATCHDOG=1', 'WATCHDOG=1']);
+  n.stopWatchdog();
+  await waitFor(() => clock.pending === 0, 2000);
+  clock.advance(60_000);
+  t.equal(calls().length, 2, 'no ping after stopWatchdog');
 });
