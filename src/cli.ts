@@ -6,7 +6,7 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { fetchStatus, formatStatus } from './admin/status.js';
-import { resolveConfig, type Config, type Layer } from './config/config.js';
+import { resolveConfig, type Config, type Layer, type ResolveInput } from './config/config.js';
 import { OPTIONS } from './config/options.js';
 import { installSignalHandlers, startDaemon } from './daemon.js';
 import { ApilbError, ConfigError } from './errors.js';
@@ -47,14 +47,19 @@ function flagLayer(argv: Record<string, unknown>): Layer {
   return layer;
 }
 
-function configFrom(argv: Record<string, unknown>, opts: { allowNoBackends?: boolean } = {}): Config {
+/** The layers a configuration is resolved from; the daemon keeps them to resolve again on reload. */
+function resolveInputFrom(argv: Record<string, unknown>, opts: { allowNoBackends?: boolean } = {}): ResolveInput {
   const configFile = (argv.config as string | undefined) ?? process.env.APILB_CONFIG;
-  return resolveConfig({
+  return {
     flags: flagLayer(argv),
     env: process.env,
     ...(configFile ? { configFile } : {}),
     ...(opts.allowNoBackends ? { allowNoBackends: true } : {}),
-  });
+  };
+}
+
+function configFrom(argv: Record<string, unknown>, opts: { allowNoBackends?: boolean } = {}): Config {
+  return resolveConfig(resolveInputFrom(argv, opts));
 }
 
 function die(err: unknown): never {
@@ -78,7 +83,7 @@ async function run(argv: Record<string, unknown>): Promise<void> {
     die(err);
   }
   try {
-    const daemon = await startDaemon(config);
+    const daemon = await startDaemon(config, { resolveInput: resolveInputFrom(argv) });
     installSignalHandlers(daemon, (code) => process.exit(code));
   } catch (err) {
     die(err);

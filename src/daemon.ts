@@ -5,9 +5,11 @@
  */
 import type { Server } from 'node:net';
 import { systemClock, type Clock } from './clock.js';
-import type { Config } from './config/config.js';
+import { resolveConfig, type Config, type ResolveInput } from './config/config.js';
+import { describeChange, diffConfig } from './config/config-diff.js';
 import { formatAddress } from './config/values.js';
 import { BackendSet } from './discovery/backend-set.js';
+import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './discovery/dns.js';
 import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
 import { AdminServer, type Readiness } from './admin/admin-server.js';
 import { buildStatus } from './admin/status.js';
@@ -29,11 +31,31 @@ export interface DaemonDeps {
   listeners?: Server[];
   /** Tuning of EndpointSlice discovery (debounce, backoff, clock); default the built-in defaults and `clock`. */
   discovery?: DiscoveryTuning;
+  /** Resolver of DNS-named backends. Default `dns.promises.lookup(host, { all: true })`. */
+  resolver?: Resolver;
+  /**
+   * The flags, environment and file the configuration was resolved from; {@link Daemon.reload} resolves them
+   * again (re-reading the file). Default: none, and reload is refused.
+   */
+  resolveInput?: ResolveInput;
+}
+
+/** Result of {@link Daemon.reload}. */
+export interface ReloadResult {
+  /** False when the new configuration was rejected (the old one stays active). */
+  ok: boolean;
+  /** Why it was rejected. */
+  error?: string;
+  /** One line per changed option; changes that need a restart say so and were not applied. */
+  changes: string[];
 }
 
 /** A running apilb. */
 export class Daemon {
-  readonly config: Config;
+  /** The active configuration (replaced by a successful {@link reload}; restart-only options keep their old value). */
+  get config(): Config {
+    return this.current;
+  }
   readonly logger: Logger;
   readonly pool: Pool;
   /** Union of backend sources (static seeds, DNS, discovery) applied to the pool. */
@@ -49,6 +71,13 @@ export class Daemon {
   readonly reloads = new Map<string, number>();
   /** Epoch ms the daemon object was created (uptime in /status). */
   readonly startedAt: number;
+  /** DNS-named backends, one BackendSet source per name (IP literals are the `static` source). */
+  readonly dns: DnsDiscovery;
+  /** Failed or empty DNS resolutions by name (`HOST:PORT`); for a metrics counter. */
+  readonly dnsFailures = new Map<string, number>();
+  private current: Config;
+  private readonly resolveInput: ResolveInput | undefined;
+  private reloading: Promise<ReloadResult> = Promise.resolve({ ok: true, changes: [] });
   /** EndpointSlice discovery, when --discover-endpointslices is set (created in start(), once listeners are bound). */
   discovery: EndpointSliceDiscovery | undefined;
   private readonly discoveryTuning: DiscoveryTuning | undefined;
@@ -58,7 +87,8 @@ export class Daemon {
   private closing: Promise<void> | undefined;
 
   constructor(config: Config, deps: DaemonDeps = {}) {
-    this.config = config;
+    this.current = config;
+    this.resolveInput = deps.resolveInput;
     this.logger = deps.logger ?? createLogger(config.logLevel);
     const clock = deps.clock ?? systemClock;
     this.clock = clock;
@@ -66,7 +96,17 @@ export class Daemon {
     this.startedAt = clock.now();
     this.pool = new Pool({ rise: config.rise, fall: config.fall, clock });
     this.backendSet = new BackendSet(this.pool);
-    this.backendSet.set('static', config.backends.map((address) => ({ address })));
+    this.backendSet.set('static', config.backends.filter((a) => !isDnsName(a)).map((address) => ({ address })));
+    this.dns = new DnsDiscovery({
+      backendSet: this.backendSet,
+      names: config.backends.filter(isDnsName),
+      refresh: config.dnsRefresh,
+      ...(config.tlsServerName ? { serverName: config.tlsServerName } : {}),
+      ...(deps.resolver ? { resolver: deps.resolver } : {}),
+      clock,
+      failures: this.dnsFailures,
+    });
+    this.unsubscribe.push(subscribeDnsLogger(this.logger, this.dns));
     const proxyOpts: ConstructorParameters<typeof Proxy>[0] = {
       pool: this.pool,
       connectTimeout: config.connectTimeout,
@@ -95,13 +135,17 @@ export class Daemon {
       proxy: this.proxy,
       health: this.health,
       version: VERSION,
-      counters: { reloads: this.reloads },
+      counters: { reloads: this.reloads, dnsFailures: this.dnsFailures },
       readiness: () => this.readiness(),
       listeners: () => this.listeners.filter((s) => s.listening).length,
       ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
     });
     this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await this.metrics.render() }));
     this.admin.route('GET', '/status', () => ({ status: 200, body: this.status() }));
+    this.admin.route('POST', '/reload', async () => {
+      const r = await this.reload();
+      return { status: r.ok ? 200 : 400, body: r };
+    });
   }
 
   /** The GET /status document. */
@@ -130,6 +174,8 @@ export class Daemon {
   /** Binds listeners (unless handed in), the admin endpoint, and starts serving. */
   async start(): Promise<void> {
     try {
+      // DNS names are resolved before binding, so the first client already finds every record in the pool.
+      await this.dns.start();
       if (this.listeners.length === 0) {
         for (const address of this.config.listen) {
           const server = createListener();
@@ -172,6 +218,88 @@ export class Daemon {
     );
   }
 
+  /**
+   * Re-resolves the configuration from the startup flags and environment and re-reads the file (SIGHUP,
+   * POST /reload). An invalid result is rejected as a whole: nothing changes, the error is logged and counted.
+   * A valid one is applied without touching connections to unchanged backends: backends (static and DNS;
+   * removed ones drain and are closed after --drain-timeout), proxy timeouts and limits, health-check settings,
+   * DNS refresh, log level, shutdown timeout. Listener, admin and the other `RESTART_REQUIRED` (config-diff.ts) changes are
+   * reported as needing a restart and not applied. Concurrent calls run one after another.
+   */
+  reload(): Promise<ReloadResult> {
+    const run = this.reloading.then(() => this.reloadNow());
+    this.reloading = run.catch(() => ({ ok: false, changes: [] }));
+    return run;
+  }
+
+  private async reloadNow(): Promise<ReloadResult> {
+    const fail = (error: string): ReloadResult => {
+      this.reloads.set('failure', (this.reloads.get('failure') ?? 0) + 1);
+      this.logger.error({ event: 'reload_rejected', code: 'APILB_ERR_RELOAD_REJECTED', err: error }, `configuration reload rejected, the previous configuration stays active: ${error}`);
+      return { ok: false, error, changes: [] };
+    };
+    if (!this.resolveInput) return fail('this daemon was started without a configuration source to reload');
+    if (this.closing) return fail('shutting down');
+    const prev = this.current;
+    let next: Config;
+    let tls: ReturnType<typeof loadTlsMaterial> | undefined;
+    const changes = (() => {
+      try {
+        next = resolveConfig(this.resolveInput!);
+        return diffConfig(prev, next);
+      } catch (err) {
+        return err as Error;
+      }
+    })();
+    if (changes instanceof Error) return fail(changes.message);
+    // Discovery reads the kubeconfig once at start: with it on, a new kubeconfig needs a restart too.
+    for (const c of changes) if (c.key === 'kubeconfig' && this.discovery) c.applies = false;
+    const changed = (key: string) => changes.some((c) => c.key === key && c.applies);
+    // Everything that can still fail is done before anything is applied.
+    try {
+      if (['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'].some(changed)) {
+        // The server name is restart-only: keep the active one inside the new material.
+        tls = loadTlsMaterial({ ...next!, tlsServerName: prev.tlsServerName });
+      }
+      const healthUpdate = {
+        ...(changed('healthCheckMode') ? { mode: next!.healthCheckMode } : {}),
+        ...(changed('healthCheckPath') ? { path: next!.healthCheckPath } : {}),
+        ...(changed('healthCheckInterval') ? { interval: next!.healthCheckInterval } : {}),
+        ...(changed('healthCheckTimeout') ? { timeout: next!.healthCheckTimeout } : {}),
+        ...(tls ? { tls } : {}),
+      };
+      if (Object.keys(healthUpdate).length > 0) this.health.update(healthUpdate);
+    } catch (err) {
+      return fail((err as Error).message);
+    }
+    const effective: Config = { ...next! };
+    for (const c of changes) if (!c.applies) (effective as unknown as Record<string, unknown>)[c.key] = (prev as unknown as Record<string, unknown>)[c.key];
+    this.current = effective;
+    this.proxy.update({
+      connectTimeout: effective.connectTimeout,
+      firstByteTimeout: effective.firstByteTimeout,
+      maxConnections: effective.maxConnections,
+      drainTimeout: effective.drainTimeout,
+    });
+    if (changed('logLevel')) this.logger.level = effective.logLevel;
+    if (changed('backends')) {
+      // Reconcile keeps unchanged backends (and their connections); removed ones drain like `draining`.
+      this.backendSet.set('static', effective.backends.filter((a) => !isDnsName(a)).map((address) => ({ address })));
+    }
+    if (changed('backends') || changed('dnsRefresh')) await this.dns.update(effective.backends.filter(isDnsName), { refresh: effective.dnsRefresh });
+    const lines = changes.map(describeChange);
+    this.reloads.set('success', (this.reloads.get('success') ?? 0) + 1);
+    const pending = changes.filter((c) => !c.applies);
+    this.logger.info({ event: 'reloaded', changes: lines }, lines.length ? `configuration reloaded: ${lines.join('; ')}` : 'configuration reloaded: no changes');
+    if (pending.length) {
+      this.logger.warn(
+        { event: 'reload_restart_required', keys: pending.map((c) => c.key) },
+        `configuration changes that require a restart were NOT applied: ${pending.map((c) => c.key).join(', ')} (restart apilb to apply them)`,
+      );
+    }
+    return { ok: true, changes: lines };
+  }
+
   /** The admin endpoint as `HOST:PORT` (resolved port when bound to port 0). */
   get adminAddress(): string {
     const a = this.admin.server.address();
@@ -185,6 +313,7 @@ export class Daemon {
   close(timeoutMs = this.config.shutdownTimeout): Promise<void> {
     this.closing ??= (async () => {
       await this.proxy.stopAccepting();
+      this.dns.close();
       await this.health.close();
       // Before the drain: discovery's own watch is a connection through the proxy and would hold it open.
       await this.discovery?.close();
@@ -207,8 +336,9 @@ export async function startDaemon(config: Config, deps: DaemonDeps = {}): Promis
 }
 
 /**
- * Installs SIGTERM/SIGINT (graceful shutdown; a second signal exits at once) handlers. `exit` is called with the
- * exit code; only the CLI passes `process.exit`.
+ * Installs SIGTERM/SIGINT (graceful shutdown; a second signal exits at once with code 1) and SIGHUP
+ * (configuration reload) handlers. `exit` is called with the exit code; only the CLI passes `process.exit`.
+ * Returns a function that removes the handlers.
  */
 export function installSignalHandlers(d: Daemon, exit: (code: number) => void): () => void {
   let shuttingDown = false;
@@ -228,10 +358,17 @@ export function installSignalHandlers(d: Daemon, exit: (code: number) => void): 
       },
     );
   }
+  function onReloadSignal(): void {
+    d.logger.info({ event: 'signal', signal: 'SIGHUP' }, 'SIGHUP: reloading configuration');
+    // reload() logs and counts its own outcome; it never rejects for a bad configuration.
+    d.reload().catch((err: Error) => d.logger.error({ event: 'reload_error', err: err.message }, 'error during reload'));
+  }
   process.on('SIGTERM', onStopSignal);
   process.on('SIGINT', onStopSignal);
+  process.on('SIGHUP', onReloadSignal);
   return () => {
     process.off('SIGTERM', onStopSignal);
     process.off('SIGINT', onStopSignal);
+    process.off('SIGHUP', onReloadSignal);
   };
 }

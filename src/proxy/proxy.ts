@@ -78,11 +78,15 @@ function defaultDial(backend: Backend): Socket {
 /** TCP passthrough proxy over a {@link Pool}. */
 export class Proxy extends EventEmitter<ProxyEvents> {
   readonly pool: Pool;
-  readonly connectTimeout: number;
-  readonly firstByteTimeout: number;
+  /** Changed only through {@link update} (configuration reload). */
+  connectTimeout: number;
+  /** Changed only through {@link update}. */
+  firstByteTimeout: number;
   readonly firstByteBufferBytes: number;
-  readonly maxConnections: number;
-  readonly drainTimeout: number;
+  /** Changed only through {@link update}. */
+  maxConnections: number;
+  /** Changed only through {@link update}. */
+  drainTimeout: number;
   readonly keepAliveInitialDelay: number;
   readonly dial: Dialer;
   readonly clock: Clock;
@@ -112,6 +116,24 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.onConnection = this.onConnection.bind(this);
     this.pool.on('transition', this.onTransition);
     this.pool.on('removed', this.onRemoved);
+  }
+
+  /**
+   * Applies new timeouts and limits (configuration reload), validated as a whole first: a bad value throws
+   * OptionError and nothing changes. New values apply to the next dial, first-byte wait, accept and drain;
+   * timers already running keep their old deadline, and open connections are never touched.
+   */
+  update(options: Partial<Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout'>>): void {
+    const next = {
+      connectTimeout: num('connectTimeout', options.connectTimeout ?? this.connectTimeout, 1),
+      firstByteTimeout: num('firstByteTimeout', options.firstByteTimeout ?? this.firstByteTimeout, 0),
+      maxConnections: num('maxConnections', options.maxConnections ?? this.maxConnections, 1),
+      drainTimeout: num('drainTimeout', options.drainTimeout ?? this.drainTimeout, 0),
+    };
+    this.connectTimeout = next.connectTimeout;
+    this.firstByteTimeout = next.firstByteTimeout;
+    this.maxConnections = next.maxConnections;
+    this.drainTimeout = next.drainTimeout;
   }
 
   /** Open client connections. */
