@@ -30,18 +30,23 @@ interface Panel {
   targets?: { expr: string; refId: string }[];
 }
 
-/** Metric families apilb exports, with a backend, a check observation and default process metrics. */
-async function exportedFamilies(): Promise<Set<string>> {
+/** What apilb exports with every optional part on: a backend, a check observation, DNS, discovery, defaults. */
+async function exported(): Promise<ReturnType<typeof parseExposition>> {
   const pool = new Pool();
   const proxy = new Proxy({ pool });
   const b = pool.add({ address: parseAddress('127.0.0.1:6443') });
   const health = new EventEmitter<{ check: [HealthCheckEvent] }>();
-  const metrics = createMetrics({ pool, proxy, health, version: 'test' });
+  const metrics = createMetrics({ pool, proxy, health, version: 'test', counters: { dnsFailures: new Map([['api:6443', 1]]) }, discovery: () => undefined });
   health.emit('check', { backend: b, result: { ok: true, latencyMs: 1 } });
   const m = parseExposition(await metrics.render());
   metrics.close();
   await proxy.close(0);
-  return new Set(m.samples.map((s) => s.name));
+  return m;
+}
+
+/** Sample names apilb exports (histograms as their _bucket/_sum/_count series). */
+async function exportedFamilies(): Promise<Set<string>> {
+  return new Set((await exported()).samples.map((s) => s.name));
 }
 
 /** `apilb_*` and `process_*` metric names used in a PromQL expression. */
@@ -114,4 +119,13 @@ t.test('dashboard structure: unique ids, a datasource variable, panels within th
   for (const want of ['Backend state per node', 'Connections closed because their backend failed', 'Active connections per backend', 'Health-check latency']) {
     tt.ok(titles.includes(want), want);
   }
+});
+
+t.test('docs/observability.md lists every apilb_ metric with its type, and nothing else', async (tt) => {
+  const m = await exported();
+  const want = new Map([...m.types].filter(([name]) => name.startsWith('apilb_')));
+  const doc = readFileSync(join(root, 'docs/observability.md'), 'utf8');
+  const rows = [...doc.matchAll(/^\| `(apilb_[a-z0-9_]+)` \| ([a-z]+) \|/gm)].map((r) => [r[1]!, r[2]!] as const);
+  tt.ok(rows.length >= 20);
+  tt.same(new Map(rows), want, 'metric table of docs/observability.md = exported apilb_ families and types');
 });

@@ -185,7 +185,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   readCounter(registry, 'apilb_rejected_connections_total', 'Client connections refused by apilb itself, by reason.', ['reason'], () => byKey('reason', REJECT_REASONS, proxy.counters.rejected));
   readCounter(registry, 'apilb_config_reloads_total', 'Configuration reloads, by result (success, failure).', ['result'], () => byKey('result', RELOAD_RESULTS, options.counters?.reloads));
-  readCounter(registry, 'apilb_dns_failures_total', 'Failed or empty DNS resolutions of a DNS-named backend (the last known addresses stay in use).', ['name'], () =>
+  readCounter(registry, 'apilb_dns_failures_total', 'Failed or empty resolutions of a DNS-named backend (the last known addresses, or the name itself, stay in use).', ['name'], () =>
     byKey('name', [], options.counters?.dnsFailures),
   );
   readGauge(registry, 'apilb_listeners', 'Client listeners bound.', [], () => [[{}, options.listeners?.() ?? 0]]);
