@@ -257,9 +257,12 @@ export class Daemon {
     const changed = (key: string) => changes.some((c) => c.key === key && c.applies);
     // Everything that can still fail is done before anything is applied.
     try {
-      if (['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'].some(changed)) {
-        // The server name is restart-only: keep the active one inside the new material.
-        tls = loadTlsMaterial({ ...next!, tlsServerName: prev.tlsServerName });
+      // Re-read the TLS material even when no option changed: a reload then also picks up rotated certificate
+      // files. The server name is restart-only, so the active one stays inside the new material.
+      const fresh = loadTlsMaterial({ ...next!, tlsServerName: prev.tlsServerName });
+      const cur = this.health.options.tls;
+      if (fresh.ca !== cur.ca || fresh.cert !== cur.cert || fresh.key !== cur.key || fresh.serverName !== cur.serverName || fresh.insecure !== cur.insecure) {
+        tls = fresh;
       }
       const healthUpdate = {
         ...(changed('healthCheckMode') ? { mode: next!.healthCheckMode } : {}),
@@ -288,6 +291,9 @@ export class Daemon {
     }
     if (changed('backends') || changed('dnsRefresh')) await this.dns.update(effective.backends.filter(isDnsName), { refresh: effective.dnsRefresh });
     const lines = changes.map(describeChange);
+    if (tls && !['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'].some(changed)) {
+      lines.push('health-check TLS material: files changed on disk, reloaded');
+    }
     this.reloads.set('success', (this.reloads.get('success') ?? 0) + 1);
     const pending = changes.filter((c) => !c.applies);
     this.logger.info({ event: 'reloaded', changes: lines }, lines.length ? `configuration reloaded: ${lines.join('; ')}` : 'configuration reloaded: no changes');

@@ -13,6 +13,7 @@ import { resolveConfig, type ResolveInput } from '../src/config/config.js';
 import { diffConfig, describeChange } from '../src/config/config-diff.js';
 import { formatAddress } from '../src/config/values.js';
 import { Daemon } from '../src/daemon.js';
+import { createTestCA } from '../src/demo/test-ca.js';
 import { createLogger } from '../src/logging.js';
 import { dial, echoServer, readBytes, until, type TestServer } from './support/net.js';
 
@@ -194,6 +195,25 @@ t.test('listener and admin changes are reported as needing a restart, not applie
     'adminListen: 127.0.0.1:0 -> 127.0.0.1:19643 requires restart (not applied)',
   ], 'still pending on the next reload (compared with what is active)');
   tt.equal(h.d.reloads.get('success'), 2);
+});
+
+t.test('reload re-reads certificate files that changed on disk (rotation)', async (tt) => {
+  const ca = createTestCA();
+  tt.teardown(() => ca.remove());
+  const one = ca.client('system:node:n1', 'system:nodes');
+  const two = ca.client('system:node:n1', 'system:nodes');
+  const dir = mkdtempSync(join(tmpdir(), 'apilb-rotate-'));
+  tt.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const pem = join(dir, 'kubelet-client-current.pem');
+  writeFileSync(pem, one.cert + one.key);
+  const h = await harness(tt, 1, (b) => [`backends: [${b[0]!.address}]`, `clientCertFile: ${pem}`, `clientKeyFile: ${pem}`]);
+  tt.equal(h.d.health.options.tls.cert, one.cert + one.key);
+  const same = await h.d.reload();
+  tt.same(same, { ok: true, changes: [] }, 'nothing changed: nothing reported');
+  writeFileSync(pem, two.cert + two.key);
+  const rotated = await h.d.reload();
+  tt.same(rotated, { ok: true, changes: ['health-check TLS material: files changed on disk, reloaded'] });
+  tt.equal(h.d.health.options.tls.cert, two.cert + two.key, 'health checks use the new certificate');
 });
 
 t.test('a daemon without a configuration source refuses to reload', async (tt) => {
