@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,7 +44,7 @@ t.teardown(() => {
   otherCa.remove();
 });
 
-function tmp(t: Tap.Test, prefix: string): string {
+function tmp(t: Test, prefix: string): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
@@ -83,7 +83,7 @@ interface Rig {
  * Discovery pointed straight at stand-in 0 (the data path is exercised by the daemon tests below), with a fake
  * clock driving debounce and backoff. `random` 0.5 makes every jittered delay exactly its nominal value.
  */
-async function rig(t: Tap.Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; stateDir?: string; seeds?: string[]; setup?: (c: FakeCluster, port: number) => void; start?: boolean } = {}): Promise<Rig> {
+async function rig(t: Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; stateDir?: string; seeds?: string[]; setup?: (c: FakeCluster, port: number) => void; start?: boolean } = {}): Promise<Rig> {
   const cluster = new FakeCluster();
   const standIns = await startApiStandIns(cluster, opts.hosts ?? ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
   const port = standIns[0]!.port;
@@ -527,7 +527,7 @@ t.test('state file: loaded before the first LIST; another cluster\'s file or a c
 
 // ---- Through a real daemon: discovery's requests take apilb's own balanced path ----
 
-function writeKubeconfig(t: Tap.Test): string {
+function writeKubeconfig(t: Test): string {
   const dir = tmp(t, 'apilb-kubeconfig-');
   const path = join(dir, 'kubelet.conf');
   writeFileSync(
@@ -555,7 +555,7 @@ function writeKubeconfig(t: Tap.Test): string {
   return path;
 }
 
-async function daemon(t: Tap.Test, seeds: string[], kubeconfig: string, stateDir: string, tuning: DiscoveryTuning = {}): Promise<Daemon> {
+async function daemon(t: Test, seeds: string[], kubeconfig: string, stateDir: string, tuning: DiscoveryTuning = {}): Promise<Daemon> {
   const config = resolveConfig({
     flags: {
       listen: ['127.0.0.1:0'],
@@ -574,7 +574,7 @@ async function daemon(t: Tap.Test, seeds: string[], kubeconfig: string, stateDir
 }
 
 /** A client holding one keep-alive TLS connection through apilb; `disconnects` counts lost connections. */
-function apiClient(t: Tap.Test, d: Daemon): { client: Client; disconnects: () => number; whoami: () => Promise<string> } {
+function apiClient(t: Test, d: Daemon): { client: Client; disconnects: () => number; whoami: () => Promise<string> } {
   const a = d.listeners[0]!.address() as { port: number };
   const client = new Client(`https://127.0.0.1:${a.port}`, {
     connect: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key, servername: 'kubernetes' },
