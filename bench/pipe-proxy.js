@@ -14,3 +14,4 @@ createServer({ noDelay: true }, function onClient(client) {
 }).listen({ port: listenPort, host: '127.0.0.1', backlog: 4096 });
 process.stdin.resume();
 process.stdin.on('end', () => process.exit(0));
+process.on('SIGTERM', () => process.exit(0)); // exit normally so --cpu-prof writes its profile

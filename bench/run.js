@@ -5,6 +5,8 @@
 // Options: --rounds N (default 5) · --quick (1 round, short phases) · --targets a,b,c · --no-install
 //          --hold N (open connections for the big RSS point; default 10000, capped by the fd limit)
 //          --cpu-prof (run apilb with --cpu-prof; profiles land in bench/profiles/)
+//          --node-args='--flag ...' (extra node flags for apilb and the Node pipe proxies; experiments)
+//          targets: direct, apilb, haproxy, nginx, node-pipe (default) and node-onread (experiment)
 //
 // Load generators: bulk and open-connection tests use bench/loadgen.js (own process); HTTPS tests use wrk
 // (C, epoll, one thread) when present because a Node TLS client costs about as much CPU per request as the
@@ -28,6 +30,8 @@ const holdRounds = quick ? 1 : 2;
 const warnings = [];
 const warn = (m) => { warnings.push(m); console.error(`\n!!! ${m}\n`); };
 const t0 = Date.now();
+const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+const loadStart = loadavg();
 const HARD_LIMIT_MS = 20 * 60_000;
 setTimeout(() => { console.error('bench: hard time limit reached, stopping'); process.exit(3); }, HARD_LIMIT_MS).unref();
 
@@ -130,6 +134,8 @@ const realApilb = apilbAvailable();
 if (!realApilb) warn('dist/cli.js has no working `run` command: the "apilb" column is the Node pipe stand-in, NOT apilb');
 const wanted = val('targets', 'direct,apilb,haproxy,nginx,node-pipe').split(',');
 const targets = [];
+// Extra node flags for the Node-based proxies (experiments, e.g. --node-args=--max-semi-space-size=16).
+const nodeArgs = (argv.find((a) => a.startsWith('--node-args=')) ?? '--node-args=').slice('--node-args='.length).split(' ').filter(Boolean);
 const profDir = join(ROOT, 'bench/profiles');
 for (const name of wanted) {
   try {
@@ -138,11 +144,12 @@ for (const name of wanted) {
       if (realApilb) {
         if (flag('cpu-prof')) mkdirSync(profDir, { recursive: true });
         targets.push(await startApilb({ backends, dir, caFile: ca.certFile,
-          nodeArgs: flag('cpu-prof') ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [] }));
+          nodeArgs: [...nodeArgs, ...(flag('cpu-prof') ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [])] }));
       } else targets.push({ ...(await startNodePipe({ backends, dir, name: 'apilb' })), standIn: true });
     } else if (name === 'haproxy') { if (have('haproxy')) targets.push(await startHaproxy({ backends, dir, maxconn: holdBig + 50 })); else warn('haproxy missing: column skipped'); }
     else if (name === 'nginx') { if (have('nginx') && haveNginxStream()) targets.push(await startNginx({ backends, dir, connections: 2 * holdBig + 100 })); else warn('nginx stream missing: column skipped'); }
-    else if (name === 'node-pipe') targets.push(await startNodePipe({ backends, dir }));
+    else if (name === 'node-pipe') targets.push(await startNodePipe({ backends, dir, nodeArgs }));
+    else if (name === 'node-onread') targets.push(await startNodePipe({ backends, dir, nodeArgs, name, script: 'bench/pipe-proxy-onread.js' }));
     else warn(`unknown target ${name}`);
   } catch (e) { warn(`${name} failed to start: ${e.message}`); }
 }
@@ -257,6 +264,7 @@ const machine = [
   `- node ${process.version}; ${version('haproxy', ['-v'], /HAProxy version (\S+)/).replace(/^/, 'HAProxy ')}; nginx ${version('nginx', ['-v'], /nginx\/(\S+)/)}; wrk ${have('wrk') ? version('wrk', ['--version'], /wrk (\S+)/) : 'absent (Node load generator used)'}`,
   `- apilb: ${realApilb ? `dist/cli.js run, defaults except --listen/--backend/--admin-listen/--ca-file (git ${spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()})` : 'NOT AVAILABLE — the column is the Node pipe stand-in'}`,
   `- fd limit of the proxies: ${nofile}; open-connection points: 1,000 and ${holdBig.toLocaleString('en')}`,
+  `- load average (1/5/15 min) at start: ${loadStart}; at end: ${loadavg()} — anything well above 0 means other work shared the ${cpus().length} CPUs and the rates are noisy; CPU-per-unit and RSS figures are the robust ones`,
 ].join('\n');
 const generated = `# apilb benchmark results
 
@@ -276,10 +284,16 @@ HTTPS = ${have('wrk') ? 'wrk -t1 -c4' : 'bench/loadgen.js https, 4 connections'}
 full TLS handshake per request); open connections = N TCP connections each with one byte through the proxy and
 one back, RSS read 1 s after the last one is up. Ratios are target ÷ HAProxy (higher is better for
 throughput and rates, lower is better for latency, CPU and RSS).
+
+<details><summary>Per-round values</summary>
+
+\`\`\`json
+${JSON.stringify(results)}
+\`\`\`
+</details>
 `;
 const MARK = '<!-- Everything below this line is kept by bench/run.js when it rewrites the file. -->';
 const out = join(ROOT, 'bench/RESULTS.md');
 const kept = existsSync(out) && readFileSync(out, 'utf8').includes(MARK) ? readFileSync(out, 'utf8').split(MARK)[1] : '\n\n## Notes\n';
-if (!flag('no-write')) writeFileSync(out, `${generated}\n${MARK}${kept}`);
-console.log(`wrote ${out}`);
+if (!flag('no-write')) { writeFileSync(out, `${generated}\n${MARK}${kept}`); console.log(`wrote ${out}`); }
 process.exit(0);

@@ -60,10 +60,10 @@ export async function startApilb({ backends, dir, caFile, name = 'apilb', extraA
 }
 
 /** The 20-line Node pipe proxy (the floor from issue 6). */
-export async function startNodePipe({ backends, dir, name = 'node-pipe' }) {
+export async function startNodePipe({ backends, dir, name = 'node-pipe', nodeArgs = [], script = 'bench/pipe-proxy.js' }) {
   const port = await freePort();
   const fd = logFd(dir, name);
-  const [cmd, wargs] = withNoFile(process.execPath, [join(ROOT, 'bench/pipe-proxy.js'), String(port), ...backends.map(String)]);
+  const [cmd, wargs] = withNoFile(process.execPath, [...nodeArgs, join(ROOT, script), String(port), ...backends.map(String)]);
   const child = spawnTracked(cmd, wargs, { stdio: ['pipe', fd, fd] });
   return started(name, child, port);
 }
