@@ -325,8 +325,8 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       connect.key = options.tls.key;
     }
     const origin = `https://${formatAddress(this.target)}`;
-    // One connection: a LIST, then a long watch on the same keep-alive socket. pipelining 1 keeps it strictly
-    // sequential; the connect timeout is apilb's own listener accepting, which is immediate.
+    // One connection: a LIST, then a long watch on the same keep-alive socket; pipelining 1 keeps it strictly
+    // sequential. The connect timeout covers TCP and TLS through apilb, including apilb's failover across backends.
     this.client = new Client(origin, { connect, pipelining: 1, keepAliveTimeout: 30_000, connectTimeout: this.requestTimeoutMs });
   }
 
