@@ -319,10 +319,11 @@ export class Daemon {
   close(timeoutMs = this.config.shutdownTimeout): Promise<void> {
     this.closing ??= (async () => {
       await this.proxy.stopAccepting();
+      // Before health stops and before the drain: discovery's own watch is a connection through the proxy and
+      // would hold the drain open, and no list may be applied while the pool is no longer checked.
+      await this.discovery?.close();
       this.dns.close();
       await this.health.close();
-      // Before the drain: discovery's own watch is a connection through the proxy and would hold it open.
-      await this.discovery?.close();
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
       await this.proxy.close(timeoutMs);
       await this.admin.close();
