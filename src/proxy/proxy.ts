@@ -301,19 +301,18 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     }
   }
 
-  /** Stops accepting: closes every listener (open connections stay). */
+  /**
+   * Stops accepting: closes every listener. Resolves once the listening sockets are closed; it does not wait
+   * for open connections (net.Server's close callback would).
+   */
   stopAccepting(): Promise<void> {
     this.closing = true;
-    const done = [...this.servers].map(
-      (s) =>
-        new Promise<void>((resolve) => {
-          s.off('connection', this.onConnection);
-          if (!s.listening) return resolve();
-          s.close(() => resolve());
-        }),
-    );
+    for (const s of this.servers) {
+      s.off('connection', this.onConnection);
+      if (s.listening) s.close();
+    }
     this.servers.clear();
-    return Promise.all(done).then(() => undefined);
+    return new Promise((resolve) => setImmediate(resolve));
   }
 
   /** Resolves when no connection is open, or after `timeoutMs` (then returns false). */

@@ -1,0 +1,361 @@
+/**
+ * Data path on real loopback sockets: round-robin, connect failover table, bit-exact bulk both ways, half-close,
+ * resets, max-connections and leaks.
+ */
+import t from 'tap';
+import { randomBytes, createHash } from 'node:crypto';
+import { connect, Socket } from 'node:net';
+import { Pool } from '../src/pool/pool.js';
+import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
+import { bindListener, createListener } from '../src/proxy/listen.js';
+import { parseAddress } from '../src/config/values.js';
+import { hasCode } from '../src/errors.js';
+import { FakeClock } from './support/fake-clock.js';
+import { closed, dial, echoServer, readAll, readBytes, silentServer, startServer, until, type TestServer } from './support/net.js';
+
+interface Harness {
+  pool: Pool;
+  proxy: Proxy;
+  port: number;
+}
+
+async function harness(tt: Tap.Test, backends: string[], opts: Partial<ProxyOptions> = {}): Promise<Harness> {
+  const pool = new Pool();
+  for (const b of backends) pool.add({ address: parseAddress(b) });
+  const proxy = new Proxy({ pool, firstByteTimeout: 0, ...opts });
+  const server = createListener();
+  await bindListener(server, { host: '127.0.0.1', port: 0 });
+  proxy.serve(server);
+  tt.teardown(() => proxy.close(0));
+  return { pool, proxy, port: (server.address() as { port: number }).port };
+}
+
+async function servers(tt: Tap.Test, ...list: Promise<TestServer>[]): Promise<TestServer[]> {
+  const out = await Promise.all(list);
+  for (const s of out) tt.teardown(() => s.close());
+  return out;
+}
+
+/** Opens a connection through the proxy, reads the backend's name line, closes. */
+async function whoAnswers(port: number): Promise<string> {
+  const s = await dial(port);
+  const line = (await readBytes(s, 1)).toString();
+  s.destroy();
+  return line.split('\n')[0]!;
+}
+
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Tap {
+    type Test = Parameters<Parameters<typeof t.test>[1]>[0];
+  }
+}
+
+t.test('round-robin over all backends in order', async (tt) => {
+  const [a, b, c] = await servers(tt, echoServer('a'), echoServer('b'), echoServer('c'));
+  const h = await harness(tt, [a!.address, b!.address, c!.address]);
+  const seen: string[] = [];
+  for (let i = 0; i < 6; i++) seen.push(await whoAnswers(h.port));
+  tt.same(seen, ['a', 'b', 'c', 'a', 'b', 'c']);
+  await until(() => h.proxy.activeConnections === 0, 'connections to close');
+  tt.same(h.pool.backends.map((x) => x.totalConnections), [2, 2, 2]);
+});
+
+t.test('connect failover table', async (tt) => {
+  const cases: { name: string; backends: ('refuse' | 'hang' | 'ok')[]; expect: 'ok' | 'closed'; failures: Record<string, number> }[] = [
+    { name: 'refusing backend is skipped', backends: ['refuse', 'ok'], expect: 'ok', failures: { refused: 1 } },
+    { name: 'backend that times out on connect is skipped', backends: ['hang', 'ok'], expect: 'ok', failures: { timeout: 1 } },
+    { name: 'all backends down closes the client', backends: ['refuse', 'refuse', 'hang'], expect: 'closed', failures: { refused: 2, timeout: 1 } },
+  ];
+  for (const c of cases) {
+    await tt.test(c.name, async (t2) => {
+      const [ok] = await servers(t2, echoServer('ok'));
+      // A refusing address: a server we close before use is forbidden (port reuse), so we use port 1 on
+      // loopback, where nothing listens. A connect timeout is simulated by the injected dialer.
+      const addrs = c.backends.map((k, i) => (k === 'ok' ? ok!.address : k === 'refuse' ? `127.0.0.${i + 2}:1` : `127.0.0.${i + 20}:2`));
+      const h = await harness(t2, addrs, {
+        connectTimeout: 200,
+        dial: (b) => {
+          // 'hang' backends: a socket that never connects (no SYN-ACK), like a blackholed address.
+          if (b.address.port === 2) return new Socket({ allowHalfOpen: true });
+          return connect({ host: b.address.host, port: b.address.port, allowHalfOpen: true });
+        },
+      });
+      const s = await dial(h.port);
+      if (c.expect === 'ok') {
+        s.write('ping');
+        const got = (await readBytes(s, 7)).toString();
+        t2.equal(got, 'ok\nping', 'the client is served by the healthy backend without noticing');
+        s.destroy();
+      } else {
+        const data = await readAll(s);
+        t2.equal(data.length, 0, 'closed without data');
+      }
+      const failures: Record<string, number> = {};
+      for (const b of h.pool.backends) for (const [r, n] of b.connectFailures) failures[r] = (failures[r] ?? 0) + n;
+      t2.same(failures, c.failures, 'each failed backend tried once and reported to the pool');
+      await until(() => h.proxy.activeConnections === 0, 'connection to finish');
+      if (c.expect === 'closed') t2.equal(h.proxy.counters.closed.size > 0, true);
+    });
+  }
+});
+
+t.test('bit-exact bulk both ways on 4 concurrent streams', async (tt) => {
+  const [a, b] = await servers(tt, echoServer(), echoServer());
+  const h = await harness(tt, [a!.address, b!.address]);
+  const size = 8 * 1024 * 1024;
+  const results = await Promise.all(
+    [0, 1, 2, 3].map(async () => {
+      const payload = randomBytes(size);
+      const s = await dial(h.port);
+      const reading = readAll(s);
+      s.end(payload);
+      const back = await reading;
+      s.destroy();
+      return { sent: createHash('sha256').update(payload).digest('hex'), got: createHash('sha256').update(back).digest('hex'), len: back.length };
+    }),
+  );
+  for (const r of results) {
+    tt.equal(r.len, size);
+    tt.equal(r.got, r.sent, 'echoed bytes identical');
+  }
+  await until(() => h.proxy.activeConnections === 0, 'connections to close');
+  const total = h.pool.backends.reduce((n, x) => n + h.proxy.bytesFor(x).fromClient, 0);
+  tt.equal(total, 4 * size, 'bytes counted exactly at close');
+});
+
+t.test('half-close: client ends its write side and still gets the full response', async (tt) => {
+  // Backend answers only after the client's FIN: reads everything, then writes its length and a tail.
+  const [srv] = await servers(
+    tt,
+    startServer((s) => {
+      let n = 0;
+      s.on('data', (c: Buffer) => (n += c.length));
+      s.on('end', () => {
+        s.write(`got ${n}`);
+        setImmediate(() => s.end(' bye'));
+      });
+    }),
+  );
+  const h = await harness(tt, [srv!.address]);
+  const s = await dial(h.port);
+  const reply = readAll(s);
+  s.end(Buffer.alloc(100_000, 1));
+  tt.equal((await reply).toString(), 'got 100000 bye');
+  await closed(s);
+});
+
+t.test('half-close the other way: backend ends first, client keeps sending', async (tt) => {
+  let received = 0;
+  let backendSawEnd = false;
+  const [srv] = await servers(
+    tt,
+    startServer((s) => {
+      s.end('hello');
+      s.on('data', (c: Buffer) => (received += c.length));
+      s.on('end', () => (backendSawEnd = true));
+    }),
+  );
+  const h = await harness(tt, [srv!.address]);
+  const s = await dial(h.port);
+  const got = await readAll(s); // backend's FIN arrives
+  tt.equal(got.toString(), 'hello');
+  s.end(Buffer.alloc(5000, 2));
+  await until(() => backendSawEnd, 'backend to see the client FIN');
+  tt.equal(received, 5000, 'client bytes after the backend FIN still delivered');
+  await closed(s);
+  await until(() => h.proxy.activeConnections === 0, 'no leaked connection');
+});
+
+t.test('backend closes first while the client is paused: no leaked socket', async (tt) => {
+  const [srv] = await servers(
+    tt,
+    startServer((s) => {
+      s.write(Buffer.alloc(4 * 1024 * 1024, 3)); // more than the socket buffers: the proxy sees backpressure
+      s.end();
+    }),
+  );
+  const h = await harness(tt, [srv!.address]);
+  const s = await dial(h.port);
+  await until(() => h.proxy.activeConnections === 1, 'connection open');
+  const data = await readAll(s);
+  tt.equal(data.length, 4 * 1024 * 1024);
+  s.end();
+  await until(() => h.proxy.activeConnections === 0, 'proxy connection gone after both FINs');
+});
+
+t.test('client reset mid-stream resets the backend side and nothing crashes', async (tt) => {
+  let backendClosed = false;
+  let backendErr = '';
+  const [srv] = await servers(
+    tt,
+    startServer((s) => {
+      s.on('error', (e: NodeJS.ErrnoException) => (backendErr = e.code ?? ''));
+      s.on('close', () => (backendClosed = true));
+      s.write('x');
+    }),
+  );
+  const h = await harness(tt, [srv!.address]);
+  const s = await dial(h.port);
+  await readBytes(s, 1);
+  s.resetAndDestroy();
+  await until(() => backendClosed, 'backend side closed');
+  tt.equal(backendErr, 'ECONNRESET', 'the reset is propagated as a reset');
+  await until(() => h.proxy.activeConnections === 0, 'proxy connection cleaned up');
+  // The proxy still serves.
+  const s2 = await dial(h.port);
+  tt.equal((await readBytes(s2, 1)).toString(), 'x');
+  s2.destroy();
+});
+
+t.test('backend reset mid-stream closes the client side too', async (tt) => {
+  const [srv] = await servers(
+    tt,
+    startServer((s) => {
+      s.write('y', () => setImmediate(() => s.resetAndDestroy()));
+    }),
+  );
+  const h = await harness(tt, [srv!.address]);
+  const s = await dial(h.port);
+  s.on('error', () => {});
+  // Linux may report the backend's RST to the proxy as an error or as EOF after the data: either way the
+  // client must see its connection end, and the proxy must not keep anything open.
+  s.on('end', () => s.end());
+  const data = await readAll(s);
+  tt.equal(data.toString(), 'y', 'bytes before the reset delivered');
+  await closed(s);
+  await until(() => h.proxy.activeConnections === 0, 'cleaned up');
+});
+
+t.test('slow reader: backpressure bounds memory', async (tt) => {
+  const total = 64 * 1024 * 1024;
+  let backendSocket: Socket | undefined;
+  const [srv] = await servers(
+    tt,
+    startServer((s) => {
+      backendSocket = s;
+      const chunk = Buffer.alloc(1024 * 1024, 7);
+      let sent = 0;
+      function pump(): void {
+        while (sent < total) {
+          sent += chunk.length;
+          if (!s.write(chunk)) return void s.once('drain', pump);
+        }
+        s.end();
+      }
+      pump();
+    }),
+  );
+  const h = await harness(tt, [srv!.address]);
+  const s = await dial(h.port);
+  s.pause();
+  await until(() => h.proxy.activeConnections === 1, 'connected');
+  // The backend pushes against a client that reads nothing: the proxy must stop reading the backend, so the
+  // backend's own writes back up.
+  const before = process.memoryUsage().rss;
+  await until(() => backendSocket?.writableNeedDrain, 'backpressure to reach the backend');
+  const conn = [...h.proxy.connectionsTo(h.pool.backends[0]!)][0]!;
+  tt.ok(conn.client.writableLength < 2 * 1024 * 1024, `client write buffer bounded (${conn.client.writableLength} bytes)`);
+  tt.ok(process.memoryUsage().rss - before < 32 * 1024 * 1024, 'no unbounded buffering');
+  const all = await readAll(s.resume());
+  tt.equal(all.length, total, 'everything arrives once the reader reads');
+});
+
+t.test('max-connections: excess connections are closed at once and counted', async (tt) => {
+  const [srv] = await servers(tt, echoServer());
+  const h = await harness(tt, [srv!.address], { maxConnections: 2 });
+  const a = await dial(h.port);
+  const b = await dial(h.port);
+  await until(() => h.proxy.activeConnections === 2, 'two connections');
+  const c = await dial(h.port);
+  const data = await readAll(c);
+  tt.equal(data.length, 0, 'third connection closed');
+  tt.equal(h.proxy.counters.rejected.get('max_connections'), 1);
+  a.destroy();
+  await until(() => h.proxy.activeConnections === 1, 'one closed');
+  const d = await dial(h.port);
+  d.write('z');
+  tt.equal((await readBytes(d, 1)).toString(), 'z', 'capacity freed is reused');
+  b.destroy();
+  d.destroy();
+});
+
+t.test('client that leaves while the backend is still dialing is released at the dial timeout', async (tt) => {
+  // The client is paused until a backend connects (pauseOnConnect), so its FIN is seen only when the dial
+  // ends: bounded by --connect-timeout per backend. Driven by a fake clock, no waiting.
+  const clock = new FakeClock();
+  let dialed = 0;
+  const h = await harness(tt, ['127.0.0.1:9'], {
+    connectTimeout: 10_000,
+    clock,
+    dial: () => {
+      dialed++;
+      return new Socket({ allowHalfOpen: true });
+    },
+  });
+  const s = await dial(h.port);
+  await until(() => dialed === 1, 'dial started');
+  s.destroy();
+  tt.equal(h.proxy.activeConnections, 1, 'still dialing');
+  clock.advance(10_000);
+  await until(() => h.proxy.activeConnections === 0, 'connection released');
+  tt.equal(clock.pending, 0, 'no timer left behind');
+  tt.equal(h.pool.backends[0]!.connectFailures.get('timeout'), 1);
+});
+
+t.test('backend down closes its connections; others untouched', async (tt) => {
+  const [a, b] = await servers(tt, echoServer('a'), echoServer('b'));
+  const h = await harness(tt, [a!.address, b!.address]);
+  const s1 = await dial(h.port);
+  await readBytes(s1, 2);
+  const s2 = await dial(h.port);
+  await readBytes(s2, 2);
+  h.pool.markDown(h.pool.backends[0]!, 'test');
+  const got = await readAll(s1.resume()); // the proxy's FIN arrives at once
+  tt.equal(got.length, 0);
+  s1.destroy();
+  s2.write('still');
+  tt.equal((await readBytes(s2, 5)).toString(), 'still', 'connection to the healthy backend alive');
+  tt.equal(h.proxy.counters.closed.get(a!.address)?.get('backend_down'), 1);
+  s2.destroy();
+});
+
+t.test('listener errors name the address', async (tt) => {
+  const holder = createListener();
+  await bindListener(holder, { host: '127.0.0.1', port: 0 });
+  tt.teardown(() => new Promise<void>((r) => holder.close(() => r())));
+  const port = (holder.address() as { port: number }).port;
+  const err = await bindListener(createListener(), { host: '127.0.0.1', port }).catch((e: unknown) => e);
+  tt.ok(hasCode(err, 'APILB_ERR_ADDRESS_IN_USE'));
+  tt.match((err as Error).message, `127.0.0.1:${port}: address already in use`);
+});
+
+t.test('invalid options throw typed errors at construction', async (tt) => {
+  const pool = new Pool();
+  tt.throws(() => new Proxy({ pool, connectTimeout: 0 }), { code: 'APILB_ERR_OPTION_INVALID' });
+  tt.throws(() => new Proxy({ pool, maxConnections: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });
+  tt.throws(() => new Pool({ rise: 0 }), { code: 'APILB_ERR_OPTION_INVALID' });
+});
+
+t.test('no handles left after close', async (tt) => {
+  const handles = () => (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().length;
+  const baseline = handles();
+  const srv = await echoServer();
+  const pool = new Pool();
+  pool.add({ address: parseAddress(srv.address) });
+  const proxy = new Proxy({ pool });
+  const server = createListener();
+  await bindListener(server, { host: '127.0.0.1', port: 0 });
+  proxy.serve(server);
+  const port = (server.address() as { port: number }).port;
+  const socks = await Promise.all([dial(port), dial(port), dial(port)]);
+  for (const s of socks) s.write('hi');
+  await Promise.all(socks.map((s) => readBytes(s, 2)));
+  socks[0]!.end();
+  socks[1]!.destroy();
+  await proxy.close(0);
+  for (const s of socks) s.destroy();
+  await srv.close();
+  await until(() => handles() <= baseline, `handles back to ${baseline} (now ${handles()})`);
+  tt.equal(proxy.activeConnections, 0);
+});
