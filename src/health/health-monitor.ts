@@ -165,8 +165,11 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
   }
 
   /**
-   * Resolves once every backend being checked has at least one result, or after `timeoutMs` (0 = only what is
-   * already known), or when the monitor closes. Never rejects.
+   * Resolves once every backend being checked has a settled state (a result, and out of `unknown`: up after its
+   * first success, down/draining after `fall` failures), or after `timeoutMs` (0 = only what is already known),
+   * or when the monitor closes. Call after {@link start}. Never rejects. Waiting for settled states rather than
+   * first results keeps clients from connecting in the window where a failing backend is still eligible and
+   * then having their connections closed when it turns down a re-check later.
    */
   firstRound(timeoutMs: number): Promise<void> {
     if (this.closed || this.allHaveResults()) return Promise.resolve();
@@ -332,7 +335,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
   }
 
   private allHaveResults(): boolean {
-    for (const slot of this.slots.values()) if (slot.results === 0) return false;
+    for (const slot of this.slots.values()) if (slot.results === 0 || slot.backend.state === 'unknown') return false;
     return true;
   }
 
