@@ -95,6 +95,11 @@ async function checkConfig(argv: Record<string, unknown>): Promise<void> {
     const cfg = configFrom(argv);
     process.stdout.write(`configuration OK: ${cfg.backends.length} backends, listen ${cfg.listen.length} addresses\n`);
   } catch (err) {
+    // check-config's contract (CI pipelines, ExecStartPre=) is exit 0 valid / 1 invalid.
+    if (err instanceof ConfigError) {
+      process.stderr.write(`apilb: ${err.message}\n`);
+      process.exit(1);
+    }
     die(err);
   }
 }
@@ -111,13 +116,22 @@ async function status(argv: Record<string, unknown>): Promise<void> {
   }
 }
 
+async function demo(argv: Record<string, unknown>): Promise<void> {
+  try {
+    const { runDemo } = await import('./demo/run-demo.js');
+    await runDemo(resolveInputFrom(argv, { allowNoBackends: true }), (code) => process.exit(code));
+  } catch (err) {
+    die(err);
+  }
+}
+
 /** Builds the yargs parser (exported for tests of help output). */
 export function buildCli(args: string[]): Argv {
   return yargs(args)
     .scriptName('apilb')
     .usage('$0 [run] --backend HOST:PORT [--backend HOST:PORT ...] [options]\n\nNode-local TCP/TLS-passthrough load balancer for the Kubernetes API server.')
     .command(['run', '$0'], 'run the load balancer (default command)', (y) => withOptions(y), (a) => run(a as Record<string, unknown>))
-    .command('check-config', 'validate flags, environment and --config without starting (exit 0 valid, 2 invalid)', (y) => withOptions(y), (a) => checkConfig(a as Record<string, unknown>))
+    .command('check-config', 'validate flags, environment and --config without starting (exit 0 valid, 1 invalid)', (y) => withOptions(y), (a) => checkConfig(a as Record<string, unknown>))
     .command(
       'status',
       'show backends, states and connections of the running apilb (reads GET /status from the admin endpoint)',
@@ -128,6 +142,7 @@ export function buildCli(args: string[]): Argv {
           .option('timeout', { type: 'number', default: 3, describe: 'seconds to wait for an answer' }),
       (a) => status(a as Record<string, unknown>),
     )
+    .command('demo', 'run apilb in front of three local API-server stand-ins with a throwaway CA (what npm start runs)', (y) => withOptions(y), (a) => demo(a as Record<string, unknown>))
     .command('version', 'print the version', () => {}, () => {
       process.stdout.write(`apilb ${VERSION}\n`);
     })

@@ -428,20 +428,20 @@ t.test('cli: check-config exit codes, APILB_CONFIG, messages on stderr', async (
   tt.equal(ok.stderr, '');
 
   const invalid = await runCli(['check-config', '--config', bad]);
-  tt.equal(invalid.code, 2, 'invalid: exit 2');
+  tt.equal(invalid.code, 1, 'invalid: exit 1');
   tt.equal(invalid.stdout, '');
   tt.match(invalid.stderr, `${bad}: connectTimeout: "fast" is not a duration`);
 
   const viaEnv = await runCli(['check-config'], { APILB_CONFIG: bad });
-  tt.equal(viaEnv.code, 2, 'APILB_CONFIG names the file');
+  tt.equal(viaEnv.code, 1, 'APILB_CONFIG names the file');
   tt.match(viaEnv.stderr, 'connectTimeout: "fast" is not a duration');
 
   const flagWins = await runCli(['check-config', '--config', good, '--connect-timeout', '0'], { APILB_CONNECT_TIMEOUT: '2s' });
-  tt.equal(flagWins.code, 2);
+  tt.equal(flagWins.code, 1);
   tt.match(flagWins.stderr, '--connect-timeout: must be greater than zero, got "0"');
 
   const envOnly = await runCli(['check-config', '--backend', '10.0.0.1:6443'], { APILB_HEALTH_CHECK_INSECURE: 'true', APILB_RISE: 'zero' });
-  tt.equal(envOnly.code, 2);
+  tt.equal(envOnly.code, 1);
   tt.match(envOnly.stderr, 'APILB_RISE: must be a whole number, got "zero"');
 
   const unknownFlag = await runCli(['check-config', '--backends', '10.0.0.1:6443']);
@@ -449,7 +449,7 @@ t.test('cli: check-config exit codes, APILB_CONFIG, messages on stderr', async (
   tt.match(unknownFlag.stderr, /Unknown argument: backends/);
 
   const missing = await runCli(['check-config', '--config', join(dir, 'nope.yaml')]);
-  tt.equal(missing.code, 2);
+  tt.equal(missing.code, 1);
   tt.match(missing.stderr, `config: file "${join(dir, 'nope.yaml')}" does not exist`);
 });
 
