@@ -94,12 +94,12 @@ const SCENARIOS: Row[] = [
   },
   {
     // Anonymous auth off and no client certificate for apilb: the victim answers 401 → draining (it is alive).
-    scenario: { name: '401', setup: 'anonymous-off', script: [{ waitState: 'draining', timeoutMs: 4000 }] },
+    scenario: { name: '401', setup: 'anonymous-off', script: [{ waitState: 'draining', timeoutMs: 4000 }, { waitRequests: 50, timeoutMs: 10_000 }] },
     expect: { states: ['draining'], maxFailures: 0, finalStates: ['draining', 'up', 'up'] },
   },
   {
     // apilb was given the wrong CA: every backend fails its checks, yet clients keep reaching the API (panic).
-    scenario: { name: 'wrong CA', setup: 'wrong-ca', script: [{ waitPanic: true, timeoutMs: 4000 }] },
+    scenario: { name: 'wrong CA', setup: 'wrong-ca', script: [{ waitPanic: true, timeoutMs: 4000 }, { waitRequests: 50, timeoutMs: 10_000 }] },
     expect: { states: ['down'], maxFailures: 0, panic: true, finalStates: ['down', 'down', 'down'] },
   },
   {

@@ -276,6 +276,18 @@ t.test('monitor: a single slow check never flaps a backend', async (tt) => {
   tt.equal(b.consecutiveFailures, 0);
 });
 
+t.test('monitor: after a timed-out check the re-check starts at once (spacing counts from the check start)', async (tt) => {
+  const { clock, pool, m, checkers, at } = scripted(tt, 1);
+  const b = pool.backends[0]!;
+  m.start();
+  await advance(clock, 0);
+  checkers.get(b.id)!.auto = undefined; // hangs until the monitor's 1000 ms timeout
+  await advance(clock, 2000 + 1000 + 5, 1);
+  tt.same(at(b), [0, 2000, 3000], 're-check right after the timeout');
+  await advance(clock, 1000, 1);
+  tt.equal(b.state, 'down', 'hung backend down interval + 2 × timeout after its last good check');
+});
+
 t.test('monitor: a failed client dial (pool recheck) triggers a check at once, at most once per recheckDelay', async (tt) => {
   const { clock, pool, m, at } = scripted(tt, 1);
   const b = pool.backends[0]!;
@@ -315,7 +327,7 @@ t.test('monitor: one hung backend never delays the checks of another', async (tt
   tt.match(rh[0], { ok: false, kind: 'transport', error: /timeout/ });
 });
 
-t.test('monitor: firstRound resolves once every backend has a result, or at its timeout', async (tt) => {
+t.test('monitor: firstRound resolves once every backend has a settled state, or at its timeout', async (tt) => {
   const { clock, m, checkers, pool } = scripted(tt, 2);
   m.start();
   const c1 = checkers.get(pool.backends[1]!.id)!;
@@ -328,6 +340,16 @@ t.test('monitor: firstRound resolves once every backend has a result, or at its 
   await flush();
   await flush();
   tt.equal(done, true);
+  // A first failure does not settle a backend (it is still `unknown` and eligible): firstRound waits for `fall`.
+  const { clock: clock3, m: m3, checkers: cs3 } = scripted(tt, 1);
+  m3.start();
+  for (const c of cs3.values()) c.auto = { ok: false, kind: 'status', latencyMs: 1, status: 500 };
+  let done3 = false;
+  void m3.firstRound(5000).then(() => (done3 = true));
+  await advance(clock3, 0);
+  tt.equal(done3, false, 'one failure: not settled');
+  await advance(clock3, 300, 10);
+  tt.equal(done3, true, 'settled (draining) after the confirming re-check');
   const { clock: clock2, m: m2, checkers: cs2 } = scripted(tt, 1);
   m2.start();
   for (const c of cs2.values()) c.auto = undefined;

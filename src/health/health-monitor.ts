@@ -2,8 +2,9 @@
  * Active health checking: one independent check loop per backend (a hung backend never delays the others),
  * results reported into the pool, which owns the state machine. After a result that disagrees with the backend's
  * state (a failure while up, a success while down), and when the data path reports a failed dial (pool
- * `recheck`), the next check comes after a short `recheckDelay` instead of a full interval, so `fall` failures
- * take about `timeout + recheckDelay + timeout`, not `fall` intervals.
+ * `recheck`), the next check starts `recheckDelay` after the previous one started instead of a full interval
+ * later, so with the defaults a hung backend is `down` at most interval × 1.1 + 2 × timeout = 4.2 s after it
+ * stopped answering (sooner when clients dial it: failed dials count too), not after `fall` intervals.
  */
 import { EventEmitter } from 'node:events';
 import { jitter, systemClock, type Clock, type TimerHandle } from '../clock.js';
@@ -41,7 +42,10 @@ export interface HealthMonitorOptions {
   timeout?: number;
   /** CA, client identity, server name, insecure flag. Required. https without a CA needs `insecure: true`. */
   tls: TlsMaterial;
-  /** Delay before the next check after a failure or a passive failure report. Default 300; 0 = at once. */
+  /**
+   * Spacing of confirming re-checks (after a result that disagrees with the state, or a passive failure report),
+   * counted from the start of the previous check. Default 300; 0 = at once.
+   */
   recheckDelay?: number;
   /** Default: the system clock. Drives intervals, re-checks and check timeouts. */
   clock?: Clock;
@@ -203,7 +207,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
         slot.checker = this.newChecker(slot.backend);
         this.schedule(slot, 0);
       } else if (retime && slot.timer !== undefined && !slot.running) {
-        this.schedule(slot, this.nextDelay(slot.backend, slot.lastResult));
+        this.schedule(slot, this.nextDelay(slot, slot.lastResult));
       }
     }
   }
@@ -274,10 +278,19 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
    * down/draining and still failing) checks go back to the jittered interval: a backend that stays dead for hours
    * must not get a check every few hundred milliseconds from every node.
    */
-  private nextDelay(backend: Backend, result: CheckResult | undefined): number {
-    const s = backend.state;
+  private nextDelay(slot: Slot, result: CheckResult | undefined): number {
+    const s = slot.backend.state;
     const settled = result === undefined || (result.ok ? s === 'up' : result.kind === 'transport' ? s === 'down' : s === 'draining' || s === 'down');
-    return settled ? jitter(this.settings.interval, 0.1, this.random) : this.settings.recheckDelay;
+    return settled ? jitter(this.settings.interval, 0.1, this.random) : this.recheckIn(slot);
+  }
+
+  /**
+   * Re-checks are spaced recheckDelay from the start of the previous check: after a refused connection (a few
+   * ms) that is about recheckDelay; after a timeout the re-check starts at once, so a hung backend is confirmed
+   * `2 × timeout` after its first missed check, not `2 × timeout + recheckDelay`.
+   */
+  private recheckIn(slot: Slot): number {
+    return Math.max(0, slot.lastStart + this.settings.recheckDelay - this.clock.now());
   }
 
   private async run(slot: Slot): Promise<void> {
@@ -312,7 +325,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     this.emit('check', { backend: slot.backend, result });
     this.notifyRound();
     if (this.closed || slot.generation !== generation || slot.timer !== undefined) return;
-    this.schedule(slot, slot.recheckWanted ? this.settings.recheckDelay : this.nextDelay(slot.backend, result));
+    this.schedule(slot, slot.recheckWanted ? this.recheckIn(slot) : this.nextDelay(slot, result));
   }
 
   /** Aborts a check in flight and cancels the timer, keeping the slot. */

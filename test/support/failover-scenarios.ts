@@ -43,10 +43,11 @@ export interface Scenario {
   load?: boolean;
 }
 
-/** What happened. Times are ms since the first fault step. */
+/** What happened. Times are ms since the first fault step (rows without one: since apilb was ready, so a
+ * negative time happened during its first check round). */
 export interface Outcome {
   name: string;
-  /** Target states of the victim's transitions after apilb was ready. */
+  /** Target states of the victim's transitions from startup on. */
   states: string[];
   /** Every backend's final state. */
   finalStates: string[];
@@ -60,7 +61,7 @@ export interface Outcome {
   victimStreams: number;
   /** Victim watches still open when it turned `draining` (-1: it never did). */
   victimStreamsOpenAtDraining: number;
-  /** Latest close of a victim watch (null: one stayed open). */
+  /** Latest close of a victim watch (null: one stayed open, or there were none). */
   victimStreamsClosedMs: number | null;
   /** Watches on the other backends closed during the scenario (should be 0). */
   otherStreamsClosed: number;
@@ -178,6 +179,7 @@ export async function runScenario(sc: Scenario, ca: TestCA, other: TestCA, opts:
       await Promise.all(loops);
     });
 
+    const readyAt = Date.now();
     let recoverAt: number | null = null;
     const victimWatches = () => watches.filter((w) => w.server === 'victim');
     for (const step of sc.script) {
@@ -236,7 +238,7 @@ export async function runScenario(sc: Scenario, ca: TestCA, other: TestCA, opts:
     await Promise.all(loops);
     const vw = victimWatches();
     const closedTimes = vw.map((w) => w.closedAt);
-    const t0 = faultAt ?? Date.now();
+    const t0 = faultAt ?? readyAt;
     const firstVictimAnswer = recoverAt === null ? undefined : answers.find((a) => a.server === 'victim' && a.at >= recoverAt!);
     const outcome: Outcome = {
       name: sc.name,
@@ -249,7 +251,7 @@ export async function runScenario(sc: Scenario, ca: TestCA, other: TestCA, opts:
       failureSamples: samples,
       victimStreams: vw.length,
       victimStreamsOpenAtDraining: drainingOpen,
-      victimStreamsClosedMs: closedTimes.some((x) => x === null) ? null : Math.max(...closedTimes.map((x) => x! - t0)),
+      victimStreamsClosedMs: closedTimes.length === 0 || closedTimes.some((x) => x === null) ? null : Math.max(...closedTimes.map((x) => x! - t0)),
       otherStreamsClosed: watches.filter((w) => w.server !== 'victim' && w.closedAt !== null).length,
       downMs: downAt === null ? null : downAt - t0,
       drainingMs: drainingAt === null ? null : drainingAt - t0,
