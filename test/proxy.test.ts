@@ -359,3 +359,44 @@ t.test('no handles left after close', async (tt) => {
   await until(() => handles() <= baseline, `handles back to ${baseline} (now ${handles()})`);
   tt.equal(proxy.activeConnections, 0);
 });
+
+t.test('a connection still waiting for its backend\'s first byte moves when that backend goes down', async (tt) => {
+  const hung = await silentServer();
+  tt.teardown(() => hung.close());
+  const [good] = await servers(tt, echoServer());
+  const h = await harness(tt, [hung.address, good!.address], { firstByteTimeout: 60_000 });
+  const s = await dial(h.port);
+  s.write('hello');
+  await until(() => h.pool.backends[0]!.activeConnections === 1, 'probing the hung backend');
+  h.pool.markDown(h.pool.backends[0]!, 'test');
+  tt.equal((await readBytes(s, 5)).toString(), 'hello', 'replayed to the healthy backend, the client never noticed');
+  tt.equal(h.proxy.counters.closed.get(hung.address)?.get('backend_down'), undefined, 'not counted as a closed connection');
+  s.destroy();
+});
+
+t.test('when the last eligible backend goes down (panic) its connections are kept', async (tt) => {
+  const [a, b] = await servers(tt, echoServer('a'), echoServer('b'));
+  const h = await harness(tt, [a!.address, b!.address]);
+  const s1 = await dial(h.port);
+  await readBytes(s1, 2);
+  h.pool.markDown(h.pool.backends[1]!, 'test');
+  h.pool.markDown(h.pool.backends[0]!, 'test');
+  tt.ok(h.pool.panic, 'panic mode');
+  s1.write('alive');
+  tt.equal((await readBytes(s1, 5)).toString(), 'alive', 'nowhere better to go: the connection stays');
+  const s2 = await dial(h.port);
+  tt.ok((await readBytes(s2, 2)).toString().endsWith('\n'), 'new clients are still served in panic mode');
+  s1.destroy();
+  s2.destroy();
+});
+
+t.test('closed-connection counters of a backend leave with it', async (tt) => {
+  const [a] = await servers(tt, echoServer('a'));
+  const h = await harness(tt, [a!.address]);
+  const s = await dial(h.port);
+  await readBytes(s, 2);
+  s.destroy();
+  await until(() => h.proxy.counters.closed.get(a!.address)?.get('normal') === 1, 'close counted');
+  h.pool.reconcile([]);
+  tt.equal(h.proxy.counters.closed.has(a!.address), false);
+});

@@ -302,6 +302,12 @@ export class Connection {
   /** Closes both sides at once (backend down, drain timeout, shutdown). */
   destroy(reason: CloseReason): void {
     if (this.phase === 'closed') return;
+    // A connection still dialing, or probing with nothing from the backend yet, loses nothing by moving: when
+    // its backend goes down it is retried elsewhere (with replay) instead of failing the client.
+    if (reason === 'backend_down' && this.upstream && (this.phase === 'dialing' || (this.phase === 'probing' && this.client.bytesWritten === 0))) {
+      this.retry('closed', undefined);
+      return;
+    }
     if (this.closeReason === 'normal') this.closeReason = reason;
     this.upstream?.destroy();
     this.client.destroy();

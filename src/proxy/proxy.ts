@@ -114,8 +114,10 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.onTransition = this.onTransition.bind(this);
     this.onRemoved = this.onRemoved.bind(this);
     this.onConnection = this.onConnection.bind(this);
+    this.onDeleted = this.onDeleted.bind(this);
     this.pool.on('transition', this.onTransition);
     this.pool.on('removed', this.onRemoved);
+    this.pool.on('deleted', this.onDeleted);
   }
 
   /**
@@ -266,13 +268,19 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     if (ev.to === 'down') {
       this.cancelDrain(b);
       // A dead backend's clients would wait ~45 s for their own HTTP/2 ping to give up: release them now so
-      // they reconnect through a healthy backend.
-      this.closeBackendConnections(b, 'backend_down');
+      // they reconnect through a healthy backend. With no eligible backend left (panic: e.g. a wrong CA marks
+      // every backend down) there is nowhere better to go, and cutting every connection would only hurt.
+      if (this.pool.backends.some((x) => x.eligible)) this.closeBackendConnections(b, 'backend_down');
     } else if (ev.to === 'draining') {
       this.scheduleDrain(b);
     } else if (ev.to === 'up' && !b.removed) {
       this.cancelDrain(b);
     }
+  }
+
+  /** A backend left the pool: its closed-connection counters go with it (its metric series disappear). */
+  private onDeleted(b: Backend): void {
+    this.counters.closed.delete(b.id);
   }
 
   private onRemoved(b: Backend): void {
@@ -343,6 +351,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.drainTimers.clear();
     this.pool.off('transition', this.onTransition);
     this.pool.off('removed', this.onRemoved);
+    this.pool.off('deleted', this.onDeleted);
     if (this.all.size > 0) await this.waitIdle(5000);
   }
 }
