@@ -3,9 +3,13 @@
 import { createServer, connect } from 'node:net';
 
 const [listenPort, ...backends] = process.argv.slice(2).map(Number);
+// Experiment switches (bench/profile-bulk.js passes the environment through): NODELAY=0 leaves Nagle on,
+// STACK_LIMIT=0 stops socket errors from capturing stack traces.
+const noDelay = process.env.NODELAY !== '0';
+if (process.env.STACK_LIMIT !== undefined) Error.stackTraceLimit = Number(process.env.STACK_LIMIT);
 let next = 0;
-createServer({ noDelay: true }, function onClient(client) {
-  const upstream = connect({ port: backends[next++ % backends.length], host: '127.0.0.1', noDelay: true });
+createServer({ noDelay }, function onClient(client) {
+  const upstream = connect({ port: backends[next++ % backends.length], host: '127.0.0.1', noDelay });
   client.pipe(upstream).pipe(client);
   client.on('error', () => upstream.destroy());
   upstream.on('error', () => client.destroy());
