@@ -4,7 +4,7 @@
  * Prometheus, the built CLI) as bounded child processes that never outlive the test.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants as fsc, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, constants as fsc, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as http2Connect, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -12,7 +12,7 @@ import type { Test } from 'tap';
 import { resolveConfig, type Layer } from '../../src/config/config.js';
 import { startDaemon, type Daemon } from '../../src/daemon.js';
 import { createLogger } from '../../src/logging.js';
-import { startFakeApiServer, writeKubeconfig, type FakeApiServer, type LeafCert, type TestCA } from './index.js';
+import { startFakeApiServer, waitFor, writeKubeconfig, type FakeApiServer, type LeafCert, type TestCA } from './index.js';
 
 /** Looks `name` up in PATH (then /usr/sbin, /usr/bin); returns the executable's path or undefined. */
 export function findBinary(name: string): string | undefined {
@@ -246,4 +246,101 @@ export function spawnChild(tt: Test, file: string, args: string[], env: NodeJS.P
       return done;
     },
   };
+}
+
+/** A Prometheus server started by {@link startPrometheus}. */
+export interface Prometheus {
+  child: Child;
+  /** `http://127.0.0.1:<port>`. */
+  url: string;
+  /** GET /api/v1/query?query=… ; rejects unless Prometheus answers status "success". */
+  query<T = PromSeries[]>(promql: string): Promise<T>;
+}
+
+/** One series of an instant-vector (`value`) or range-vector (`values`) query result. */
+export interface PromSeries {
+  metric: Record<string, string>;
+  value?: [number, string];
+  values?: [number, string][];
+}
+
+/**
+ * Where a listening socket of process `pid` is bound, read from /proc (Linux): the ports of TCP sockets in
+ * LISTEN state whose inodes are among the process's file descriptors.
+ */
+export function listeningPorts(pid: number): number[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  const ports: number[] = [];
+  for (const table of ['tcp', 'tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      if (f.length < 10 || f[3] !== '0A' || !inodes.has(f[9]!)) continue;
+      ports.push(parseInt(f[1]!.split(':')[1]!, 16));
+    }
+  }
+  return ports;
+}
+
+/**
+ * Starts the real `prometheus` binary scraping `targets` (HOST:PORT, path /metrics) every second, with its TSDB in
+ * a directory under `dir`. Resolves once it is ready (GET /-/ready answers 200). Ended by the test's teardown.
+ *
+ * Port: Prometheus has no "pick a free port and tell me" option, and binding a port ourselves to learn a free one
+ * and handing it over (bind-close-reuse) races with every other process on the host. But Prometheus binds
+ * `--web.listen-address` with Go's net.Listen, which accepts port 0 (the kernel picks), and its web server logs
+ * the bound address (`msg="Listening on" address=127.0.0.1:40507`). That line is read from stderr; if a
+ * version logs only the configured `:0`, the port is read from /proc instead (the listening socket the process
+ * owns). Either way no port is guessed and nothing needs a retry.
+ */
+export async function startPrometheus(tt: Test, binary: string, dir: string, targets: string[]): Promise<Prometheus> {
+  const config = join(dir, 'prometheus.yml');
+  writeFileSync(config, [
+    'global:',
+    '  scrape_interval: 1s',
+    '  scrape_timeout: 1s',
+    '  evaluation_interval: 1s',
+    'scrape_configs:',
+    '  - job_name: apilb',
+    '    metrics_path: /metrics',
+    '    static_configs:',
+    `      - targets: ${JSON.stringify(targets)}`,
+    '',
+  ].join('\n'));
+  const child = spawnChild(tt, binary, [
+    `--config.file=${config}`,
+    `--storage.tsdb.path=${join(dir, 'tsdb')}`,
+    '--web.listen-address=127.0.0.1:0',
+    '--log.level=info',
+  ]);
+  const port = await waitFor(() => {
+    if (child.done) throw new Error(`prometheus exited: ${child.stderr.slice(-2000)}`);
+    const m = /msg="Listening on" address=127\.0\.0\.1:(\d+)/.exec(child.stderr);
+    if (m && m[1] !== '0') return Number(m[1]);
+    if (!/Server is ready to receive web requests/.test(child.stderr) || child.proc.pid === undefined) return undefined;
+    return listeningPorts(child.proc.pid)[0];
+  }, { timeoutMs: 15_000, intervalMs: 20, what: 'prometheus to listen' });
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(async () => (await fetch(`${url}/-/ready`)).status === 200, { timeoutMs: 15_000, intervalMs: 50, what: 'prometheus /-/ready' });
+  const query = async <T = PromSeries[]>(promql: string): Promise<T> => {
+    const res = await fetch(`${url}/api/v1/query?query=${encodeURIComponent(promql)}`);
+    const body = (await res.json()) as { status: string; error?: string; data?: { result: T } };
+    if (body.status !== 'success') throw new Error(`prometheus query ${promql}: ${body.error ?? res.status}`);
+    return body.data!.result;
+  };
+  return { child, url, query };
 }
