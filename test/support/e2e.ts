@@ -205,11 +205,13 @@ export interface Child {
 }
 
 /**
- * Spawns `file args` (never a shell) and registers a teardown that ends it: SIGTERM, then SIGKILL after 5 s.
+ * Spawns `file args` (never a shell; APILB_* variables removed, `env` added) and registers a teardown that ends it: SIGTERM, then SIGKILL after 5 s.
  * Nothing the test started outlives it.
  */
 export function spawnChild(tt: Test, file: string, args: string[], env: NodeJS.ProcessEnv = {}): Child {
-  const proc = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_PROXY: '*', no_proxy: '*', ...env } });
+  // APILB_* settings of whoever runs the tests must not leak into a spawned apilb.
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('APILB_')));
+  const proc = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...base, NO_PROXY: '*', no_proxy: '*', ...env } });
   let stdout = '';
   let stderr = '';
   let done = false;
@@ -343,4 +345,49 @@ export async function startPrometheus(tt: Test, binary: string, dir: string, tar
     return body.data!.result;
   };
   return { child, url, query };
+}
+
+/**
+ * A TCP port outside the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range), for a program that
+ * must be told a fixed port. Ports other tests get by binding port 0 come from the ephemeral range, so a port
+ * below it can only collide with a fixed-port listener; callers retry with another one when it is taken.
+ */
+export function portOutsideEphemeralRange(): number {
+  let low = 32768;
+  let high = 60999;
+  try {
+    [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number) as [number, number];
+  } catch {
+    // not Linux: the usual defaults
+  }
+  if (low - 1024 >= 2000) return low - 1 - Math.floor(Math.random() * Math.min(10_000, low - 1025));
+  // Ephemeral range starting low: use the ports above it instead.
+  return high + 1 + Math.floor(Math.random() * (65535 - high));
+}
+
+/** PIDs of the live processes whose parent is `pid` (Linux /proc). */
+export function childPids(pid: number): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // pid (comm) state ppid ...: comm may contain spaces and parentheses, so parse after the last ')'.
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) out.push(Number(entry));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
+}
+
+/** Whether process `pid` exists (signal 0). */
+export function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
