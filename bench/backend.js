@@ -2,6 +2,8 @@
 // picks the service, so one port serves every test and a proxy needs one backend set:
 //   0x16 (TLS ClientHello) → HTTPS server (kubelet-like small JSON responses, /readyz, /healthz)
 //   'S'                    → source: streams bytes as fast as the client reads (bulk throughput)
+//   'P'                    → paced source: ~200 MB/s (400 KB every 2 ms while the socket keeps up), so every
+//                            proxy carries the same load with CPU to spare and CPU s/GB compares like for like
 //   'H'                    → hold: answers 'h' once, then keeps the connection open (open-connection RSS)
 // Prints {"ports":[...]} on stdout when ready. Exits when stdin closes (parent gone).
 import { createServer } from 'node:net';
@@ -59,6 +61,13 @@ function onConnection(sock) {
     } else if (b === 0x53 /* S */) {
       sock.on('data', () => {});
       source(sock);
+    } else if (b === 0x50 /* P */) {
+      sock.on('data', () => {});
+      const burst = Buffer.alloc(400 * 1024, 0x62);
+      const t = setInterval(function onPace() {
+        if (sock.writableLength < 1024 * 1024) sock.write(burst);
+      }, 2);
+      sock.on('close', () => clearInterval(t));
     } else if (b === 0x48 /* H */) {
       sock.on('data', () => {});
       sock.on('end', () => sock.end());

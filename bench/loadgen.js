@@ -1,6 +1,6 @@
 // Load generator, a separate process so it never shares an event loop with what it measures.
 // node bench/loadgen.js '<json>' — modes:
-//   {mode:'bulk', port, streams, seconds, warmup}   → {mbps, bytes}
+//   {mode:'bulk', port, streams, seconds, warmup, paced}   → {mbps, bytes, total} (paced: ~200 MB/s per stream)
 //   {mode:'hold', port, count, batch}               → prints {ready, opened, failed}, then holds until stdin closes
 //   {mode:'https', port, conns, seconds, newConn, path, ca} → {rps, p50, p99, errors} (fallback when wrk is absent)
 import { connect } from 'node:net';
@@ -22,7 +22,7 @@ if (opt.mode === 'bulk') {
   for (let i = 0; i < opt.streams; i++) {
     const s = connect({ port: opt.port, host });
     s.on('error', () => { errors++; });
-    s.on('connect', () => s.write('S'));
+    s.on('connect', () => s.write(opt.paced ? 'P' : 'S'));
     s.on('data', (d) => { total += d.length; if (counting) bytes += d.length; });
     socks.push(s);
   }

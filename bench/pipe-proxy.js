@@ -4,9 +4,11 @@ import { createServer, connect } from 'node:net';
 
 const [listenPort, ...backends] = process.argv.slice(2).map(Number);
 // Experiment switches (bench/profile-bulk.js passes the environment through): NODELAY=0 leaves Nagle on,
-// STACK_LIMIT=0 stops socket errors from capturing stack traces.
+// STACK_LIMIT=0 stops socket errors from capturing stack traces, PROM=1 see below.
 const noDelay = process.env.NODELAY !== '0';
 if (process.env.STACK_LIMIT !== undefined) Error.stackTraceLimit = Number(process.env.STACK_LIMIT);
+// PROM=1: also run prom-client's default metrics (GC observer, event-loop-lag monitor), as apilb does.
+if (process.env.PROM === '1') (await import('prom-client')).collectDefaultMetrics();
 let next = 0;
 createServer({ noDelay }, function onClient(client) {
   const upstream = connect({ port: backends[next++ % backends.length], host: '127.0.0.1', noDelay });

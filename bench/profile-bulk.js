@@ -19,7 +19,7 @@ const { ports } = await readJsonLine(backend, (j) => j.ports);
 for (const name of (process.env.TARGETS ?? 'apilb,node-pipe,node-onread').split(',')) {
   const pdir = join(outdir, `bulk-${name}`);
   mkdirSync(pdir, { recursive: true });
-  const nodeArgs = ['--cpu-prof', `--cpu-prof-dir=${pdir}`, ...flags];
+  const nodeArgs = [...(process.env.NOPROF ? [] : ['--cpu-prof', `--cpu-prof-dir=${pdir}`]), ...flags];
   const t = name === 'apilb' ? await startApilb({ backends: ports, dir, caFile: ca.certFile, nodeArgs })
     : await startNodePipe({ backends: ports, dir, nodeArgs, name, script: name === 'node-onread' ? 'bench/pipe-proxy-onread.js' : 'bench/pipe-proxy.js' });
   await sleep(500);
@@ -27,7 +27,7 @@ for (const name of (process.env.TARGETS ?? 'apilb,node-pipe,node-onread').split(
   const mode = process.env.MODE ?? 'bulk';
   let summary;
   if (mode === 'bulk') {
-    const lg = spawnTracked(process.execPath, [join(ROOT, 'bench/loadgen.js'), JSON.stringify({ mode: 'bulk', port: t.port, streams: Number(streams), seconds: Number(seconds) })], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const lg = spawnTracked(process.execPath, [join(ROOT, 'bench/loadgen.js'), JSON.stringify({ mode: 'bulk', port: t.port, streams: Number(streams), seconds: Number(seconds), paced: !!process.env.PACED })], { stdio: ['pipe', 'pipe', 'pipe'] });
     const r = await readJsonLine(lg, () => true, 60000);
     summary = `${r.mbps.toFixed(0)} MB/s, ${((cpuSeconds(t.pid) - c0) / (r.total / 1e9)).toFixed(2)} CPU s/GB`;
   } else {
