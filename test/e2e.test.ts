@@ -28,7 +28,8 @@ interface WhoAmI {
 }
 
 function haveKubectl(tt: Test): boolean {
-  return requireBinary(tt, KUBECTL.split('/').pop()!, 'kubernetes-client') !== undefined;
+  // The exact path runKubectl runs.
+  return requireBinary(tt, KUBECTL, 'kubernetes-client') !== undefined;
 }
 
 /** `kubectl get --raw /whoami` through apilb, parsed; throws with kubectl's stderr when it failed. */

@@ -14,11 +14,14 @@ import { startDaemon, type Daemon } from '../../src/daemon.js';
 import { createLogger } from '../../src/logging.js';
 import { startFakeApiServer, waitFor, writeKubeconfig, type FakeApiServer, type LeafCert, type TestCA } from './index.js';
 
-/** Looks `name` up in PATH (then /usr/sbin, /usr/bin); returns the executable's path or undefined. */
+/**
+ * Looks `name` up in PATH (then /usr/local/bin, /usr/bin, /usr/sbin); a name with a slash is checked as is.
+ * Returns the executable's path or undefined.
+ */
 export function findBinary(name: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter).filter(Boolean), '/usr/local/bin', '/usr/bin', '/usr/sbin'];
+  const dirs = name.includes('/') ? [''] : [...(process.env.PATH ?? '').split(delimiter).filter(Boolean), '/usr/local/bin', '/usr/bin', '/usr/sbin'];
   for (const dir of dirs) {
-    const p = join(dir, name);
+    const p = dir ? join(dir, name) : name;
     try {
       accessSync(p, fsc.X_OK);
       return p;
@@ -36,7 +39,7 @@ export function findBinary(name: string): string | undefined {
 export function requireBinary(tt: Test, name: string, debianPackage: string): string | undefined {
   const p = findBinary(name);
   if (!p) {
-    tt.fail(`!!! ${name} NOT FOUND in PATH (${process.env.PATH ?? ''}) — install the Debian package "${debianPackage}" ` +
+    tt.fail(`!!! ${name} NOT FOUND${name.includes('/') ? '' : ` in PATH (${process.env.PATH ?? ''})`} — install the Debian package "${debianPackage}" ` +
       `(.ci/run does); this end-to-end test cannot run without it !!!`);
   }
   return p;
