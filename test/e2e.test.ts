@@ -270,7 +270,7 @@ t.test('apilb demo as a new user runs it: the printed kubectl and curl lines wor
   }
   if (!demo) throw new Error('five random ports outside the ephemeral range were all taken');
   const pid = demo.proc.pid!;
-  tt.match(demo.stderr, `apilb listens on https://127.0.0.1:${port} in front of 3 API-server stand-ins`, "the demo says where apilb listens");
+  tt.match(demo.stderr, `apilb listens on 127.0.0.1:${port} in front of 3 API-server stand-ins`, "the demo says where apilb listens");
   const standIns = /stand-ins \(([^)]*)\)/.exec(demo.stderr)![1]!.split(', ');
 
   const readyz = pasted(demo.stderr, /^\s+kubectl .* get --raw \/readyz$/);

@@ -2,13 +2,11 @@
  * `apilb demo` (what `npm start` runs): the real daemon in front of three local kube-apiserver stand-ins with a
  * throwaway CA, all on loopback, and the lines to paste to see kubectl and curl go through apilb.
  */
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { resolveConfig, type Layer, type ResolveInput } from '../config/config.js';
 import { formatAddress } from '../config/values.js';
 import { installSignalHandlers, startDaemon } from '../daemon.js';
-import { startDemoBackends } from './demo.js';
+import { listenerAddress } from '../proxy/listen.js';
+import { startDemoBackends, writeKubeconfig } from './demo.js';
 
 /**
  * Starts the stand-ins and apilb with the operator's flags (listen, admin, timeouts...) and the demo's backends
@@ -17,9 +15,8 @@ import { startDemoBackends } from './demo.js';
 export async function runDemo(input: ResolveInput, exit: (code: number) => void): Promise<void> {
   // Validate the operator's flags first (no backends needed yet), so a bad flag fails before anything starts.
   const base = resolveConfig({ ...input, allowNoBackends: true, flags: { ...input.flags, healthCheckInsecure: true } });
-  const listen = base.listen[0]!;
-  const dir = mkdtempSync(join(tmpdir(), 'apilb-demo-'));
-  const demo = await startDemoBackends({ dir, server: `https://${formatAddress(listen)}` });
+  // The stand-ins live in a temporary directory (CA key included) that close() removes on exit.
+  const demo = await startDemoBackends({ server: `https://${formatAddress(base.listen[0]!)}` });
   const flags: Layer = { ...input.flags, backends: demo.backends, caFile: demo.ca.certFile };
   let daemon;
   try {
@@ -33,13 +30,15 @@ export async function runDemo(input: ResolveInput, exit: (code: number) => void)
   installSignalHandlers(d, (code) => {
     demo.close().finally(() => exit(code));
   });
-  const url = `https://${formatAddress(listen)}`;
-  const admin = d.adminAddress;
+  // With --listen HOST:0 the kernel picks the port: point the kubeconfig at the address actually bound.
+  const url = `https://${listenerAddress(d.listeners[0]!)}`;
   const c = demo.client;
+  writeKubeconfig({ path: demo.kubeconfigPath, server: url, caCert: demo.ca.cert, cert: c.cert, key: c.key });
+  const admin = d.adminAddress;
   process.stderr.write(
     [
       '',
-      `apilb demo: apilb listens on ${d.listeners.length > 1 ? 'loopback' : url} in front of ${demo.backends.length} API-server stand-ins (${demo.backends.join(', ')}).`,
+      `apilb demo: apilb listens on ${d.listeners.map(listenerAddress).join(' and ')} in front of ${demo.backends.length} API-server stand-ins (${demo.backends.join(', ')}).`,
       `TLS is passed through untouched: the stand-ins see your client certificate (CN=demo-user) through apilb.`,
       '',
       'Try, in another terminal:',
@@ -49,7 +48,7 @@ export async function runDemo(input: ResolveInput, exit: (code: number) => void)
       `  curl http://${admin}/status        # or: node dist/cli.js status --admin-listen ${admin}`,
       `  curl http://${admin}/metrics`,
       '',
-      'Press Ctrl-C to stop (graceful shutdown; a second Ctrl-C exits at once).',
+      'Press Ctrl-C to stop (graceful shutdown; a second Ctrl-C exits at once). The demo CA and kubeconfig are deleted on exit.',
       '',
     ].join('\n'),
   );
