@@ -1,7 +1,7 @@
 // Profiles the data path: apilb and the bare Node pipe proxies (same backend), each under --cpu-prof while
 // N streams download for S seconds (MODE=bulk, default), or wrk makes HTTPS requests over N kept-alive
 // connections (MODE=keepalive) or a new connection per request (MODE=newconn); prints each profile summary and
-// the CPU cost per GB / per 100k requests. TARGETS=apilb,node-pipe,node-onread picks the proxies.
+// the CPU cost per GB / per 100k requests. TARGETS=apilb,apilb-bare,node-pipe,node-onread picks the proxies.
 // Usage: [MODE=bulk|keepalive|newconn] node bench/profile-bulk.js [streams=4] [seconds=5] [outdir=bench/profiles] [node flags...]
 import { mkdtempSync, mkdirSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,7 +21,8 @@ for (const name of (process.env.TARGETS ?? 'apilb,node-pipe,node-onread').split(
   mkdirSync(pdir, { recursive: true });
   const nodeArgs = [...(process.env.NOPROF ? [] : ['--cpu-prof', `--cpu-prof-dir=${pdir}`]), ...flags];
   const t = name === 'apilb' ? await startApilb({ backends: ports, dir, caFile: ca.certFile, nodeArgs })
-    : await startNodePipe({ backends: ports, dir, nodeArgs, name, script: name === 'node-onread' ? 'bench/pipe-proxy-onread.js' : 'bench/pipe-proxy.js' });
+    : await startNodePipe({ backends: ports, dir, nodeArgs, name,
+      script: { 'node-onread': 'bench/pipe-proxy-onread.js', 'apilb-bare': 'bench/bare-dataproxy.js' }[name] ?? 'bench/pipe-proxy.js' });
   await sleep(500);
   const c0 = cpuSeconds(t.pid);
   const mode = process.env.MODE ?? 'bulk';
