@@ -11,6 +11,9 @@ const { Proxy } = await import(pathToFileURL(join(ROOT, 'dist/proxy/proxy.js')).
 const { createListener, bindListener } = await import(pathToFileURL(join(ROOT, 'dist/proxy/listen.js')).href);
 
 const [listenPort, ...backends] = process.argv.slice(2).map(Number);
+// Bisecting switches: PROM=1 runs prom-client's default metrics; IMPORT=undici,pino,... just imports modules.
+if (process.env.PROM === '1') (await import('prom-client')).collectDefaultMetrics();
+for (const m of (process.env.IMPORT ?? '').split(',').filter(Boolean)) await import(m);
 const pool = new Pool({});
 for (const port of backends) pool.add({ address: { host: '127.0.0.1', port } });
 const proxy = new Proxy({ pool });

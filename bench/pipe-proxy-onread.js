@@ -6,6 +6,8 @@
 import { createServer, connect } from 'node:net';
 
 const [listenPort, ...backends] = process.argv.slice(2).map(Number);
+// IMPORT=undici,pino,...: load apilb's dependencies too (a bigger old generation), to compare GC behaviour.
+for (const m of (process.env.IMPORT ?? '').split(',').filter(Boolean)) await import(m);
 const SIZE = Number(process.env.ONREAD_KB ?? 64) * 1024;
 let shared = Buffer.allocUnsafe(SIZE);
 function currentBuffer() { return shared; }
