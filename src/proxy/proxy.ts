@@ -12,7 +12,16 @@ import type { Pool, TransitionEvent } from '../pool/pool.js';
 import { Connection, type CloseReason, type DialFailureReason } from './connection.js';
 
 /** Opens a TCP connection to a backend. Injected in tests (e.g. to simulate timeouts). */
-export type Dialer = (backend: Backend) => Socket;
+export type Dialer = (backend: Backend, onread?: UpstreamOnRead) => Socket;
+
+/**
+ * net.connect's `onread` option: the data path reads the backend→client direction into a buffer it owns and
+ * reuses, instead of a fresh 64 KiB Buffer per read. A dialer may ignore it; the socket then emits 'data'.
+ */
+export interface UpstreamOnRead {
+  buffer: () => Uint8Array;
+  callback: (bytesRead: number, buf: Uint8Array) => boolean;
+}
 
 /** Options of {@link Proxy}. Durations in milliseconds. */
 export interface ProxyOptions {
@@ -71,8 +80,8 @@ export interface ProxyCounters {
   closed: Map<string, Map<CloseReason, number>>;
 }
 
-function defaultDial(backend: Backend): Socket {
-  return connect({ host: backend.address.host, port: backend.address.port, allowHalfOpen: true, noDelay: true });
+function defaultDial(backend: Backend, onread?: UpstreamOnRead): Socket {
+  return connect({ host: backend.address.host, port: backend.address.port, allowHalfOpen: true, noDelay: true, ...(onread ? { onread } : {}) });
 }
 
 /** TCP passthrough proxy over a {@link Pool}. */
