@@ -19,13 +19,19 @@ export type DialFailureReason = 'refused' | 'timeout' | 'reset' | 'unreachable' 
 
 type Phase = 'dialing' | 'probing' | 'piping' | 'closed';
 
-// Backend→client reads go into a buffer the connection owns (net.connect `onread`). Each read of Node's default
-// path allocates a new 64 KiB Buffer outside the V8 heap; at hundreds of MB/s that external memory makes V8 run
-// a full GC every few hundred ms (measured: 200 full GCs in 16 s with apilb's heap, CPU per GB 3× a plain pipe).
-// Buffers start small so thousands of idle watch connections cost little, grow when a read fills them, and
-// shrink back after small reads.
-const READ_BUF_SMALL = 2048;
+// Backend→client reads (net.connect `onread`). Node's default read path allocates a new 64 KiB Buffer per read
+// outside the V8 heap; at hundreds of MB/s that external memory makes V8 run a full GC every few hundred ms
+// (measured: 200 full GCs in 16 s with apilb's heap, CPU per GB 3× a plain pipe). Instead:
+// - idle and chatty connections read into one small buffer shared by the whole process and write a copy (small
+//   reads, cheap pooled copies), so thousands of idle watch connections hold no buffer of their own;
+// - a read that fills the shared buffer switches the connection to a 64 KiB buffer of its own, reused read after
+//   read with zero copies while each write reaches the kernel synchronously; a write that is still pending keeps
+//   its buffer and the next read gets a fresh one;
+// - after a run of small reads the connection gives its own buffer back.
+const READ_BUF_SMALL = 4096;
 const READ_BUF_LARGE = 65536;
+const SMALL_READS_BEFORE_SHRINK = 16;
+const SHARED_READ_BUF = Buffer.allocUnsafeSlow(READ_BUF_SMALL);
 
 // After one side has fully closed, the other gets this long to finish its half before it is destroyed, so a
 // client that never sends its FIN cannot pin a socket forever.
@@ -61,9 +67,9 @@ export class Connection {
   private upstreamClosed = false;
   private clientAttached = false;
   private closeReason: CloseReason = 'normal';
-  /** The buffer the next backend read lands in; undefined when a pending write still holds the last one. */
-  private readBuf: Buffer | undefined;
-  private readBufSize = READ_BUF_SMALL;
+  /** This connection's own read buffer in bulk mode; undefined: reads use the shared small buffer. */
+  private ownReadBuf: Buffer | undefined;
+  private smallReads = 0;
   /** Identifies the current dial attempt, so reads of an abandoned upstream are ignored. */
   private attempt = 0;
 
@@ -232,23 +238,31 @@ export class Connection {
   }
 
   private nextReadBuffer(): Buffer {
-    return (this.readBuf ??= Buffer.allocUnsafeSlow(this.readBufSize));
+    return this.ownReadBuf ?? SHARED_READ_BUF;
   }
 
-  /** Backend bytes read into our own buffer (onread); returning false stops reading until the client drains. */
+  /** Backend bytes read through onread; returning false stops reading until the client drains. */
   private onUpstreamRead(n: number, buf: Buffer): boolean {
     if (this.phase === 'probing') this.commit();
     const c = this.client;
+    if (buf === SHARED_READ_BUF) {
+      // Every idle connection reads into the shared buffer next: never let a pending write reference it.
+      const ok = c.write(Buffer.from(buf.subarray(0, n)));
+      if (n === buf.length) this.ownReadBuf = Buffer.allocUnsafeSlow(READ_BUF_LARGE);
+      return ok;
+    }
     const ok = c.write(buf.subarray(0, n));
     if (c.writableLength > 0) {
       // The write did not reach the kernel synchronously and still references `buf`: read into a fresh one.
-      this.readBuf = undefined;
-    } else if (n === buf.length && this.readBufSize < READ_BUF_LARGE) {
-      this.readBufSize = READ_BUF_LARGE;
-      this.readBuf = undefined;
-    } else if (n < READ_BUF_SMALL && this.readBufSize > READ_BUF_SMALL) {
-      this.readBufSize = READ_BUF_SMALL;
-      this.readBuf = undefined;
+      this.ownReadBuf = Buffer.allocUnsafeSlow(READ_BUF_LARGE);
+      this.smallReads = 0;
+    } else if (n < READ_BUF_SMALL) {
+      if (++this.smallReads >= SMALL_READS_BEFORE_SHRINK) {
+        this.ownReadBuf = undefined;
+        this.smallReads = 0;
+      }
+    } else {
+      this.smallReads = 0;
     }
     return ok;
   }
