@@ -9,6 +9,7 @@ import { fetchStatus, formatStatus } from './admin/status.js';
 import { resolveConfig, type Config, type Layer, type ResolveInput } from './config/config.js';
 import { OPTIONS } from './config/options.js';
 import { installSignalHandlers, startDaemon } from './daemon.js';
+import { listenFds, listenOnFds, splitListenFds } from './systemd/listen-fds.js';
 import { ApilbError, ConfigError } from './errors.js';
 import { VERSION } from './version.js';
 
@@ -83,7 +84,13 @@ async function run(argv: Record<string, unknown>): Promise<void> {
     die(err);
   }
   try {
-    const daemon = await startDaemon(config, { resolveInput: resolveInputFrom(argv) });
+    // Socket activation (apilb.socket): serve on the sockets systemd holds instead of binding --listen, so a
+    // restart queues new connections in the kernel instead of refusing them.
+    const passed = splitListenFds(listenFds());
+    const listeners = passed.listeners.length > 0 ? (await listenOnFds(passed.listeners)).map((l) => l.server) : undefined;
+    const daemon = await startDaemon(config, { resolveInput: resolveInputFrom(argv), ...(listeners ? { listeners } : {}) });
+    if (listeners) daemon.logger.info({ event: 'socket_activation', sockets: passed.listeners.map((f) => f.name) }, `serving on ${listeners.length} sockets passed by systemd (--listen ignored)`);
+    if (passed.admin.length > 0) daemon.logger.warn({ event: 'socket_activation' }, 'a passed admin socket is not used: the admin endpoint binds --admin-listen itself');
     installSignalHandlers(daemon, (code) => process.exit(code));
   } catch (err) {
     die(err);

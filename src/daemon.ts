@@ -9,6 +9,7 @@ import { resolveConfig, type Config, type ResolveInput } from './config/config.j
 import { describeChange, diffConfig } from './config/config-diff.js';
 import { formatAddress } from './config/values.js';
 import { BackendSet } from './discovery/backend-set.js';
+import { Notifier } from './systemd/notify.js';
 import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './discovery/dns.js';
 import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
 import { AdminServer, type Readiness } from './admin/admin-server.js';
@@ -31,6 +32,11 @@ export interface DaemonDeps {
   listeners?: Server[];
   /** Tuning of EndpointSlice discovery (debounce, backoff, clock); default the built-in defaults and `clock`. */
   discovery?: DiscoveryTuning;
+  /**
+   * systemd notifications (READY=1 after the first health round, STOPPING=1, WATCHDOG=1). Default: one built
+   * from the process environment, a no-op when NOTIFY_SOCKET is unset.
+   */
+  notifier?: Notifier;
   /** Resolver of DNS-named backends. Default `dns.promises.lookup(host, { all: true })`. */
   resolver?: Resolver;
   /**
@@ -85,6 +91,8 @@ export class Daemon {
   private readonly unsubscribe: (() => void)[] = [];
   private started = false;
   private closing: Promise<void> | undefined;
+  /** systemd readiness/watchdog; a no-op outside systemd. */
+  readonly notifier: Notifier;
 
   constructor(config: Config, deps: DaemonDeps = {}) {
     this.current = config;
@@ -118,6 +126,12 @@ export class Daemon {
     if (deps.dial) proxyOpts.dial = deps.dial;
     this.proxy = new Proxy(proxyOpts);
     this.unsubscribe.push(subscribeLogger(this.logger, this.pool, this.proxy));
+    this.notifier =
+      deps.notifier ??
+      new Notifier({
+        clock,
+        onError: (err) => this.logger.warn({ event: 'systemd_notify_failed', err: err.message }, err.message),
+      });
     this.health = new HealthMonitor({
       pool: this.pool,
       mode: config.healthCheckMode,
@@ -216,6 +230,10 @@ export class Daemon {
       },
       `apilb ${VERSION} listening on ${this.listeners.map(listenerAddress).join(', ')} for ${this.pool.backends.length} backends`,
     );
+    // Type=notify: systemd starts kubelet (After=apilb.service) only once listeners are bound and the first
+    // health round is done.
+    void this.notifier.ready(`serving ${this.readiness().reason}`);
+    this.notifier.startWatchdog();
   }
 
   /**
@@ -318,6 +336,7 @@ export class Daemon {
    */
   close(timeoutMs = this.config.shutdownTimeout): Promise<void> {
     this.closing ??= (async () => {
+      void this.notifier.stopping('draining connections');
       await this.proxy.stopAccepting();
       // Before health stops and before the drain: discovery's own watch is a connection through the proxy and
       // would hold the drain open, and no list may be applied while the pool is no longer checked.
@@ -329,6 +348,7 @@ export class Daemon {
       await this.admin.close();
       this.metrics.close();
       for (const off of this.unsubscribe) off();
+      await this.notifier.close();
       this.logger.info({ event: 'stopped' }, 'apilb stopped');
     })();
     return this.closing;

@@ -192,3 +192,32 @@ t.test('watchdog schedule on an injected clock: at once, then every WATCHDOG_USE
   clock.advance(60_000);
   t.equal(calls().length, 2, 'no ping after stopWatchdog');
 });
+
+t.test('apilb run under Type=notify: READY=1 once serving, WATCHDOG=1, STOPPING=1 on SIGTERM', async (t) => {
+  const dir = tmp(t);
+  const sock = join(dir, 'notify.sock');
+  const receiver = await startReceiver(t, sock);
+  const { createServer } = await import('node:net');
+  const backend = createServer((s) => s.end());
+  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => backend.close(() => r())));
+  const port = (backend.address() as { port: number }).port;
+  const cli = new URL('../dist/cli.js', import.meta.url).pathname;
+  const child = spawn(process.execPath, [cli, 'run', '--backend', `127.0.0.1:${port}`, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--health-check-mode', 'tcp', '--log-level', 'warn'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    // WATCHDOG_USEC=1s: systemd expects a ping at least every second; apilb sends one every 500 ms.
+    env: { ...process.env, NOTIFY_SOCKET: sock, WATCHDOG_USEC: '1000000' },
+  });
+  t.teardown(() => { child.kill('SIGKILL'); });
+  await waitFor(() => payloads(receiver).some((m) => m.startsWith('READY=1')), 15_000);
+  const ready = payloads(receiver).find((m) => m.startsWith('READY=1'))!;
+  t.match(ready, /STATUS=serving 1\/1 backends up/, 'READY=1 carries a status line after the first health round');
+  await waitFor(() => payloads(receiver).includes('WATCHDOG=1'), 5000);
+  t.pass('watchdog pings arrive');
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'clean exit on SIGTERM');
+  t.ok(payloads(receiver).some((m) => m.startsWith('STOPPING=1')), 'STOPPING=1 sent on shutdown');
+  const order = payloads(receiver).map((m) => m.split('\n')[0]);
+  t.ok(order.indexOf('READY=1') < order.findIndex((m) => m!.startsWith('STOPPING=1')), 'READY before STOPPING');
+});

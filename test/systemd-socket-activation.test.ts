@@ -12,25 +12,14 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { echoServer } from './support/net.js';
 
-const SRC = new URL('../src/', import.meta.url).href;
-
-// apilb as the CLI runs it, with the passed sockets adopted through src/systemd/listen-fds.ts.
-const APILB_CHILD = `
-import { listenFds, listenOnFds, splitListenFds } from '${SRC}systemd/listen-fds.js';
-import { resolveConfig } from '${SRC}config/config.js';
-import { installSignalHandlers, startDaemon } from '${SRC}daemon.js';
-const config = resolveConfig({ flags: JSON.parse(process.argv[2]), env: {} });
-const passed = await listenOnFds(splitListenFds(listenFds()).listeners);
-const daemon = await startDaemon(config, { listeners: passed.map((l) => l.server) });
-installSignalHandlers(daemon, (code) => process.exit(code));
-`;
+// The real CLI, as the unit's ExecStart runs it: it adopts the passed socket (src/systemd/listen-fds.ts) and
+// ignores --listen.
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
 // The "socket unit": holds fd 3 for its whole life; starts/stops apilb on command, one per line on stdin.
 const SUPERVISOR = `
@@ -152,18 +141,12 @@ t.test('restarting apilb under a held socket refuses no connection', async (t) =
   const port = (socket.address() as AddressInfo).port;
   const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
 
-  const dir = mkdtempSync(join(tmpdir(), 'apilb-sa-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const script = join(dir, 'apilb-child.mts');
-  writeFileSync(script, APILB_CHILD);
-  const flags = {
-    backends: [backend.address],
-    healthCheckMode: 'tcp',
-    adminListen: '127.0.0.1:0',
-    shutdownTimeout: '5s',
-    logLevel: 'info',
-  };
-  const sup = startSupervisor(t, fd, [process.execPath, ...process.execArgv, script, JSON.stringify(flags)]);
+  const argv = [
+    'run', '--backend', backend.address, '--health-check-mode', 'tcp', '--admin-listen', '127.0.0.1:0',
+    '--listen', '127.0.0.1:1', // must be ignored: the passed socket wins
+    '--shutdown-timeout', '5s', '--log-level', 'info',
+  ];
+  const sup = startSupervisor(t, fd, [process.execPath, CLI, ...argv]);
   await new Promise<void>((r) => socket.close(() => r()));
 
   const started = async (): Promise<void> => {
