@@ -207,7 +207,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.connectedTo.set(conn, backend);
     this.pool.reportDialSuccess(backend);
     this.pool.acquire(backend);
-    this.emit('open', { backend });
+    if (this.listenerCount('open') > 0) this.emit('open', { backend });
   }
 
   /** @internal Connection let go of `backend` (failed attempt or close). */
