@@ -2,6 +2,10 @@
 // read through `onread` into a shared, reused buffer instead of a fresh Buffer per chunk. The buffer is safe to
 // reuse only when the write to the client completed synchronously (writableLength back to 0); otherwise that
 // write still references it, so the proxy switches to a fresh shared buffer and stops reading until 'drain'.
+// Caveat (why apilb does not do exactly this): after the swap, idle connections still hold the old shared buffer
+// as their next read target (Node picks a socket's next buffer right after its previous read), so a later read on
+// another connection could overwrite bytes a pending write still references. src/proxy/connection.ts copies reads
+// out of the shared buffer and gives bulk connections buffers of their own instead.
 // Usage: node bench/pipe-proxy-onread.js LISTEN_PORT BACKEND_PORT...
 import { createServer, connect } from 'node:net';
 
