@@ -4,13 +4,12 @@
  * paths (relative to the kubeconfig) and inline `*-data`.
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { runCli } from './support/cli.js';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import { resolveConfig, resolveCredentialPath, type ResolveInput } from '../src/config/config.js';
 import { loadKubeconfigCredentials } from '../src/config/kubeconfig.js';
 import { envName, OPTIONS } from '../src/config/options.js';
@@ -21,7 +20,6 @@ import { ConfigError, hasCode } from '../src/errors.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const BASE = { backends: ['10.0.0.1:6443'], healthCheckInsecure: true };
 
 function tmp(tt: Test): string {
@@ -53,19 +51,6 @@ function flagIssue(tt: Test, flags: Record<string, unknown>): string[] {
   return issuesOf(tt, { flags: { ...BASE, ...flags } });
 }
 
-function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (npm test runs the build)`);
-  return new Promise((resolve, reject) => {
-    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('APILB_')));
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...clean, ...env } });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 t.test('values: durations and addresses', async (tt) => {
   tt.equal(parseDuration('250ms'), 250);

@@ -5,12 +5,11 @@
  * createMetrics for what the daemon run cannot pin down deterministically (the health-check latency histogram).
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { CLI, runCli } from './support/cli.js';
 import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
 import { get as httpGet } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { resolveConfig } from '../src/config/config.js';
 import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/logging.js';
@@ -25,7 +24,6 @@ import { parseExposition, promtool } from './support/prom-text.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
 function httpText(url: string): Promise<{ status: number; body: string; contentType: string }> {
   return new Promise((resolve, reject) => {
@@ -38,17 +36,6 @@ function httpText(url: string): Promise<{ status: number; body: string; contentT
   });
 }
 
-function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** Opens a proxied connection and reads the backend's name line (the test backends speak first). */
 async function open(port: number): Promise<{ s: Socket; name: string }> {

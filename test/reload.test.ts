@@ -15,7 +15,7 @@ import { formatAddress } from '../src/config/values.js';
 import { Daemon } from '../src/daemon.js';
 import { createTestCA } from '../src/demo/test-ca.js';
 import { createLogger } from '../src/logging.js';
-import { dial, echoServer, readBytes, until, type TestServer } from './support/net.js';
+import { dial, echoServer, ended, readBytes, until, type TestServer } from './support/net.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
@@ -51,15 +51,6 @@ async function stream(tt: Test, port: number): Promise<{ s: Socket; name: string
   return { s, name };
 }
 
-/** Resolves when the peer ended or closed `s` (resumes it: readBytes leaves sockets paused, hiding the FIN). */
-function ended(s: Socket): Promise<void> {
-  return new Promise((resolve) => {
-    if (s.readableEnded || s.destroyed) return resolve();
-    s.once('end', () => resolve());
-    s.once('close', () => resolve());
-    s.resume();
-  });
-}
 
 async function echoes(s: Socket, payload: string): Promise<boolean> {
   s.write(payload);

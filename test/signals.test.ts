@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { resolveConfig } from '../src/config/config.js';
 import { Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/logging.js';
-import { dial, echoServer, readBytes, until } from './support/net.js';
+import { dial, echoServer, ended, readBytes, until } from './support/net.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
@@ -25,15 +25,6 @@ async function echoes(s: Socket, payload: string): Promise<boolean> {
   return (await readBytes(s, payload.length)).toString() === payload;
 }
 
-/** Resolves when the peer ended or closed `s` (resumes it: readBytes leaves sockets paused, hiding the FIN). */
-function ended(s: Socket): Promise<void> {
-  return new Promise((resolve) => {
-    if (s.readableEnded || s.destroyed) return resolve();
-    s.once('end', () => resolve());
-    s.once('close', () => resolve());
-    s.resume();
-  });
-}
 
 /** True once connecting to `port` is refused (the listener is closed). */
 async function refused(port: number): Promise<boolean> {

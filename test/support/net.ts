@@ -132,3 +132,13 @@ export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/** Resolves when the peer ended or closed `s` (resumes it: readBytes leaves sockets paused, hiding the FIN). */
+export function ended(s: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    if (s.readableEnded || s.destroyed) return resolve();
+    s.once('end', () => resolve());
+    s.once('close', () => resolve());
+    s.resume();
+  });
+}
