@@ -53,6 +53,14 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
     lastReject = now;
     log.warn({ event: 'connection_rejected', reason: ev.reason }, `rejecting connections: ${ev.reason}`);
   }
+  let lastAcceptError = 0;
+  function onAcceptErrorLog(ev: { error: NodeJS.ErrnoException }): void {
+    const now = Date.now();
+    if (now - lastAcceptError < 1000) return;
+    lastAcceptError = now;
+    const hint = ev.error.code === 'EMFILE' ? ' (out of file descriptors: raise LimitNOFILE= or lower --max-connections)' : '';
+    log.error({ event: 'accept_error', code: ev.error.code, err: ev.error.message }, `accepting a client connection failed: ${ev.error.message}${hint}`);
+  }
   function onCloseLog(ev: CloseEvent): void {
     log.debug({ event: 'connection_closed', backend: ev.backend?.id, reason: ev.reason, bytesFromClient: ev.bytesFromClient, bytesToClient: ev.bytesToClient, durationMs: ev.durationMs }, 'connection closed');
   }
@@ -66,6 +74,7 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
   proxy.on('dial-failure', onDialFailureLog);
   proxy.on('drain-timeout', onDrainTimeoutLog);
   proxy.on('reject', onRejectLog);
+  proxy.on('accept-error', onAcceptErrorLog);
   const debug = log.isLevelEnabled('debug');
   if (debug) {
     proxy.on('close', onCloseLog);
@@ -79,6 +88,7 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
     proxy.off('dial-failure', onDialFailureLog);
     proxy.off('drain-timeout', onDrainTimeoutLog);
     proxy.off('reject', onRejectLog);
+    proxy.off('accept-error', onAcceptErrorLog);
     proxy.off('close', onCloseLog);
     proxy.off('client-error', onClientErrorLog);
   };

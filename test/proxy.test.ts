@@ -444,3 +444,53 @@ t.test('backend→client bytes stay exact with many concurrent streams, fast and
     tt.ok(r.body.equals(want), `stream ${r.id} bit-exact`);
   }
 });
+
+t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and serves again when fds are free', async (tt) => {
+  // A real apilb process with a file-descriptor limit of 64: 80 clients exhaust it, so accept() and every dial
+  // to the backend (client dials and health checks every 200 ms) fail with EMFILE for a while.
+  const [srv] = await servers(tt, echoServer());
+  const { spawn } = await import('node:child_process');
+  const { readdirSync } = await import('node:fs');
+  const cli = new URL('../dist/cli.js', import.meta.url).pathname;
+  const child = spawn('sh', ['-c', 'ulimit -n 64 && exec "$0" "$@"', process.execPath, cli, 'run', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
+    '--backend', srv!.address, '--health-check-mode', 'tcp', '--health-check-interval', '200ms', '--health-check-timeout', '100ms', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  tt.teardown(() => { child.kill('SIGKILL'); });
+  let out = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  const started = await until(() => /"event":"started".*?"listen":\["127\.0\.0\.1:(\d+)"\].*?"admin":"([\d.:]+)"/.exec(out), 'apilb started', 15_000);
+  const port = Number(started[1]);
+  const admin = started[2]!;
+  const socks: Socket[] = [];
+  for (let i = 0; i < 80; i++) {
+    const s = connect({ port, host: '127.0.0.1' });
+    s.on('error', () => {});
+    socks.push(s);
+  }
+  const fds = () => readdirSync(`/proc/${child.pid}/fd`).length;
+  await until(() => fds() >= 62, 'apilb to run out of file descriptors', 10_000);
+  // The fault script: hold the shortage for 5 health-check intervals, then release it.
+  await new Promise((r) => setTimeout(r, 1000));
+  for (const s of socks) s.destroy();
+  tt.notOk(exited, 'still running');
+  const served = async (): Promise<boolean> => {
+    const s = await dial(port).catch(() => undefined);
+    if (!s) return false;
+    s.on('error', () => {});
+    s.write('ok?');
+    const got = await Promise.race([readBytes(s, 3).then((b) => b.toString(), () => ''), new Promise<string>((r) => setTimeout(() => r(''), 500))]);
+    s.destroy();
+    return got === 'ok?';
+  };
+  await until(served, 'a new client to be served', 10_000);
+  tt.pass('serves again');
+  const metrics = await until(async () => {
+    const body = await fetch(`http://${admin}/metrics`).then((r) => r.text(), () => '');
+    return body.includes('apilb_backend_up') ? body : undefined;
+  }, 'metrics', 5000);
+  const errors = Number(/apilb_health_checks_total\{backend="[^"]+",result="error"\} (\d+)/.exec(metrics)?.[1] ?? 0);
+  tt.ok(errors > 0, `health checks failed locally during the shortage (${errors})`);
+  tt.match(metrics, /apilb_backend_up\{backend="[^"]+"\} 1/, 'the backend stayed up');
+  tt.notMatch(out, /"to":"down"/, 'never marked down for a shortage on this node');
+});

@@ -52,6 +52,17 @@ export function describeTransportError(err: unknown): string {
   return code ? `${e.message} (${code})` : e.message;
 }
 
+const LOCAL_RESOURCE_CODES = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
+
+/**
+ * True when a connect failed for lack of resources on this node (file descriptors, memory): that says nothing
+ * about the backend, and must not mark every backend down at once.
+ */
+export function isLocalResourceError(err: unknown): boolean {
+  const e = err as { code?: string; cause?: { code?: string } } | undefined;
+  return LOCAL_RESOURCE_CODES.has(e?.code ?? '') || LOCAL_RESOURCE_CODES.has(e?.cause?.code ?? '');
+}
+
 /** Milliseconds since `start` (performance.now()), rounded to 0.1 ms. */
 export function elapsed(start: number): number {
   return Math.round((performance.now() - start) * 10) / 10;

@@ -10,7 +10,7 @@ import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
 import { VERSION } from '../version.js';
-import { describeTransportError, elapsed, type Checker } from './checker.js';
+import { describeTransportError, elapsed, isLocalResourceError, type Checker } from './checker.js';
 
 /** Options of {@link HttpsChecker}. Durations in milliseconds. */
 export interface HttpsCheckerOptions {
@@ -119,7 +119,7 @@ export class HttpsChecker implements Checker {
         await this.dropClient(client);
         // A kept-alive connection the backend closed while idle is not the backend's fault: retry once, fresh.
         if (attempt === 0 && reused && isStaleConnectionError(err)) continue;
-        return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err) };
+        return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err), ...(isLocalResourceError(err) ? { local: true } : {}) };
       }
     }
   }

@@ -8,7 +8,7 @@ import type { TlsMaterial } from '../config/tls.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
-import { describeTransportError, elapsed, type Checker } from './checker.js';
+import { describeTransportError, elapsed, isLocalResourceError, type Checker } from './checker.js';
 import { checkServerName } from './https-checker.js';
 
 /** Options of {@link TcpChecker}. */
@@ -61,7 +61,7 @@ export class TcpChecker implements Checker {
           }
         });
       };
-      const fail = (err: unknown): void => finish({ ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err) });
+      const fail = (err: unknown): void => finish({ ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err), ...(isLocalResourceError(err) ? { local: true } : {}) });
       const track = (s: Socket): void => {
         sockets.push(s);
         this.open.add(s);

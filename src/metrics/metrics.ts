@@ -35,7 +35,7 @@ export const CONNECT_FAILURE_REASONS: readonly string[] = ['refused', 'timeout',
 export const CLOSE_REASONS: readonly string[] = ['normal', 'client_error', 'backend_error', 'backend_down', 'drain_timeout', 'shutdown', 'all_backends_failed'];
 
 /** Label values of `apilb_rejected_connections_total{reason}` exported even at 0. */
-export const REJECT_REASONS: readonly string[] = ['max_connections'];
+export const REJECT_REASONS: readonly string[] = ['max_connections', 'accept_error'];
 
 /** Default buckets of `apilb_health_check_duration_seconds` (seconds; the default check timeout is 1 s). */
 export const HEALTH_CHECK_BUCKETS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];

@@ -29,7 +29,7 @@ export interface TransitionEvent {
 /** Result of one active check as reported by health/. */
 export type CheckResult =
   | { ok: true; latencyMs: number; status?: number }
-  | { ok: false; kind: 'transport'; latencyMs: number; error: string }
+  | { ok: false; kind: 'transport'; latencyMs: number; error: string; local?: boolean }
   | { ok: false; kind: 'status'; latencyMs: number; status: number; error?: string };
 
 /** Events: `transition` (TransitionEvent), `recheck` (Backend: a passive failure wants a check now),
@@ -194,6 +194,8 @@ export class Pool extends EventEmitter<PoolEvents> {
     if (!r.ok && r.error) rec.error = r.error;
     b.lastCheck = rec;
     b.checkCounts[rec.result]++;
+    // Out of file descriptors or memory here: recorded and counted, but not held against the backend.
+    if (!r.ok && r.kind === 'transport' && r.local) return;
     if (r.ok) {
       this.checkFailedInStreak.delete(b);
       b.consecutiveFailures = 0;

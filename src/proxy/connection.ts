@@ -15,7 +15,7 @@ export type CloseReason =
   | 'normal' | 'client_error' | 'backend_error' | 'backend_down' | 'drain_timeout' | 'shutdown' | 'all_backends_failed' | 'no_backend';
 
 /** Why a dial attempt failed (label values of apilb_connect_failures_total{reason}). */
-export type DialFailureReason = 'refused' | 'timeout' | 'reset' | 'unreachable' | 'first_byte_timeout' | 'closed' | 'error';
+export type DialFailureReason = 'refused' | 'timeout' | 'reset' | 'unreachable' | 'first_byte_timeout' | 'closed' | 'local_resources' | 'error';
 
 type Phase = 'dialing' | 'probing' | 'piping' | 'closed';
 
@@ -43,6 +43,8 @@ function dialReason(err: NodeJS.ErrnoException): DialFailureReason {
     case 'ETIMEDOUT': return 'timeout';
     case 'ECONNRESET': case 'EPIPE': return 'reset';
     case 'EHOSTUNREACH': case 'ENETUNREACH': case 'EADDRNOTAVAIL': return 'unreachable';
+    // Out of file descriptors or memory on this node: not the backend's fault (never reported to the pool).
+    case 'EMFILE': case 'ENFILE': case 'ENOBUFS': case 'ENOMEM': return 'local_resources';
     default: return 'error';
   }
 }

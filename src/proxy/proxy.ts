@@ -68,6 +68,8 @@ export interface ProxyEvents {
   retry: [{ reason: DialFailureReason; backend: Backend }];
   reject: [{ reason: 'max_connections' }];
   'client-error': [{ error: Error }];
+  /** accept() failed (EMFILE, ENFILE, ENOBUFS...): the connection was dropped, the listener keeps serving. */
+  'accept-error': [{ error: NodeJS.ErrnoException }];
   'drain-timeout': [{ backend: Backend; closed: number }];
 }
 
@@ -123,6 +125,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.onTransition = this.onTransition.bind(this);
     this.onRemoved = this.onRemoved.bind(this);
     this.onConnection = this.onConnection.bind(this);
+    this.onAcceptError = this.onAcceptError.bind(this);
     this.onDeleted = this.onDeleted.bind(this);
     this.pool.on('transition', this.onTransition);
     this.pool.on('removed', this.onRemoved);
@@ -157,6 +160,17 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     if (this.closing) throw new OptionError('serve', 'called after close()');
     this.servers.add(server);
     server.on('connection', this.onConnection);
+    server.on('error', this.onAcceptError);
+  }
+
+  /**
+   * A listening server emits 'error' when accept() fails, most often EMFILE (out of file descriptors). Without a
+   * listener that would crash the process and take the node off the API; the kernel's connection is dropped
+   * (libuv closes it), we count it, and the listener keeps accepting once descriptors are free again.
+   */
+  private onAcceptError(error: NodeJS.ErrnoException): void {
+    inc(this.counters.rejected, 'accept_error');
+    if (this.listenerCount('accept-error') > 0) this.emit('accept-error', { error });
   }
 
   /** Connections currently attached to `backend` (dialing or established). */
@@ -224,7 +238,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
 
   /** @internal A dial attempt failed. */
   reportDialFailure(_conn: Connection, backend: Backend, reason: DialFailureReason, error: Error | undefined): void {
-    this.pool.reportDialFailure(backend, reason);
+    if (reason !== 'local_resources') this.pool.reportDialFailure(backend, reason);
     inc(this.counters.retries, reason === 'first_byte_timeout' ? 'first_byte_timeout' : 'connect_failed');
     const ev: DialFailureEvent = { backend, reason };
     if (error) ev.error = error;
