@@ -76,6 +76,10 @@ function die(err: unknown): never {
   process.exit(EXIT_RUNTIME);
 }
 
+function onEarlyReloadSignal(): void {
+  process.stderr.write('apilb: SIGHUP while starting: ignored (the configuration being started is the current file)\n');
+}
+
 async function run(argv: Record<string, unknown>): Promise<void> {
   let config: Config;
   try {
@@ -84,6 +88,9 @@ async function run(argv: Record<string, unknown>): Promise<void> {
     die(err);
   }
   try {
+    // SIGHUP's default action ends the process: until the daemon's own handler is installed (after the first
+    // health round), a reload request (systemctl reload, a config-management run) must not kill a starting apilb.
+    process.on('SIGHUP', onEarlyReloadSignal);
     // Socket activation (apilb.socket): serve on the sockets systemd holds instead of binding --listen, so a
     // restart queues new connections in the kernel instead of refusing them.
     const passed = splitListenFds(listenFds());
@@ -92,6 +99,7 @@ async function run(argv: Record<string, unknown>): Promise<void> {
     if (listeners) daemon.logger.info({ event: 'socket_activation', sockets: passed.listeners.map((f) => f.name) }, `serving on ${listeners.length} sockets passed by systemd (--listen ignored)`);
     if (passed.admin.length > 0) daemon.logger.warn({ event: 'socket_activation' }, 'a passed admin socket is not used: the admin endpoint binds --admin-listen itself');
     installSignalHandlers(daemon, (code) => process.exit(code));
+    process.off('SIGHUP', onEarlyReloadSignal);
   } catch (err) {
     die(err);
   }

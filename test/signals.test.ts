@@ -212,3 +212,31 @@ t.test('SIGHUP reloads the configuration file of a running apilb', async (tt) =>
   const exit = await p.exited;
   tt.equal(exit.code, 0);
 });
+
+t.test('SIGHUP while apilb is still starting (first health round) does not kill it', async (tt) => {
+  // A backend that accepts and never answers: the first https check round waits for its timeout, and its
+  // accepted check connection tells the test that apilb is inside startup.
+  const { silentServer } = await import('./support/net.js');
+  const hung = await silentServer();
+  tt.teardown(() => hung.close());
+  const { spawn } = await import('node:child_process');
+  const cli = new URL('../dist/cli.js', import.meta.url).pathname;
+  const child = spawn(process.execPath, [cli, 'run', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--backend', hung.address,
+    '--health-check-insecure', '--health-check-timeout', '1s', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  tt.teardown(() => { child.kill('SIGKILL'); });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  let exit: { code: number | null; signal: string | null } | undefined;
+  child.once('exit', (code, signal) => (exit = { code, signal }));
+  await until(() => hung.accepted > 0, 'the first health check to reach the backend', 10_000);
+  tt.notOk(out.includes('"event":"started"'), 'still starting');
+  child.kill('SIGHUP');
+  await until(() => err.includes('SIGHUP while starting: ignored') || exit, 'the early SIGHUP to be handled', 5000);
+  tt.equal(exit, undefined, 'not killed by SIGHUP');
+  await until(() => out.includes('"event":"started"'), 'startup to finish', 10_000);
+  child.kill('SIGTERM');
+  await until(() => exit, 'exit after SIGTERM', 15_000);
+  tt.equal(exit!.code, 0);
+});
