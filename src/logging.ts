@@ -67,30 +67,23 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
   function onClientErrorLog(ev: { error: Error }): void {
     log.debug({ event: 'client_error', err: ev.error.message }, 'client socket error');
   }
-  pool.on('transition', onTransitionLog);
-  pool.on('panic', onPanicLog);
-  pool.on('added', onAddedLog);
-  pool.on('removed', onRemovedLog);
-  proxy.on('dial-failure', onDialFailureLog);
-  proxy.on('drain-timeout', onDrainTimeoutLog);
-  proxy.on('reject', onRejectLog);
-  proxy.on('accept-error', onAcceptErrorLog);
-  const debug = log.isLevelEnabled('debug');
-  if (debug) {
-    proxy.on('close', onCloseLog);
-    proxy.on('client-error', onClientErrorLog);
-  }
+  // [emitter, event, handler]: subscribed together, unsubscribed together.
+  type Sub = [{ on(e: string, f: never): unknown; off(e: string, f: never): unknown }, string, (ev: never) => void];
+  const subs: Sub[] = [
+    [pool, 'transition', onTransitionLog],
+    [pool, 'panic', onPanicLog],
+    [pool, 'added', onAddedLog],
+    [pool, 'removed', onRemovedLog],
+    [proxy, 'dial-failure', onDialFailureLog],
+    [proxy, 'drain-timeout', onDrainTimeoutLog],
+    [proxy, 'reject', onRejectLog],
+    [proxy, 'accept-error', onAcceptErrorLog],
+  ];
+  // Per-connection lines only at debug: otherwise nothing listens, and the data path skips building the events.
+  if (log.isLevelEnabled('debug')) subs.push([proxy, 'close', onCloseLog], [proxy, 'client-error', onClientErrorLog]);
+  for (const [em, ev, fn] of subs) em.on(ev, fn as never);
   return function unsubscribeLogger() {
-    pool.off('transition', onTransitionLog);
-    pool.off('panic', onPanicLog);
-    pool.off('added', onAddedLog);
-    pool.off('removed', onRemovedLog);
-    proxy.off('dial-failure', onDialFailureLog);
-    proxy.off('drain-timeout', onDrainTimeoutLog);
-    proxy.off('reject', onRejectLog);
-    proxy.off('accept-error', onAcceptErrorLog);
-    proxy.off('close', onCloseLog);
-    proxy.off('client-error', onClientErrorLog);
+    for (const [em, ev, fn] of subs) em.off(ev, fn as never);
   };
 }
 
