@@ -7,7 +7,8 @@ import type { Server } from 'node:net';
 import { systemClock, type Clock } from './clock.js';
 import { resolveConfig, type Config, type ResolveInput } from './config/config.js';
 import { describeChange, diffConfig } from './config/config-diff.js';
-import { formatAddress } from './config/values.js';
+import { formatAddress, type Address } from './config/values.js';
+import type { BackendSpec } from './pool/backend.js';
 import { BackendSet } from './discovery/backend-set.js';
 import { Notifier } from './systemd/notify.js';
 import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './discovery/dns.js';
@@ -104,10 +105,11 @@ export class Daemon {
     this.startedAt = clock.now();
     this.pool = new Pool({ rise: config.rise, fall: config.fall, clock });
     this.backendSet = new BackendSet(this.pool);
-    this.backendSet.set('static', config.backends.filter((a) => !isDnsName(a)).map((address) => ({ address })));
+    const { literals, names } = splitBackends(config.backends);
+    this.backendSet.set('static', literals);
     this.dns = new DnsDiscovery({
       backendSet: this.backendSet,
-      names: config.backends.filter(isDnsName),
+      names,
       refresh: config.dnsRefresh,
       ...(config.tlsServerName ? { serverName: config.tlsServerName } : {}),
       ...(deps.resolver ? { resolver: deps.resolver } : {}),
@@ -303,11 +305,10 @@ export class Daemon {
       drainTimeout: effective.drainTimeout,
     });
     if (changed('logLevel')) this.logger.level = effective.logLevel;
-    if (changed('backends')) {
-      // Reconcile keeps unchanged backends (and their connections); removed ones drain like `draining`.
-      this.backendSet.set('static', effective.backends.filter((a) => !isDnsName(a)).map((address) => ({ address })));
-    }
-    if (changed('backends') || changed('dnsRefresh')) await this.dns.update(effective.backends.filter(isDnsName), { refresh: effective.dnsRefresh });
+    const { literals, names } = splitBackends(effective.backends);
+    // Reconcile keeps unchanged backends (and their connections); removed ones drain like `draining`.
+    if (changed('backends')) this.backendSet.set('static', literals);
+    if (changed('backends') || changed('dnsRefresh')) await this.dns.update(names, { refresh: effective.dnsRefresh });
     const lines = changes.map(describeChange);
     if (tls && !['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'].some(changed)) {
       lines.push('health-check TLS material: files changed on disk, reloaded');
@@ -353,6 +354,14 @@ export class Daemon {
     })();
     return this.closing;
   }
+}
+
+/** IP-literal backends go to the pool as they are ('static' source); DNS names are expanded by DnsDiscovery. */
+function splitBackends(backends: readonly Address[]): { literals: BackendSpec[]; names: Address[] } {
+  return {
+    literals: backends.filter((a) => !isDnsName(a)).map((address) => ({ address })),
+    names: backends.filter(isDnsName),
+  };
 }
 
 /** Creates and starts a daemon. Rejects (having released everything) when a listener cannot be bound. */

@@ -10,7 +10,7 @@ import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { loadKubeconfigCredentials } from './kubeconfig.js';
-import { envName, fileKey, OPTIONS, type OptionSpec } from './options.js';
+import { envName, fileKey, optionByKey, OPTIONS, type OptionSpec } from './options.js';
 import { formatDuration, parseAddress, parseDuration, type Address } from './values.js';
 
 /** The fully resolved, validated configuration. Durations are milliseconds. */
@@ -327,7 +327,7 @@ export function resolveConfig(input: ResolveInput = {}): Config {
   if (input.flags) {
     const r = KEY_SCHEMA.safeParse(input.flags);
     if (r.success) assignDefined(merged, r.data, (k) => k, origin, 'flag');
-    else issues.push(...zodIssues(r.error, (p) => `--${OPTIONS.find((o) => o.key === p[0])?.flag ?? p[0]}`));
+    else issues.push(...zodIssues(r.error, (p) => `--${optionByKey(String(p[0]))?.flag ?? p[0]}`));
   }
   if (issues.length) throw new ConfigError(issues);
 
@@ -342,7 +342,7 @@ export function resolveConfig(input: ResolveInput = {}): Config {
 
   // Cross-field issues are reported where the operator set the value: file key, environment variable or flag.
   const where = (key: string) => {
-    const spec = OPTIONS.find((o) => o.key === key)!;
+    const spec = optionByKey(key)!;
     if (origin[key] === 'file') return `${input.configFile}: ${fileKey(spec)}`;
     if (origin[key] === 'env') return envName(spec);
     return `--${spec.flag}`;

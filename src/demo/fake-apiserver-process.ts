@@ -10,22 +10,13 @@ import { fileURLToPath } from 'node:url';
 import { OptionError } from '../errors.js';
 import { formatAddress } from '../config/values.js';
 import type { TestCA } from './test-ca.js';
-import { KEY_DIR_FILES as FILES, type FakeApiServerTls } from './fake-apiserver.js';
+import { KEY_DIR_FILES as FILES, type FakeApiServerOptions, type FakeApiServerTls } from './fake-apiserver.js';
 
-/** Options of {@link spawnFakeApiServer}. */
-export interface SpawnFakeApiServerOptions {
-  /** Key material, as for startFakeApiServer: a TestCA (a serving cert is issued) or explicit PEMs. Required. */
-  ca: TestCA | FakeApiServerTls;
-  /** Server name (x-apiserver-name). Default `apiserver-1`. */
-  name?: string;
-  /** Listen host. Default `127.0.0.1`. */
-  host?: string;
-  /** Listen port; 0 (default) picks a free one. */
-  port?: number;
-  /** See FakeApiServerOptions.anonymousAuth. Default true. */
-  anonymousAuth?: boolean;
-  /** See FakeApiServerOptions.watchIntervalMs. Default 1000; 0 = initial event only. */
-  watchIntervalMs?: number;
+/**
+ * Options of {@link spawnFakeApiServer}: those of startFakeApiServer that the child understands (same meaning and
+ * defaults; `ca` required), plus the process-only ones below.
+ */
+export interface SpawnFakeApiServerOptions extends Pick<FakeApiServerOptions, 'ca' | 'name' | 'host' | 'port' | 'anonymousAuth' | 'watchIntervalMs'> {
   /** Readyz-500 period on SIGTERM (`--shutdown-delay-duration`). Default 0. */
   shutdownDelayMs?: number;
   /** Directory the key material is written to (it must exist; files there are overwritten and left in place). Default: a new temp dir, removed by close(). */

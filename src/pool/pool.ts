@@ -71,6 +71,14 @@ export class Pool extends EventEmitter<PoolEvents> {
     return this.panicking;
   }
 
+  /**
+   * True when at least one backend takes new connections (`up`/`unknown`, not removed). Computed, not cached:
+   * it is current even inside a `transition` listener, before `panic` is updated.
+   */
+  get hasEligible(): boolean {
+    return this.list.some((b) => b.eligible);
+  }
+
   /** Looks a backend up by `HOST:PORT`. */
   get(id: string): Backend | undefined {
     return this.list.find((b) => b.id === id);
@@ -146,7 +154,7 @@ export class Pool extends EventEmitter<PoolEvents> {
       }
       fallback ??= b;
     }
-    if (fallback && !this.anyEligible()) {
+    if (fallback && !this.hasEligible) {
       this.cursor = (list.indexOf(fallback) + 1) % n;
       return fallback;
     }
@@ -242,12 +250,8 @@ export class Pool extends EventEmitter<PoolEvents> {
     this.updatePanic();
   }
 
-  private anyEligible(): boolean {
-    return this.list.some((b) => b.eligible);
-  }
-
   private updatePanic(): void {
-    const now = this.list.some((b) => !b.removed) && !this.anyEligible();
+    const now = this.list.some((b) => !b.removed) && !this.hasEligible;
     if (now !== this.panicking) {
       this.panicking = now;
       this.emit('panic', { active: now });

@@ -184,7 +184,7 @@ export class Connection {
     this.proxy.detach(this, backend);
     this.upstream = undefined;
     this.phase = 'dialing';
-    this.proxy.reportDialFailure(this, backend, reason, err);
+    this.proxy.reportDialFailure(backend, reason, err);
     if (this.clientClosed) {
       this.finish();
       return;
@@ -200,7 +200,6 @@ export class Connection {
     this.replayBytes = 0;
     this.proxy.clock.clearTimeout(this.timer);
     this.timer = undefined;
-    this.proxy.committed(this);
   }
 
   private onClientData(chunk: Buffer): void {
@@ -282,7 +281,7 @@ export class Connection {
 
   private onClientError(err: NodeJS.ErrnoException): void {
     this.closeReason = 'client_error';
-    this.proxy.clientError(this, err);
+    this.proxy.clientError(err);
     // Propagate a reset as a reset so the API server sees what the client did.
     const up = this.upstream;
     if (up && !up.destroyed) {
@@ -371,12 +370,11 @@ export class Connection {
 
   private finish(): void {
     if (this.phase === 'closed') return;
-    const wasDialing = this.phase === 'dialing';
     this.phase = 'closed';
     this.proxy.clock.clearTimeout(this.timer);
     this.timer = undefined;
     this.replay = undefined;
-    this.proxy.finished(this, this.closeReason, wasDialing);
+    this.proxy.finished(this, this.closeReason);
   }
 }
 

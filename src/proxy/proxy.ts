@@ -233,11 +233,8 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     }
   }
 
-  /** @internal Connection became a committed pipe. */
-  committed(_conn: Connection): void {}
-
   /** @internal A dial attempt failed. */
-  reportDialFailure(_conn: Connection, backend: Backend, reason: DialFailureReason, error: Error | undefined): void {
+  reportDialFailure(backend: Backend, reason: DialFailureReason, error: Error | undefined): void {
     if (reason !== 'local_resources') this.pool.reportDialFailure(backend, reason);
     inc(this.counters.retries, reason === 'first_byte_timeout' ? 'first_byte_timeout' : 'connect_failed');
     const ev: DialFailureEvent = { backend, reason };
@@ -247,12 +244,12 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   }
 
   /** @internal */
-  clientError(_conn: Connection, error: Error): void {
+  clientError(error: Error): void {
     if (this.listenerCount('client-error') > 0) this.emit('client-error', { error });
   }
 
   /** @internal Connection is fully closed. */
-  finished(conn: Connection, reason: CloseReason, _wasDialing: boolean): void {
+  finished(conn: Connection, reason: CloseReason): void {
     this.all.delete(conn);
     const backend = conn.backend;
     if (backend) {
@@ -293,7 +290,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
       // A dead backend's clients would wait ~45 s for their own HTTP/2 ping to give up: release them now so
       // they reconnect through a healthy backend. With no eligible backend left (panic: e.g. a wrong CA marks
       // every backend down) there is nowhere better to go, and cutting every connection would only hurt.
-      if (this.pool.backends.some((x) => x.eligible)) this.closeBackendConnections(b, 'backend_down');
+      if (this.pool.hasEligible) this.closeBackendConnections(b, 'backend_down');
     } else if (ev.to === 'draining') {
       this.scheduleDrain(b);
     } else if (ev.to === 'up' && !b.removed) {
