@@ -85,6 +85,8 @@ for arch in x64 arm64; do
   gzip -9n <packaging/debian/changelog >"$doc/changelog.gz"
   gzip -9n <README.md >"$doc/README.md.gz"
   for f in docs/*.md; do gzip -9n <"$f" >"$doc/$(basename "$f").gz"; done
+  mkdir -p "$top/usr/share/man/man1"
+  gzip -9n <packaging/apilb.1 >"$top/usr/share/man/man1/apilb.1.gz"
   install -m 0644 packaging/debian/lintian-overrides "$top/usr/share/lintian/overrides/apilb"
   chmod -R u+rwX,go+rX,go-w "$top"
   # Only the runtime is executed directly: the launcher runs dist/cli.js and the modules with it.

@@ -125,6 +125,7 @@ t.test('layout, owners and modes of the .deb', async (t) => {
     'usr/share/doc/apilb/changelog.gz': '-rw-r--r--',
     'usr/share/apilb/kubelet.service.d/10-apilb.conf': '-rw-r--r--',
     'usr/share/lintian/overrides/apilb': '-rw-r--r--',
+    'usr/share/man/man1/apilb.1.gz': '-rw-r--r--',
   };
   for (const dep of Object.keys(PKG.dependencies)) expect[`usr/lib/apilb/node_modules/${dep}/package.json`] = '-rw-r--r--';
   const units = readdirSync(join(ROOT, 'systemd')).filter((f) => /\.(service|socket|timer|path|target)$/.test(f));
@@ -148,6 +149,16 @@ t.test('layout, owners and modes of the .deb', async (t) => {
   t.match(copyright, /^Format: https:\/\/www\.debian\.org\/doc\/packaging-manuals\/copyright-format\/1\.0\//);
   t.match(copyright, 'Files: usr/lib/apilb/node/*\n', 'the runtime license is included');
   for (const dep of Object.keys(PKG.dependencies)) t.match(copyright, `Files: usr/lib/apilb/node_modules/${dep}/*\n`, `license of ${dep}`);
+});
+
+t.test('lintian on the amd64 .deb: no errors, no warnings (the overrides are justified in docs/install.md)', async (t) => {
+  const r = run('lintian', ['--tag-display-limit', '0', deb('amd64')]);
+  const tags = r.stdout.split('\n').filter((l) => /^[EW]: /.test(l));
+  t.same(tags.filter((l) => l.startsWith('E: ')), [], 'no errors');
+  t.same(tags.filter((l) => l.startsWith('W: ')), [], 'no warnings');
+  const overrides = readFileSync(join(tree, 'usr/share/lintian/overrides/apilb'), 'utf8').match(/^apilb: [a-z0-9-]+/gm) ?? [];
+  const doc = readFileSync(join(ROOT, 'docs/install.md'), 'utf8');
+  for (const o of new Set(overrides)) t.match(doc, o.replace('apilb: ', ''), `override ${o} explained in docs/install.md`);
 });
 
 t.test('the bundled runtime: pinned version, and the architecture in its ELF header matches the package', async (t) => {
