@@ -24,6 +24,14 @@ import { bindListener, createListener, listenerAddress } from './proxy/listen.js
 import { Proxy, type Dialer } from './proxy/proxy.js';
 import { VERSION } from './version.js';
 
+/**
+ * Drain of a stop under socket activation, in ms: enough for ordinary requests in flight to finish, short enough
+ * that the connections queued meanwhile in the socket systemd holds wait well under 2 s for the next process
+ * (which starts only once this one has exited). Long-lived connections (watches) are closed after it; clients
+ * reconnect.
+ */
+export const HANDOFF_DRAIN_MS = 500;
+
 /** Dependencies a caller (tests, socket activation) can inject. */
 export interface DaemonDeps {
   logger?: Logger;
@@ -33,9 +41,10 @@ export interface DaemonDeps {
   listeners?: Server[];
   /**
    * The listening sockets are held by systemd (apilb.socket) and survive this process. Then a stop does not
-   * drain: it stops accepting, closes client connections at once and exits, so systemd starts the next process
-   * within a fraction of a second; clients reconnect into the held socket's queue, which that process drains.
-   * Default false: a stop drains for up to `shutdownTimeout` (nobody would accept the reconnects meanwhile).
+   * wait out `shutdownTimeout`: it stops accepting, gives requests in flight {@link HANDOFF_DRAIN_MS} to finish,
+   * closes the rest (long-lived watches) and exits, so systemd starts the next process within about a second;
+   * clients reconnect into the held socket's queue, which that process drains. Default false: a stop drains for
+   * up to `shutdownTimeout` (nobody would accept the reconnects meanwhile).
    */
   handoff?: boolean;
   /** Tuning of EndpointSlice discovery (debounce, backoff, clock); default the built-in defaults and `clock`. */
@@ -402,9 +411,12 @@ export class Daemon {
     return a && typeof a === 'object' ? formatAddress({ host: a.address, port: a.port }) : formatAddress(this.config.adminListen);
   }
 
-  /** How long a stop lets connections finish: 0 with {@link handoff}, else the configured shutdown timeout. */
+  /**
+   * How long a stop lets connections finish: with {@link handoff} {@link HANDOFF_DRAIN_MS} (or the shutdown
+   * timeout when that is shorter), else the configured shutdown timeout.
+   */
   get stopDrainMs(): number {
-    return this.handoff ? 0 : this.config.shutdownTimeout;
+    return this.handoff ? Math.min(HANDOFF_DRAIN_MS, this.config.shutdownTimeout) : this.config.shutdownTimeout;
   }
 
   /**
@@ -413,7 +425,7 @@ export class Daemon {
    */
   close(timeoutMs = this.stopDrainMs): Promise<void> {
     this.closing ??= (async () => {
-      void this.notifier.stopping(timeoutMs > 0 ? `draining connections (up to ${timeoutMs} ms)` : 'closing connections; clients reconnect to the next apilb');
+      void this.notifier.stopping(this.handoff ? `closing connections after ${timeoutMs} ms; clients reconnect to the next apilb` : `draining connections (up to ${timeoutMs} ms)`);
       await this.proxy.stopAccepting();
       // Before health stops and before the drain: discovery's own watch is a connection through the proxy and
       // would hold the drain open, and no list may be applied while the pool is no longer checked.
@@ -464,7 +476,7 @@ export function installSignalHandlers(d: Daemon, exit: (code: number) => void): 
     d.logger.info(
       { event: 'signal', signal, drainMs: d.stopDrainMs },
       d.handoff
-        ? `${signal}: closing connections at once (the listening sockets stay with systemd; clients reconnect to the next apilb)`
+        ? `${signal}: stopping; connections still open after ${d.stopDrainMs} ms are closed (the listening sockets stay with systemd; clients reconnect to the next apilb)`
         : `${signal}: graceful shutdown (up to ${d.stopDrainMs} ms)`,
     );
     d.close().then(
