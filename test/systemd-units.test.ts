@@ -88,7 +88,7 @@ t.test('apilb.service carries the settings the code relies on', async (t) => {
   t.equal(one('NotifyAccess'), 'all', 'systemd-notify runs as a child of the main process (src/systemd/notify.ts)');
   t.ok(one('WatchdogSec'), 'watchdog set');
   t.equal(one('Restart'), 'always');
-  t.equal(one('ExecStartPre'), '/usr/bin/apilb check-config --config /etc/apilb/apilb.yaml');
+  t.equal(one('ExecStartPre'), undefined, 'no second Node.js start per restart (apilb.socket checks the config)');
   t.equal(one('ExecStart'), '/usr/bin/apilb run --config /etc/apilb/apilb.yaml');
   t.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
   t.equal(one('DynamicUser'), 'yes');

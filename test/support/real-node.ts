@@ -1,0 +1,258 @@
+/**
+ * A real node for tests: a Debian 12 root filesystem booted with systemd as PID 1 under `systemd-nspawn`, with a
+ * private network (its own loopback only, so nothing inside can reach another machine). How it works and what was
+ * measured on this kind of host: /work/shared/real-node.md, summarized:
+ *
+ * - the root filesystem is made once with debootstrap and cached in {@link ROOTFS_CACHE} (built into a temporary
+ *   name, then renamed, so an interrupted build never leaves a half cache); each boot gets a fresh `cp -a` copy;
+ * - `systemd-nspawn -D DIR --private-network --register=no --keep-unit -M NAME -b` in its own session, stdin from
+ *   /dev/null (without `--keep-unit` it stops with "Failed to open system bus" on a host without systemd);
+ * - the container's PID 1 is the nspawn child named `systemd`; commands run with `nsenter -t PID -a`;
+ * - `systemctl reboot` inside ends nspawn (status 133 with `--keep-unit`): boot the same directory again.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, cpSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { findBinary } from './e2e.js';
+
+/** Where the debootstrapped root filesystem is cached between runs. */
+export const ROOTFS_CACHE = '/var/cache/apilb-realnode/rootfs';
+
+/** The debootstrap call that makes it (Debian 12, systemd, what the checks use). */
+export const DEBOOTSTRAP_ARGS = ['--variant=minbase', '--include=systemd,systemd-sysv,dbus,iproute2,ca-certificates,openssl,procps', 'bookworm'];
+
+const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** Why a real node cannot be booted on this host, or undefined when it can. */
+export function whyNoRealNode(): string | undefined {
+  if (process.platform !== 'linux') return 'not Linux';
+  if (process.getuid?.() !== 0) return 'not root (systemd-nspawn needs root)';
+  const need: [string, string][] = [['systemd-nspawn', 'systemd-container'], ['debootstrap', 'debootstrap'], ['nsenter', 'util-linux']];
+  for (const [bin, pkg] of need) if (!findBinary(bin)) return `${bin} not found (apt-get install ${pkg}; .ci/run installs it)`;
+  return undefined;
+}
+
+/** Result of a command inside the node. */
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function execFileResult(file: string, args: string[], timeoutMs: number): Promise<ExecResult> {
+  return new Promise((resolve) => {
+    execFile(file, args, { timeout: timeoutMs, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 255) : 0;
+      resolve({ code, stdout, stderr: err && code === 255 ? `${stderr}${err.message}` : stderr });
+    });
+  });
+}
+
+/** Makes the cached root filesystem when it is missing (about a minute, ~400 MB). Returns its path. */
+export async function ensureRootfs(log: (line: string) => void): Promise<string> {
+  if (existsSync(join(ROOTFS_CACHE, 'usr/lib/systemd/systemd'))) return ROOTFS_CACHE;
+  const tmp = `${ROOTFS_CACHE}.tmp-${process.pid}`;
+  mkdirSync(dirname(ROOTFS_CACHE), { recursive: true });
+  rmSync(tmp, { recursive: true, force: true });
+  log(`building ${ROOTFS_CACHE} with debootstrap ${DEBOOTSTRAP_ARGS.join(' ')} (once; cached afterwards)`);
+  const r = await execFileResult('debootstrap', [...DEBOOTSTRAP_ARGS.slice(0, -1), DEBOOTSTRAP_ARGS.at(-1)!, tmp], 15 * 60_000);
+  if (r.code !== 0) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw new Error(`debootstrap failed (${r.code}): ${r.stderr.slice(-2000)}`);
+  }
+  renameSync(tmp, ROOTFS_CACHE);
+  return ROOTFS_CACHE;
+}
+
+/** Polls `fn` every `intervalMs` until it returns a truthy value; throws naming `what` after `timeoutMs`. */
+export async function poll<T>(fn: () => T | Promise<T>, timeoutMs: number, what: string, intervalMs = 100): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** A booted container. */
+export class RealNode {
+  private nspawn: ChildProcess | undefined;
+  private exited: Promise<number | null> = Promise.resolve(null);
+  /** The container's PID 1 (systemd) as seen from the host. */
+  pid = 0;
+  /** Boots so far (a reboot boots the same directory again). */
+  boots = 0;
+
+  /** `dir`: the node's root filesystem (a fresh copy); `name`: its machine name. */
+  constructor(readonly dir: string, readonly name: string, private readonly logFile: string) {}
+
+  /** Copies the cached root filesystem to `dir` and boots it. */
+  static async create(dir: string, name: string, log: (line: string) => void): Promise<RealNode> {
+    const rootfs = await ensureRootfs(log);
+    rmSync(dir, { recursive: true, force: true });
+    // cp -a keeps owners, modes, device nodes and hard links as debootstrap made them.
+    const cp = await execFileResult('cp', ['-a', rootfs, dir], 120_000);
+    if (cp.code !== 0) throw new Error(`cp -a ${rootfs} ${dir}: ${cp.stderr}`);
+    const node = new RealNode(dir, name, `${dir}.console.log`);
+    await node.boot();
+    return node;
+  }
+
+  /** Starts nspawn and waits until systemd inside reports the boot finished. */
+  async boot(): Promise<void> {
+    const out = openSync(this.logFile, 'a');
+    const child = spawn('systemd-nspawn', ['-D', this.dir, '--private-network', '--register=no', '--keep-unit', '-M', this.name, '-b'], {
+      detached: true, // its own session, as a service manager would run it
+      stdio: ['ignore', out, out],
+    });
+    closeSync(out);
+    this.nspawn = child;
+    this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    this.boots++;
+    const nspawnPid = child.pid!;
+    // A short-lived intermediate child exists at first: wait for the one named systemd.
+    this.pid = await poll(() => childNamed(nspawnPid, 'systemd'), 30_000, 'container PID 1 (systemd)');
+    await poll(async () => {
+      const r = await this.exec('systemctl is-system-running', 10_000);
+      return ['running', 'degraded'].includes(r.stdout.trim());
+    }, 90_000, `boot of ${this.name} (console: ${this.logFile})`, 200);
+  }
+
+  /** Runs `script` with bash inside the node (all its namespaces, a clean environment). Never rejects. */
+  exec(script: string, timeoutMs = 60_000): Promise<ExecResult> {
+    return execFileResult('nsenter', ['-t', String(this.pid), '-a', '--', '/usr/bin/env', '-i', `PATH=${PATH}`, 'bash', '-c', script], timeoutMs);
+  }
+
+  /** Like {@link exec}, but throws with the output when the exit code is not 0; returns stdout. */
+  async run(script: string, timeoutMs = 60_000): Promise<string> {
+    const r = await this.exec(script, timeoutMs);
+    if (r.code !== 0) throw new Error(`inside ${this.name}: \`${script}\` exited ${r.code}: ${r.stderr.trim() || r.stdout.trim()}`);
+    return r.stdout;
+  }
+
+  /** A long-running process inside the node with pipes to it (e.g. the client load). */
+  spawn(argv: string[]): ChildProcess {
+    return spawn('nsenter', ['-t', String(this.pid), '-a', '--', '/usr/bin/env', '-i', `PATH=${PATH}`, ...argv], { stdio: ['pipe', 'pipe', 'pipe'] });
+  }
+
+  /** Writes a file into the node's file system (from the host: the directory is its root). */
+  writeFile(path: string, content: string | Buffer, mode = 0o644): void {
+    const p = join(this.dir, path);
+    mkdirSync(dirname(p), { recursive: true });
+    writeFileSync(p, content, { mode });
+  }
+
+  /** `systemctl show -p NAME --value UNIT`. */
+  async show(unit: string, prop: string): Promise<string> {
+    return (await this.run(`systemctl show -p ${prop} --value ${unit}`)).trim();
+  }
+
+  /** `systemctl reboot` inside, waits for nspawn to exit, boots the same directory again. */
+  async reboot(): Promise<void> {
+    await this.exec('systemctl reboot', 20_000);
+    await withTimeout(this.exited, 60_000, 'nspawn exit after systemctl reboot');
+    await this.boot();
+  }
+
+  /** Powers the node off (kills nspawn when that does not finish in 20 s) and removes its directory. */
+  async destroy(): Promise<void> {
+    if (this.nspawn && this.nspawn.exitCode === null && this.nspawn.signalCode === null) {
+      await this.exec('systemctl poweroff', 10_000);
+      try {
+        await withTimeout(this.exited, 20_000, 'poweroff');
+      } catch {
+        this.nspawn.kill('SIGKILL');
+        await this.exited;
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** The end of the console log (for failure messages). */
+  consoleTail(): string {
+    return existsSync(this.logFile) ? readFileSync(this.logFile, 'utf8').slice(-3000) : '';
+  }
+}
+
+function childNamed(ppid: number, comm: string): number | undefined {
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+      const close = stat.lastIndexOf(')');
+      const name = stat.slice(stat.indexOf('(') + 1, close);
+      const parent = Number(stat.slice(close + 2).split(' ')[1]);
+      if (parent === ppid && name === comm) return Number(e);
+    } catch {
+      /* the process went away */
+    }
+  }
+  return undefined;
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms); }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/** Where an installation put things inside the node. */
+export interface Installed {
+  /** How: `deb` (the package) or `files` (docs/install.md's tarball steps by hand). */
+  how: 'deb' | 'files';
+  /** The Node.js binary apilb runs with, usable for stand-ins and clients inside the node. */
+  node: string;
+  /** Directory holding apilb's dist/ (for the API-server stand-in script). */
+  appDir: string;
+}
+
+/**
+ * Installs apilb into `node` the way an operator does. With `npm run package` in package.json: the .deb from
+ * release/ (`dpkg -i`). Otherwise docs/install.md's "self-contained tarball" layout by hand: /opt/apilb with the
+ * runtime dependencies, /usr/bin/apilb → dist/cli.js, this host's Node.js as /usr/bin/node (glibc matches), the
+ * units in /etc/systemd/system and kubelet's drop-in. The configuration (/etc/apilb/apilb.yaml) is the caller's.
+ */
+export async function installApilb(node: RealNode, repo: string): Promise<Installed> {
+  const pkg = JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { version: string; scripts?: Record<string, string> };
+  const deb = join(repo, 'release', `apilb_${pkg.version}_amd64.deb`);
+  if (pkg.scripts?.package) {
+    if (!existsSync(deb)) {
+      const r = await execFileResult('npm', ['run', 'package', '--silent', '--prefix', repo], 10 * 60_000);
+      if (r.code !== 0) throw new Error(`npm run package failed: ${r.stderr.slice(-2000)}`);
+    }
+    node.writeFile('/tmp/apilb.deb', readFileSync(deb));
+    await node.run('dpkg -i /tmp/apilb.deb && systemctl daemon-reload', 120_000);
+    return { how: 'deb', node: '/usr/lib/apilb/node/bin/node', appDir: '/usr/lib/apilb' };
+  }
+  const app = join(node.dir, 'opt/apilb');
+  mkdirSync(join(app, 'node_modules'), { recursive: true });
+  for (const f of ['package.json', 'dist', 'systemd']) cpSync(join(repo, f), join(app, f), { recursive: true });
+  for (const dep of await runtimeDependencies(repo)) cpSync(join(repo, 'node_modules', dep), join(app, 'node_modules', dep), { recursive: true });
+  cpSync(process.execPath, join(node.dir, 'usr/bin/node'));
+  symlinkSync('/opt/apilb/dist/cli.js', join(node.dir, 'usr/bin/apilb'));
+  await node.run([
+    'install -m 0644 /opt/apilb/systemd/apilb.service /opt/apilb/systemd/apilb.socket /etc/systemd/system/',
+    'install -D -m 0644 /opt/apilb/systemd/kubelet.service.d/10-apilb.conf /etc/systemd/system/kubelet.service.d/10-apilb.conf',
+    'chmod 0755 /opt/apilb/dist/cli.js',
+    'systemctl daemon-reload',
+  ].join(' && '));
+  return { how: 'files', node: '/usr/bin/node', appDir: '/opt/apilb' };
+}
+
+/** Top-level node_modules entries the runtime needs (`npm prune --omit=dev` keeps these). */
+async function runtimeDependencies(repo: string): Promise<string[]> {
+  const r = await execFileResult('npm', ['ls', '--omit=dev', '--all', '--parseable', '--prefix', repo], 60_000);
+  const top = new Set<string>();
+  const base = join(repo, 'node_modules') + '/';
+  for (const line of r.stdout.split('\n')) {
+    if (!line.startsWith(base)) continue;
+    const parts = line.slice(base.length).split('/');
+    top.add(parts[0]!.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!);
+  }
+  if (top.size === 0) throw new Error(`npm ls found no runtime dependencies: ${r.stderr}`);
+  return [...top];
+}
