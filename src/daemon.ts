@@ -30,7 +30,7 @@ import { VERSION } from './version.js';
  * (which starts only once this one has exited). Long-lived connections (watches) are closed after it; clients
  * reconnect.
  */
-export const HANDOFF_DRAIN_MS = 500;
+export const HANDOFF_DRAIN_MS = 250;
 
 /** Dependencies a caller (tests, socket activation) can inject. */
 export interface DaemonDeps {
@@ -250,7 +250,11 @@ export class Daemon {
     });
   }
 
-  /** Binds listeners (unless handed in), the admin endpoint, and starts serving. */
+  /**
+   * Binds listeners (unless handed in), the admin endpoint, and starts serving. Resolves after the first health
+   * round; under systemd (NOTIFY_SOCKET) also only once a backend is up or rise × interval + timeout more have
+   * passed, and then sends READY=1.
+   */
   async start(): Promise<void> {
     try {
       // DNS names are resolved before binding, so the first client already finds every record in the pool.
@@ -278,11 +282,11 @@ export class Daemon {
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
       await this.health.firstRound(this.config.healthCheckTimeout + 500);
-      // READY=1 (below) promises a backend to forward to. When none passed the first round, give one the time a
-      // recovering API server needs to be confirmed (rise checks), then report ready anyway: a start that fails
-      // would only restart apilb, and kubelet must come up even while the control plane is away. STATUS= then
-      // says "no backend up … (panic)".
-      await this.firstUp(this.config.rise * this.config.healthCheckInterval + this.config.healthCheckTimeout);
+      // Under systemd, READY=1 (below) promises a backend to forward to. When none passed the first round, give
+      // one the time a recovering API server needs to be confirmed (rise checks), then report ready anyway: a
+      // start that fails would only restart apilb, and kubelet must come up even while the control plane is
+      // away. STATUS= then says "no backend up … (panic)". Connections are served meanwhile.
+      if (this.notifier.enabled) await this.firstUp(this.config.rise * this.config.healthCheckInterval + this.config.healthCheckTimeout);
     } catch (err) {
       await this.close(0);
       throw err;

@@ -22,7 +22,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { createTestCA } from '../src/demo/test-ca.js';
-import { installApilb, poll, RealNode, whyNoRealNode, type Installed } from './support/real-node.js';
+import { waitFor } from './support/index.js';
+import { installApilb, RealNode, whyNoRealNode, type Installed } from './support/real-node.js';
 import type { LoadReport } from './support/real-node-load.js';
 
 // Boot, install, a dozen checks and a reboot: minutes, not tap's default 120 s.
@@ -71,7 +72,7 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
   node.writeFile('/etc/apilb/apilb.yaml', MINIMAL_CONFIG);
   await node.run('systemctl daemon-reload');
   await node.run(`systemctl enable --now ${BACKEND_PORTS.map((p) => `apiserver@${p}`).join(' ')}`);
-  await poll(async () => (await node.exec(`ss -Hltn | grep -c ':700[123] '`)).stdout.trim() === '3', 20_000, 'stand-ins listening');
+  await waitFor(async () => (await node.exec(`ss -Hltn | grep -c ':700[123] '`)).stdout.trim() === '3', { timeoutMs: 20_000, intervalMs: 100, what: 'stand-ins listening' });
 
   await t.test('starts with the minimal config under the full sandbox; kubelet starts after READY', async (t) => {
     // As docs/install.md says: enable both units; kubelet's start pulls apilb in (Wants=) and waits for READY=1.
@@ -109,19 +110,19 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
   await t.test('restart and reload under 20 watches and a new connection every 50 ms', async (t) => {
     const load = startLoad(node, app);
     t.teardown(() => load.stop());
-    await poll(async () => {
+    await waitFor(async () => {
       const r = await load.ask('peek');
       return r.streams.open === 20 && r.conns.ok >= 20;
-    }, 30_000, '20 watches open and requests flowing');
+    }, { timeoutMs: 30_000, intervalMs: 100, what: '20 watches open and requests flowing' });
     await load.ask('report');
 
     const t0 = Date.now();
     await node.run('systemctl restart apilb.service', 60_000);
     const restartMs = Date.now() - t0;
-    await poll(async () => {
+    await waitFor(async () => {
       const r = await load.ask('peek');
       return r.streams.reestablished >= 20 && r.streams.pending === 0 && r.conns.attempted >= 40;
-    }, 30_000, 'every watch re-established after the restart');
+    }, { timeoutMs: 30_000, intervalMs: 100, what: 'every watch re-established after the restart' });
     const restart = await load.ask('report');
     t.comment(`restart: systemctl restart ${restartMs} ms; ${JSON.stringify(restart)}`);
     t.comment(await node.run("journalctl -u apilb.service -o short-precise --no-pager -n 40 | grep -E 'Stopping|Stopped|Starting|Started|signal|\"started\"|socket_activation' | cut -c8-220"));
@@ -133,9 +134,9 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     const reloadsBefore = await countLog(node, '"event":"reloaded"');
     node.writeFile('/etc/apilb/apilb.yaml', `${MINIMAL_CONFIG}healthCheckInterval: 3s\n`);
     await node.run('systemctl reload apilb.service');
-    await poll(async () => (await countLog(node, '"event":"reloaded"')) > reloadsBefore, 20_000, 'reload applied');
+    await waitFor(async () => (await countLog(node, '"event":"reloaded"')) > reloadsBefore, { timeoutMs: 20_000, intervalMs: 100, what: 'reload applied' });
     const before = (await load.ask('peek')).conns.attempted;
-    await poll(async () => (await load.ask('peek')).conns.attempted >= before + 20, 20_000, 'requests after the reload');
+    await waitFor(async () => (await load.ask('peek')).conns.attempted >= before + 20, { timeoutMs: 20_000, intervalMs: 100, what: 'requests after the reload' });
     const reload = await load.ask('report');
     t.comment(`reload: ${JSON.stringify(reload)}`);
     t.equal(reload.conns.failed, 0, 'reload: no new connection failed');
@@ -148,19 +149,22 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
 
   await t.test('systemctl status follows health and reloads (STATUS=)', async (t) => {
     const statusText = (): Promise<string> => node.show('apilb.service', 'StatusText');
-    await poll(async () => (await statusText()) === 'serving 3/3 backends up', 20_000, 'all up');
+    await waitFor(async () => (await statusText()) === 'serving 3/3 backends up', { timeoutMs: 20_000, intervalMs: 100, what: 'all up' });
     await node.run('systemctl stop apiserver@7002');
-    t.equal(await poll(async () => ((await statusText()) === 'serving 2/3 backends up' ? 'ok' : ''), 20_000, 'STATUS 2/3'), 'ok', 'one stand-in down: 2/3');
+    await waitFor(async () => (await statusText()).startsWith('serving 2/3'), { timeoutMs: 20_000, intervalMs: 100, what: 'STATUS 2/3' });
+    t.equal(await statusText(), 'serving 2/3 backends up', 'one stand-in down: 2/3');
     await node.run('systemctl start apiserver@7002');
-    t.equal(await poll(async () => ((await statusText()) === 'serving 3/3 backends up' ? 'ok' : ''), 30_000, 'STATUS 3/3'), 'ok', 'back: 3/3');
+    await waitFor(async () => (await statusText()).startsWith('serving 3/3'), { timeoutMs: 30_000, intervalMs: 100, what: 'STATUS 3/3' });
+    t.equal(await statusText(), 'serving 3/3 backends up', 'back: 3/3');
     // docs/install.md's reload procedure: reload, then `systemctl status` tells whether the file was taken.
     node.writeFile('/etc/apilb/apilb.yaml', `${MINIMAL_CONFIG}rise: many\n`);
     await node.run('systemctl reload apilb.service');
-    const rejected = await poll(async () => { const s = await statusText(); return s.includes('last reload rejected') ? s : ''; }, 20_000, 'rejected reload in STATUS');
+    const rejected = await waitFor(async () => { const s = await statusText(); return s.includes('last reload rejected') ? s : ''; }, { timeoutMs: 20_000, intervalMs: 100, what: 'rejected reload in STATUS' });
     t.match(rejected, /^serving 3\/3 backends up; last reload rejected: .*rise/, 'a rejected reload shows in systemctl status');
     node.writeFile('/etc/apilb/apilb.yaml', MINIMAL_CONFIG);
     await node.run('systemctl reload apilb.service');
-    t.equal(await poll(async () => ((await statusText()) === 'serving 3/3 backends up' ? 'ok' : ''), 20_000, 'STATUS after a good reload'), 'ok', 'a good reload clears it');
+    await waitFor(async () => !(await statusText()).includes('rejected'), { timeoutMs: 20_000, intervalMs: 100, what: 'STATUS after a good reload' });
+    t.equal(await statusText(), 'serving 3/3 backends up', 'a good reload clears it');
   });
 
   await t.test('the watchdog restarts a stopped (SIGSTOP) apilb', async (t) => {
@@ -170,10 +174,10 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     const pid = await node.show('apilb.service', 'MainPID');
     const t0 = Date.now();
     await node.run(`kill -STOP ${pid}`);
-    const next = await poll(async () => {
+    const next = await waitFor(async () => {
       const p = await node.show('apilb.service', 'MainPID');
       return p !== pid && p !== '0' && (await node.show('apilb.service', 'ActiveState')) === 'active' ? p : '';
-    }, 30_000, 'a new apilb after the watchdog fired');
+    }, { timeoutMs: 30_000, intervalMs: 100, what: 'a new apilb after the watchdog fired' });
     t.comment(`watchdog: new MainPID ${next} ${Date.now() - t0} ms after SIGSTOP`);
     t.match(await node.run('journalctl -u apilb.service -o cat --no-pager'), /Watchdog timeout/, 'systemd reports the watchdog timeout');
     await node.run('rm /etc/systemd/system/apilb.service.d/50-test-watchdog.conf && systemctl daemon-reload && systemctl restart apilb.service');
@@ -184,7 +188,7 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     node.writeFile('/etc/systemd/system/kube-apiserver.service', standInUnit(app, '::', '6443', 'kube-apiserver'));
     await node.run('systemctl daemon-reload && systemctl enable kube-apiserver.service');
     await node.reboot();
-    const api = await poll(async () => ((await node.show('kube-apiserver.service', 'SubState')) === 'running' ? node.show('kube-apiserver.service', 'MainPID') : ''), 30_000, 'kube-apiserver running');
+    const api = await waitFor(async () => ((await node.show('kube-apiserver.service', 'SubState')) === 'running' ? node.show('kube-apiserver.service', 'MainPID') : ''), { timeoutMs: 30_000, intervalMs: 100, what: 'kube-apiserver running' });
     const holders = await node.run("ss -Hltnp 'sport = :6443'");
     t.match(holders, new RegExp(`pid=${api},`), 'kube-apiserver holds 6443');
     t.notMatch(holders, /127\.0\.0\.1:6443/, 'nothing else holds 127.0.0.1:6443');
@@ -199,7 +203,8 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     // docs/install.md section 4a: apilb on 6444 on a control-plane node.
     node.writeFile('/etc/systemd/system/apilb.socket.d/control-plane.conf', '[Unit]\nConditionPathExists=\n[Socket]\nListenStream=\nListenStream=127.0.0.1:6444\nListenStream=[::1]:6444\n');
     node.writeFile('/etc/systemd/system/apilb.service.d/control-plane.conf', '[Unit]\nConditionPathExists=\n');
-    await node.run('systemctl daemon-reload && systemctl stop apilb.service apilb.socket && systemctl start apilb.socket apilb.service', 90_000);
+    // The command exactly as docs/install.md section 4a gives it (minus sudo): the one that works on systemd 252.
+    await node.run(`systemctl daemon-reload && ${documentedRestart()}`, 90_000);
     const r = JSON.parse(await node.run(`${app.node} /srv/load.mjs '${JSON.stringify({ mode: 'probe', host: '::1', port: 6444, ...CLIENT })}'`)) as { status?: number };
     t.equal(r.status, 200, 'the override serves on [::1]:6444');
     t.match(await node.run("ss -Hltnp 'sport = :6443'"), new RegExp(`pid=${api},`), 'while kube-apiserver keeps 6443');
@@ -207,6 +212,15 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
 
   t.comment(`real-node run took ${Date.now() - began} ms`);
 });
+
+/** The stop-and-start line of docs/install.md section 4 (control-plane override), without `sudo`. */
+function documentedRestart(): string {
+  const doc = readFileSync(new URL('../docs/install.md', import.meta.url), 'utf8');
+  const section = doc.slice(doc.indexOf('## 4. Control-plane nodes'), doc.indexOf('## 5.'));
+  const line = section.split('\n').find((l) => /^sudo systemctl (stop|restart) apilb/.test(l));
+  if (!line) throw new Error('docs/install.md section 4 has no `sudo systemctl stop|restart apilb…` line');
+  return line.replaceAll('sudo ', '');
+}
 
 /** A unit running the TLS kube-apiserver stand-in (src/demo/fake-apiserver-main.ts) with the installed Node.js. */
 function standInUnit(app: Installed, host: string, port: string, name: string): string {

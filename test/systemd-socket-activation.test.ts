@@ -192,14 +192,19 @@ t.test('restarting apilb under a held socket refuses no connection', async (t) =
     sup.send('start');
     await within(sup.next(/^supervisor: started/), 5000, 'supervisor start');
     await within(log, 20_000, 'apilb "started" log line');
+    if (stopSentAt) downTimes.push(Date.now() - stopSentAt);
   };
   const stopTimes: number[] = [];
+  // Per restart: from SIGTERM to the next apilb's "started" line. No apilb serves for part of it (that part is
+  // Node.js starting, which a loaded test machine stretches); nothing should wait much longer than that.
+  const downTimes: number[] = [];
+  let stopSentAt = 0;
   const stopped = async (): Promise<string> => {
     const line = sup.next(/^supervisor: exited/);
-    const t0 = Date.now();
+    stopSentAt = Date.now();
     sup.send('stop');
     const exit = await within(line, 20_000, 'apilb exit');
-    stopTimes.push(Date.now() - t0);
+    stopTimes.push(Date.now() - stopSentAt);
     return exit;
   };
 
@@ -240,13 +245,16 @@ t.test('restarting apilb under a held socket refuses no connection', async (t) =
   sup.send('quit');
 
   t.comment(`restarts=${RESTARTS} attempted=${stats.attempted} ok=${stats.ok} failed=${stats.failed} errors=${JSON.stringify(stats.errors)} slowest=${stats.maxMs}ms`);
-  t.comment(`stop times ${stopTimes.join(', ')} ms; long-lived: ${held.stats.reconnects} reconnects, longest gap ${held.stats.maxGapMs} ms, ${held.stats.failed} failed`);
+  t.comment(`stop times ${stopTimes.join(', ')} ms; SIGTERM to next "started" ${downTimes.join(', ')} ms; long-lived: ${held.stats.reconnects} reconnects, longest gap ${held.stats.maxGapMs} ms, ${held.stats.failed} failed`);
+  const down = Math.max(...downTimes);
   t.equal(exits.filter((l) => / 0$/.test(l)).length, RESTARTS, 'each apilb exited cleanly (0) on SIGTERM');
   // --shutdown-timeout is 5s: a draining stop would hold each restart for 5 s with 20 streams open.
   t.ok(Math.max(...stopTimes.slice(0, RESTARTS)) < 2000, 'with open long-lived connections, each stop took < 2 s (a short grace under socket activation, not --shutdown-timeout)');
-  t.ok(stats.maxMs < 2000, `no new connection waited 2 s or more (slowest ${stats.maxMs} ms)`);
+  // Bounds relative to the measured restarts (absolute ones, 2 s and 3 s, are checked under a real systemd in
+  // test/real-node.test.ts): a draining stop made connections wait 5 s longer than this.
+  t.ok(stats.maxMs < down + 1000, `no new connection waited longer than a restart (slowest ${stats.maxMs} ms, longest restart ${down} ms)`);
   t.equal(held.stats.failed, 0, 'every long-lived connection was re-established');
-  t.ok(held.stats.maxGapMs < 3000, `within 3 s (longest ${held.stats.maxGapMs} ms)`);
+  t.ok(held.stats.maxGapMs < down + 1000, `each within a restart (longest gap ${held.stats.maxGapMs} ms)`);
   t.ok(stats.attempted >= RESTARTS * 20, 'the client loop ran throughout');
   t.equal(stats.failed, 0, 'no connection refused, reset or broken across restarts');
   t.same(stats.errors, {});

@@ -14,6 +14,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, cpSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { findBinary } from './e2e.js';
+import { waitFor } from './index.js';
 
 /** Where the debootstrapped root filesystem is cached between runs. */
 export const ROOTFS_CACHE = '/var/cache/apilb-realnode/rootfs';
@@ -64,17 +65,6 @@ export async function ensureRootfs(log: (line: string) => void): Promise<string>
   return ROOTFS_CACHE;
 }
 
-/** Polls `fn` every `intervalMs` until it returns a truthy value; throws naming `what` after `timeoutMs`. */
-export async function poll<T>(fn: () => T | Promise<T>, timeoutMs: number, what: string, intervalMs = 100): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}
-
 /** A booted container. */
 export class RealNode {
   private nspawn: ChildProcess | undefined;
@@ -112,11 +102,11 @@ export class RealNode {
     this.boots++;
     const nspawnPid = child.pid!;
     // A short-lived intermediate child exists at first: wait for the one named systemd.
-    this.pid = await poll(() => childNamed(nspawnPid, 'systemd'), 30_000, 'container PID 1 (systemd)');
-    await poll(async () => {
+    this.pid = await waitFor(() => childNamed(nspawnPid, 'systemd'), { timeoutMs: 30_000, intervalMs: 100, what: 'container PID 1 (systemd)' });
+    await waitFor(async () => {
       const r = await this.exec('systemctl is-system-running', 10_000);
       return ['running', 'degraded'].includes(r.stdout.trim());
-    }, 90_000, `boot of ${this.name} (console: ${this.logFile})`, 200);
+    }, { timeoutMs: 90_000, intervalMs: 200, what: `boot of ${this.name} (console: ${this.logFile})` });
   }
 
   /** Runs `script` with bash inside the node (all its namespaces, a clean environment). Never rejects. */
