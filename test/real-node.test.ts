@@ -1,6 +1,6 @@
 /**
  * apilb under a real systemd (issue 14): a Debian 12 node booted with systemd 252 as PID 1 (systemd-nspawn, private
- * network), apilb installed the way an operator does (test/support/real-node.ts: installApilb), three TLS API-server
+ * network), apilb's .deb installed the way an operator does (test/support/real-node.ts: installApilb), three TLS API-server
  * stand-ins as units inside, kubelet-like client load inside. Checks, in order on one node:
  *
  * 1. the shipped units start `active (running)` with the minimal config (backends + caFile) under the full sandbox,
@@ -51,7 +51,7 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
   // APILB_REAL_NODE_KEEP=1 leaves the node running for a look inside (nsenter -t PID -a).
   t.teardown(() => (process.env.APILB_REAL_NODE_KEEP ? t.comment(`kept: ${node.dir}, PID 1 = ${node.pid}`) : node.destroy()));
   const app = await installApilb(node, REPO);
-  t.comment(`node booted and apilb installed (${app.how}) after ${Date.now() - began} ms`);
+  t.comment(`node booted and the .deb built and installed after ${Date.now() - began} ms`);
 
   node.writeFile('/srv/ca/ca.crt', ca.cert);
   node.writeFile('/srv/ca/apiserver.crt', server.cert);
@@ -94,7 +94,7 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.match(status, /^NoNewPrivs:\s+1$/m);
     const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
     t.ok(uid >= 61184 && uid <= 65519, `runs as a dynamic user (uid ${uid} in systemd's DynamicUser range)`);
-    t.match(await node.run(`cat /proc/${pid}/cmdline | tr '\\0' ' '`), /apilb run --config \/etc\/apilb\/apilb.yaml/);
+    t.match(await node.run(`cat /proc/${pid}/cmdline | tr '\\0' ' '`), /\/usr\/lib\/apilb\/node\/bin\/node \/usr\/lib\/apilb\/dist\/cli\.js run --config \/etc\/apilb\/apilb\.yaml/);
     const backlog = (await node.run("ss -Hltn 'sport = :6443'")).trim().split('\n').map((l) => Number(l.trim().split(/\s+/)[2]));
     t.same(backlog, [4096, 4096], "both sockets keep apilb.socket's Backlog=4096 after apilb adopted them (finding 4)");
   });

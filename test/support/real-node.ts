@@ -11,7 +11,8 @@
  * - `systemctl reboot` inside ends nspawn (status 133 with `--keep-unit`): boot the same directory again.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, cpSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { findBinary } from './e2e.js';
 import { waitFor } from './index.js';
@@ -190,59 +191,33 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   ]).finally(() => clearTimeout(timer));
 }
 
-/** Where an installation put things inside the node. */
+/** Where the package put things inside the node. */
 export interface Installed {
-  /** How: `deb` (the package) or `files` (docs/install.md's tarball steps by hand). */
-  how: 'deb' | 'files';
-  /** The Node.js binary apilb runs with, usable for stand-ins and clients inside the node. */
+  /** The Node.js runtime the package ships (apilb runs on it); also runs the stand-ins and clients inside. */
   node: string;
-  /** Directory holding apilb's dist/ (for the API-server stand-in script). */
+  /** The package's application directory (dist/ with the API-server stand-in script). */
   appDir: string;
 }
 
 /**
- * Installs apilb into `node` the way an operator does. With `npm run package` in package.json: the .deb from
- * release/ (`dpkg -i`). Otherwise docs/install.md's "self-contained tarball" layout by hand: /opt/apilb with the
- * runtime dependencies, /usr/bin/apilb → dist/cli.js, this host's Node.js as /usr/bin/node (glibc matches), the
- * units in /etc/systemd/system and kubelet's drop-in. The configuration (/etc/apilb/apilb.yaml) is the caller's.
+ * Installs apilb into `node` the way an operator does: builds the .deb from this checkout (`npm run package`, into
+ * a temporary directory so no stale release/ file is used; APILB_FAST=1 skips xz), `dpkg -i` inside, and kubelet's
+ * drop-in from /usr/share/apilb (docs/install.md). The configuration (/etc/apilb/apilb.yaml) is the caller's.
  */
 export async function installApilb(node: RealNode, repo: string): Promise<Installed> {
-  const pkg = JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { version: string; scripts?: Record<string, string> };
-  const deb = join(repo, 'release', `apilb_${pkg.version}_amd64.deb`);
-  if (pkg.scripts?.package) {
-    if (!existsSync(deb)) {
-      const r = await execFileResult('npm', ['run', 'package', '--silent', '--prefix', repo], 10 * 60_000);
-      if (r.code !== 0) throw new Error(`npm run package failed: ${r.stderr.slice(-2000)}`);
-    }
-    node.writeFile('/tmp/apilb.deb', readFileSync(deb));
-    await node.run('dpkg -i /tmp/apilb.deb && systemctl daemon-reload', 120_000);
-    return { how: 'deb', node: '/usr/lib/apilb/node/bin/node', appDir: '/usr/lib/apilb' };
+  const version = (JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { version: string }).version;
+  const out = mkdtempSync(join(tmpdir(), 'apilb-realnode-deb-'));
+  try {
+    const r = await execFileResult('env', ['APILB_FAST=1', 'bash', join(repo, 'packaging/build.sh'), out], 10 * 60_000);
+    if (r.code !== 0) throw new Error(`packaging/build.sh failed (${r.code}): ${r.stderr.slice(-2000)}`);
+    node.writeFile('/root/apilb.deb', readFileSync(join(out, `apilb_${version}_amd64.deb`)));
+  } finally {
+    rmSync(out, { recursive: true, force: true });
   }
-  const app = join(node.dir, 'opt/apilb');
-  mkdirSync(join(app, 'node_modules'), { recursive: true });
-  for (const f of ['package.json', 'dist', 'systemd']) cpSync(join(repo, f), join(app, f), { recursive: true });
-  for (const dep of await runtimeDependencies(repo)) cpSync(join(repo, 'node_modules', dep), join(app, 'node_modules', dep), { recursive: true });
-  cpSync(process.execPath, join(node.dir, 'usr/bin/node'));
-  symlinkSync('/opt/apilb/dist/cli.js', join(node.dir, 'usr/bin/apilb'));
   await node.run([
-    'install -m 0644 /opt/apilb/systemd/apilb.service /opt/apilb/systemd/apilb.socket /etc/systemd/system/',
-    'install -D -m 0644 /opt/apilb/systemd/kubelet.service.d/10-apilb.conf /etc/systemd/system/kubelet.service.d/10-apilb.conf',
-    'chmod 0755 /opt/apilb/dist/cli.js',
+    'dpkg -i /root/apilb.deb',
+    'install -D -m 0644 /usr/share/apilb/kubelet.service.d/10-apilb.conf /etc/systemd/system/kubelet.service.d/10-apilb.conf',
     'systemctl daemon-reload',
-  ].join(' && '));
-  return { how: 'files', node: '/usr/bin/node', appDir: '/opt/apilb' };
-}
-
-/** Top-level node_modules entries the runtime needs (`npm prune --omit=dev` keeps these). */
-async function runtimeDependencies(repo: string): Promise<string[]> {
-  const r = await execFileResult('npm', ['ls', '--omit=dev', '--all', '--parseable', '--prefix', repo], 60_000);
-  const top = new Set<string>();
-  const base = join(repo, 'node_modules') + '/';
-  for (const line of r.stdout.split('\n')) {
-    if (!line.startsWith(base)) continue;
-    const parts = line.slice(base.length).split('/');
-    top.add(parts[0]!.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!);
-  }
-  if (top.size === 0) throw new Error(`npm ls found no runtime dependencies: ${r.stderr}`);
-  return [...top];
+  ].join(' && '), 120_000);
+  return { node: '/usr/lib/apilb/node/bin/node', appDir: '/usr/lib/apilb' };
 }
