@@ -19,7 +19,7 @@ import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
 import { loadTlsMaterial } from './config/tls.js';
 import { HealthMonitor } from './health/health-monitor.js';
-import { Pool } from './pool/pool.js';
+import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
 import { VERSION } from './version.js';
@@ -217,7 +217,8 @@ export class Daemon {
   systemdStatus(): string {
     const total = this.pool.backends.length;
     const up = this.pool.backends.filter((b) => b.state === 'up').length;
-    let text = up > 0 ? `serving ${up}/${total} backends up` : `no backend up (${total} configured): forwarding to all of them (panic)`;
+    let text = up > 0 ? `serving ${up}/${total} backends up` : `no backend up (${total} configured)`;
+    if (up === 0 && this.pool.panic) text += ': forwarding to all of them (panic)';
     if (this.reloadError !== undefined) text += `; last reload rejected: ${this.reloadError.slice(0, 200)}`;
     return text;
   }
@@ -242,7 +243,7 @@ export class Daemon {
         this.pool.off('transition', onTransition);
         resolve();
       };
-      const onTransition = ({ to }: { to: string }): void => {
+      const onTransition = ({ to }: TransitionEvent): void => {
         if (to === 'up') done();
       };
       const timer = this.clock.setTimeout(done, ms);
