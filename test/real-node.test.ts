@@ -127,7 +127,8 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.comment(`restart: systemctl restart ${restartMs} ms; ${JSON.stringify(restart)}`);
     t.comment(await node.run("journalctl -u apilb.service -o short-precise --no-pager -n 40 | grep -E 'Stopping|Stopped|Starting|Started|signal|\"started\"|socket_activation' | cut -c8-220"));
     t.equal(restart.conns.failed, 0, 'restart: no new connection failed');
-    t.ok(restart.conns.slowestMs < 2000, `restart: slowest new connection ${restart.conns.slowestMs} ms < 2 s`);
+    const restartWait = Math.max(restart.conns.slowestMs, restart.conns.oldestInFlightMs);
+    t.ok(restartWait < 2000, `restart: slowest new connection ${restartWait} ms < 2 s`);
     t.ok(restart.streams.closed >= 20, 'restart: the old process closed the watches');
     t.ok(restart.streams.maxGapMs < 3000, `restart: every watch back within ${restart.streams.maxGapMs} ms < 3 s`);
 
@@ -140,7 +141,8 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     const reload = await load.ask('report');
     t.comment(`reload: ${JSON.stringify(reload)}`);
     t.equal(reload.conns.failed, 0, 'reload: no new connection failed');
-    t.ok(reload.conns.slowestMs < 2000, `reload: slowest new connection ${reload.conns.slowestMs} ms < 2 s`);
+    const reloadWait = Math.max(reload.conns.slowestMs, reload.conns.oldestInFlightMs);
+    t.ok(reloadWait < 2000, `reload: slowest new connection ${reloadWait} ms < 2 s`);
     t.equal(reload.streams.closed, 0, 'reload: every watch stayed open');
     t.equal(reload.streams.open, 20);
     node.writeFile('/etc/apilb/apilb.yaml', MINIMAL_CONFIG);

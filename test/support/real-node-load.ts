@@ -32,7 +32,15 @@ export interface LoadArgs {
 /** One period's numbers, printed by `peek`/`report`. */
 export interface LoadReport {
   /** New connections (one request each). */
-  conns: { attempted: number; ok: number; failed: number; slowestMs: number; errors: Record<string, number> };
+  conns: {
+    attempted: number;
+    ok: number;
+    failed: number;
+    /** The slowest finished request, and the age of the oldest one still waiting (0: none). */
+    slowestMs: number;
+    oldestInFlightMs: number;
+    errors: Record<string, number>;
+  };
   /** Long-lived watches. */
   streams: {
     open: number;
@@ -90,22 +98,28 @@ function load(tls: RequestOptions, args: LoadArgs): void {
   let open = 0;
   /** Close time of each ended watch, until its replacement delivers an event. */
   const downSince = new Map<number, number>();
+  /** Start times of the new-connection requests still waiting. */
+  const inFlight = new Set<{ t0: number }>();
 
   function fresh(): Omit<LoadReport, 'periodMs'> {
     return {
-      conns: { attempted: 0, ok: 0, failed: 0, slowestMs: 0, errors: {} },
+      conns: { attempted: 0, ok: 0, failed: 0, slowestMs: 0, oldestInFlightMs: 0, errors: {} },
       streams: { open: 0, closed: 0, reestablished: 0, maxGapMs: 0, pending: 0, failedAttempts: 0 },
     };
   }
 
   function oneRequest(): void {
     const t0 = Date.now();
+    const entry = { t0 };
+    inFlight.add(entry);
     period.conns.attempted++;
+    // Counted in the period it started in: a restart's queued requests belong to the restart's report.
     const mine = period;
     let done = false;
     const finish = (err?: string): void => {
       if (done) return;
       done = true;
+      inFlight.delete(entry);
       if (err) {
         mine.conns.failed++;
         mine.conns.errors[err] = (mine.conns.errors[err] ?? 0) + 1;
@@ -166,7 +180,14 @@ function load(tls: RequestOptions, args: LoadArgs): void {
   const timer = setInterval(oneRequest, intervalMs);
 
   function snapshot(): LoadReport {
-    return { ...period, streams: { ...period.streams, open, pending: downSince.size }, periodMs: Date.now() - periodStart };
+    const now = Date.now();
+    let oldest = 0;
+    for (const { t0 } of inFlight) oldest = Math.max(oldest, now - t0);
+    return {
+      conns: { ...period.conns, oldestInFlightMs: oldest },
+      streams: { ...period.streams, open, pending: downSince.size },
+      periodMs: now - periodStart,
+    };
   }
   createInterface({ input: process.stdin }).on('line', function onCommand(line: string) {
     const cmd = line.trim();

@@ -158,6 +158,7 @@ export class RealNode {
       }
     }
     rmSync(this.dir, { recursive: true, force: true });
+    rmSync(this.logFile, { force: true });
   }
 
   /** The end of the console log (for failure messages). */
