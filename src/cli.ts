@@ -95,7 +95,7 @@ async function run(argv: Record<string, unknown>): Promise<void> {
     // restart queues new connections in the kernel instead of refusing them.
     const passed = splitListenFds(listenFds());
     const listeners = passed.listeners.length > 0 ? (await listenOnFds(passed.listeners)).map((l) => l.server) : undefined;
-    const daemon = await startDaemon(config, { resolveInput: resolveInputFrom(argv), ...(listeners ? { listeners } : {}) });
+    const daemon = await startDaemon(config, { resolveInput: resolveInputFrom(argv), ...(listeners ? { listeners, handoff: true } : {}) });
     if (listeners) daemon.logger.info({ event: 'socket_activation', sockets: passed.listeners.map((f) => f.name) }, `serving on ${listeners.length} sockets passed by systemd (--listen ignored)`);
     if (passed.admin.length > 0) daemon.logger.warn({ event: 'socket_activation' }, 'a passed admin socket is not used: the admin endpoint binds --admin-listen itself');
     installSignalHandlers(daemon, (code) => process.exit(code));

@@ -19,10 +19,18 @@ import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
 import { loadTlsMaterial } from './config/tls.js';
 import { HealthMonitor } from './health/health-monitor.js';
-import { Pool } from './pool/pool.js';
+import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
 import { VERSION } from './version.js';
+
+/**
+ * Drain of a stop under socket activation, in ms: enough for ordinary requests in flight to finish, short enough
+ * that the connections queued meanwhile in the socket systemd holds wait well under 2 s for the next process
+ * (which starts only once this one has exited). Long-lived connections (watches) are closed after it; clients
+ * reconnect.
+ */
+export const HANDOFF_DRAIN_MS = 250;
 
 /** Dependencies a caller (tests, socket activation) can inject. */
 export interface DaemonDeps {
@@ -31,6 +39,14 @@ export interface DaemonDeps {
   dial?: Dialer;
   /** Already-listening servers (socket activation, tests) used instead of binding `config.listen`. */
   listeners?: Server[];
+  /**
+   * The listening sockets are held by systemd (apilb.socket) and survive this process. Then a stop does not
+   * wait out `shutdownTimeout`: it stops accepting, gives requests in flight {@link HANDOFF_DRAIN_MS} to finish,
+   * closes the rest (long-lived watches) and exits, so systemd starts the next process within about a second;
+   * clients reconnect into the held socket's queue, which that process drains. Default false: a stop drains for
+   * up to `shutdownTimeout` (nobody would accept the reconnects meanwhile).
+   */
+  handoff?: boolean;
   /** Tuning of EndpointSlice discovery (debounce, backoff, clock); default the built-in defaults and `clock`. */
   discovery?: DiscoveryTuning;
   /**
@@ -92,12 +108,19 @@ export class Daemon {
   private readonly unsubscribe: (() => void)[] = [];
   private started = false;
   private closing: Promise<void> | undefined;
+  /** See {@link DaemonDeps.handoff}. */
+  readonly handoff: boolean;
+  /** The last STATUS= text sent to systemd (not resent when unchanged). */
+  private sentStatus: string | undefined;
+  /** Why the last reload was rejected; cleared by a successful one. Shown in STATUS=. */
+  private reloadError: string | undefined;
   /** systemd readiness/watchdog; a no-op outside systemd. */
   readonly notifier: Notifier;
 
   constructor(config: Config, deps: DaemonDeps = {}) {
     this.current = config;
     this.resolveInput = deps.resolveInput;
+    this.handoff = deps.handoff ?? false;
     this.logger = deps.logger ?? createLogger(config.logLevel);
     const clock = deps.clock ?? systemClock;
     this.clock = clock;
@@ -187,7 +210,52 @@ export class Daemon {
     return { ready: true, reason: `${up}/${this.pool.backends.length} backends up` };
   }
 
-  /** Binds listeners (unless handed in), the admin endpoint, and starts serving. */
+  /**
+   * The `STATUS=` line `systemctl status` shows: current backend health, panic, and a rejected reload (until the
+   * next successful one).
+   */
+  systemdStatus(): string {
+    const total = this.pool.backends.length;
+    const up = this.pool.backends.filter((b) => b.state === 'up').length;
+    let text = up > 0 ? `serving ${up}/${total} backends up` : `no backend up (${total} configured)`;
+    if (up === 0 && this.pool.panic) text += ': forwarding to all of them (panic)';
+    if (this.reloadError !== undefined) text += `; last reload rejected: ${this.reloadError.slice(0, 200)}`;
+    return text;
+  }
+
+  /** Sends STATUS= when the text changed (health transitions, reloads); a no-op outside systemd. */
+  private reportStatus(): void {
+    if (!this.started || this.closing) return;
+    const text = this.systemdStatus();
+    if (text === this.sentStatus) return;
+    this.sentStatus = text;
+    void this.notifier.status(text);
+  }
+
+  /**
+   * Resolves once a backend is up, or after `ms` (whichever first). Backs READY=1: see {@link start}.
+   */
+  private firstUp(ms: number): Promise<void> {
+    if (this.pool.backends.some((b) => b.state === 'up')) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.clock.clearTimeout(timer);
+        this.pool.off('transition', onTransition);
+        resolve();
+      };
+      const onTransition = ({ to }: TransitionEvent): void => {
+        if (to === 'up') done();
+      };
+      const timer = this.clock.setTimeout(done, ms);
+      this.pool.on('transition', onTransition);
+    });
+  }
+
+  /**
+   * Binds listeners (unless handed in), the admin endpoint, and starts serving. Resolves after the first health
+   * round; under systemd (NOTIFY_SOCKET) also only once a backend is up or rise × interval + timeout more have
+   * passed, and then sends READY=1.
+   */
   async start(): Promise<void> {
     try {
       // DNS names are resolved before binding, so the first client already finds every record in the pool.
@@ -215,6 +283,11 @@ export class Daemon {
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
       await this.health.firstRound(this.config.healthCheckTimeout + 500);
+      // Under systemd, READY=1 (below) promises a backend to forward to. When none passed the first round, give
+      // one the time a recovering API server needs to be confirmed (rise checks), then report ready anyway: a
+      // start that fails would only restart apilb, and kubelet must come up even while the control plane is
+      // away. STATUS= then says "no backend up … (panic)". Connections are served meanwhile.
+      if (this.notifier.enabled) await this.firstUp(this.config.rise * this.config.healthCheckInterval + this.config.healthCheckTimeout);
     } catch (err) {
       await this.close(0);
       throw err;
@@ -232,10 +305,18 @@ export class Daemon {
       },
       `apilb ${VERSION} listening on ${this.listeners.map(listenerAddress).join(', ')} for ${this.pool.backends.length} backends`,
     );
-    // Type=notify: systemd starts kubelet (After=apilb.service) only once listeners are bound and the first
-    // health round is done.
-    void this.notifier.ready(`serving ${this.readiness().reason}`);
+    // Type=notify: systemd starts kubelet (After=apilb.service) only once listeners are bound and a backend is
+    // up (or the bound above has passed).
+    this.sentStatus = this.systemdStatus();
+    void this.notifier.ready(this.sentStatus);
     this.notifier.startWatchdog();
+    const onHealthChange = (): void => this.reportStatus();
+    this.pool.on('transition', onHealthChange);
+    this.pool.on('panic', onHealthChange);
+    this.unsubscribe.push(() => {
+      this.pool.off('transition', onHealthChange);
+      this.pool.off('panic', onHealthChange);
+    });
   }
 
   /**
@@ -255,6 +336,8 @@ export class Daemon {
   private async reloadNow(): Promise<ReloadResult> {
     const fail = (error: string): ReloadResult => {
       this.reloads.set('failure', (this.reloads.get('failure') ?? 0) + 1);
+      this.reloadError = error;
+      this.reportStatus();
       this.logger.error({ event: 'reload_rejected', code: 'APILB_ERR_RELOAD_REJECTED', err: error }, `configuration reload rejected, the previous configuration stays active: ${error}`);
       return { ok: false, error, changes: [] };
     };
@@ -314,6 +397,8 @@ export class Daemon {
       lines.push('health-check TLS material: files changed on disk, reloaded');
     }
     this.reloads.set('success', (this.reloads.get('success') ?? 0) + 1);
+    this.reloadError = undefined;
+    this.reportStatus();
     const pending = changes.filter((c) => !c.applies);
     this.logger.info({ event: 'reloaded', changes: lines }, lines.length ? `configuration reloaded: ${lines.join('; ')}` : 'configuration reloaded: no changes');
     if (pending.length) {
@@ -332,12 +417,20 @@ export class Daemon {
   }
 
   /**
-   * Graceful shutdown: stop accepting, let connections finish up to `timeoutMs` (default the configured
-   * shutdown timeout), close the rest, stop the admin endpoint and timers. Idempotent.
+   * How long a stop lets connections finish: with {@link handoff} {@link HANDOFF_DRAIN_MS} (or the shutdown
+   * timeout when that is shorter), else the configured shutdown timeout.
    */
-  close(timeoutMs = this.config.shutdownTimeout): Promise<void> {
+  get stopDrainMs(): number {
+    return this.handoff ? Math.min(HANDOFF_DRAIN_MS, this.config.shutdownTimeout) : this.config.shutdownTimeout;
+  }
+
+  /**
+   * Shutdown: stop accepting, let connections finish up to `timeoutMs` (default {@link stopDrainMs}), close the
+   * rest, stop the admin endpoint and timers. Idempotent.
+   */
+  close(timeoutMs = this.stopDrainMs): Promise<void> {
     this.closing ??= (async () => {
-      void this.notifier.stopping('draining connections');
+      void this.notifier.stopping(this.handoff ? `closing connections after ${timeoutMs} ms; clients reconnect to the next apilb` : `draining connections (up to ${timeoutMs} ms)`);
       await this.proxy.stopAccepting();
       // Before health stops and before the drain: discovery's own watch is a connection through the proxy and
       // would hold the drain open, and no list may be applied while the pool is no longer checked.
@@ -385,7 +478,12 @@ export function installSignalHandlers(d: Daemon, exit: (code: number) => void): 
       return;
     }
     shuttingDown = true;
-    d.logger.info({ event: 'signal', signal }, `${signal}: graceful shutdown (up to ${d.config.shutdownTimeout} ms)`);
+    d.logger.info(
+      { event: 'signal', signal, drainMs: d.stopDrainMs },
+      d.handoff
+        ? `${signal}: stopping; connections still open after ${d.stopDrainMs} ms are closed (the listening sockets stay with systemd; clients reconnect to the next apilb)`
+        : `${signal}: graceful shutdown (up to ${d.stopDrainMs} ms)`,
+    );
     d.close().then(
       () => exit(0),
       (err: Error) => {

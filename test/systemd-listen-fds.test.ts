@@ -3,9 +3,9 @@
  * fd table, LISTEN_PID set by `sh -c 'export LISTEN_PID=$$; exec …'` the way systemd sets it after fork).
  */
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -127,6 +127,22 @@ t.test('a child serves on the fds it was passed, with their names, and clears LI
   t.same(report.env, [null, null, null], 'LISTEN_* removed from the child environment');
   t.equal(await echo(p4, '127.0.0.1', 'hello v4'), 'hello v4');
   t.equal(await echo(p6, '::1', 'hello v6'), 'hello v6');
+  await stop();
+});
+
+t.test("an adopted fd listens with listenOnFds' backlog, not Node's 511", async (t) => {
+  // The "socket unit" here listens with Node's default backlog (511); apilb.socket has Backlog=4096.
+  const v4 = await listen(t, '127.0.0.1');
+  const port = (v4.address() as AddressInfo).port;
+  const { stop } = await runChild(t, [handleFd(v4)], 'apilb');
+  await new Promise<void>((r) => v4.close(() => r()));
+  // ss shows a listening socket's backlog in Send-Q (the 3rd column with -H).
+  const ss = spawnSync('ss', ['-ltnH', `sport = :${port}`], { encoding: 'utf8' });
+  if (ss.error) throw new Error(`ss (iproute2) is needed for this test: ${ss.error.message}`);
+  const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+  const backlog = Number(ss.stdout.trim().split(/\s+/)[2]);
+  t.comment(`backlog after adoption: ${backlog} (somaxconn ${somaxconn})`);
+  t.equal(backlog, Math.min(4096, somaxconn), 'listenOnFds re-listens with backlog 4096 (capped by somaxconn)');
   await stop();
 });
 

@@ -167,6 +167,22 @@ t.test('failures resolve false and reach onError with APILB_ERR_SYSTEMD; they ne
   t.throws(() => new Notifier({ timeout: 0 }), /timeout/);
 });
 
+t.test('a helper killed by a signal after STOPPING=1 is expected, not an error (the cgroup is being stopped)', async (t) => {
+  const dir = tmp(t);
+  // systemd stops a unit with SIGTERM to every process of its cgroup, helpers started during the stop included.
+  const helper = join(dir, 'killed');
+  writeFileSync(helper, '#!/bin/sh\nkill -TERM $$\n');
+  chmodSync(helper, 0o755);
+  const errors: unknown[] = [];
+  const n = new Notifier({ env: { NOTIFY_SOCKET: '/run/systemd/notify' }, command: helper, onError: (e) => errors.push(e) });
+  t.teardown(() => n.close());
+  t.equal(await n.status('serving'), false);
+  t.match(errors, [{ code: 'APILB_ERR_SYSTEMD', message: /exited with SIGTERM/ }], 'while running, a killed helper is a failure');
+  t.equal(await n.stopping('closing'), false, 'the STOPPING=1 send reports it was not delivered');
+  t.equal(await n.status('closing'), false);
+  t.equal(errors.length, 1, 'but after STOPPING=1 nothing reaches onError (nothing logged)');
+});
+
 t.test('watchdog schedule on an injected clock: at once, then every WATCHDOG_USEC/2', async (t) => {
   const dir = tmp(t);
   // A stand-in helper that records its arguments, so only the schedule is under test here.

@@ -67,7 +67,7 @@ t.test('systemd-analyze verify: all units clean', async (t) => {
   const service = readFileSync(SERVICE, 'utf8');
   t.ok(service.includes('/usr/bin/apilb '), 'the shipped unit runs /usr/bin/apilb');
   writeFileSync(join(dir, 'apilb.service'), service.replaceAll('/usr/bin/apilb ', `${stub} `));
-  copyFileSync(SOCKET, join(dir, 'apilb.socket'));
+  writeFileSync(join(dir, 'apilb.socket'), readFileSync(SOCKET, 'utf8').replaceAll('/usr/bin/apilb ', `${stub} `));
   writeFileSync(join(dir, 'kubelet.service'), `[Unit]\nDescription=kubelet stub\n[Service]\nExecStart=${stub}\n`);
   mkdirSync(join(dir, 'kubelet.service.d'));
   copyFileSync(DROPIN, join(dir, 'kubelet.service.d', '10-apilb.conf'));
@@ -88,7 +88,7 @@ t.test('apilb.service carries the settings the code relies on', async (t) => {
   t.equal(one('NotifyAccess'), 'all', 'systemd-notify runs as a child of the main process (src/systemd/notify.ts)');
   t.ok(one('WatchdogSec'), 'watchdog set');
   t.equal(one('Restart'), 'always');
-  t.equal(one('ExecStartPre'), '/usr/bin/apilb check-config --config /etc/apilb/apilb.yaml');
+  t.equal(one('ExecStartPre'), undefined, 'no second Node.js start per restart (apilb.socket checks the config)');
   t.equal(one('ExecStart'), '/usr/bin/apilb run --config /etc/apilb/apilb.yaml');
   t.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
   t.equal(one('DynamicUser'), 'yes');
@@ -98,10 +98,17 @@ t.test('apilb.service carries the settings the code relies on', async (t) => {
   t.equal(one('RestrictAddressFamilies'), 'AF_INET AF_INET6 AF_UNIX');
   t.equal(one('StateDirectory'), 'apilb');
   t.not(one('MemoryDenyWriteExecute'), 'yes', 'V8 JIT needs W+X memory');
-  t.match(readFileSync(SERVICE, 'utf8'), /LoadCredential=client\.key:/, 'LoadCredential= for the client key is documented');
   const sock = settings(SOCKET);
   t.same(valuesOf(sock, 'ListenStream'), ['127.0.0.1:6443', '[::1]:6443']);
   t.equal(valuesOf(sock, 'FileDescriptorName')[0], 'apilb');
+  t.equal(valuesOf(sock, 'Backlog')[0], '4096', 'listenOnFds keeps this backlog (its default)');
+  // Control-plane safety (issue 14, finding 3): the shipped units never take kube-apiserver's port.
+  const manifest = '!/etc/kubernetes/manifests/kube-apiserver.yaml';
+  t.same(valuesOf(sock, 'ConditionPathExists'), [manifest], 'apilb.socket is skipped on a control-plane node');
+  t.same(valuesOf(s, 'ConditionPathExists'), [manifest], 'and so is apilb.service');
+  t.same(valuesOf(sock, 'ExecStartPre'), ['/usr/bin/apilb check-config --config /etc/apilb/apilb.yaml'], 'the socket binds only for a valid configuration');
+  // Finding 7: LoadCredential= copies rotating files once at start; the units must not suggest it.
+  for (const f of [SERVICE, SOCKET, EXAMPLE]) t.notMatch(readFileSync(f, 'utf8'), /^#?\s*LoadCredential=/m, `${f} suggests no LoadCredential= line`);
   const dropin = settings(DROPIN);
   t.same(valuesOf(dropin, 'Wants'), ['apilb.service']);
   t.match(valuesOf(dropin, 'After')[0], /apilb\.service/);

@@ -291,9 +291,27 @@ export function envLayer(env: NodeJS.ProcessEnv): { layer: Layer; names: Record<
   return { layer, names };
 }
 
-/** True when the host has an IPv6 loopback address configured. */
-export function detectIPv6Loopback(): boolean {
-  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.family === 'IPv6' && i.address === '::1'));
+/**
+ * True when the host has an IPv6 loopback address configured. `interfaces` (default `os.networkInterfaces`)
+ * asks the kernel over netlink; where that fails, e.g. under the shipped unit's `RestrictAddressFamilies=`
+ * without AF_NETLINK (EAFNOSUPPORT, "Unknown system error 97"), `/proc/net/if_inet6` is read instead
+ * (`readIfInet6`), and when that is unreadable too the answer is false: listening on 127.0.0.1 only never fails
+ * to bind, while a missing `::1` would.
+ */
+export function detectIPv6Loopback(
+  interfaces: () => ReturnType<typeof networkInterfaces> = networkInterfaces,
+  readIfInet6: () => string = () => readFileSync('/proc/net/if_inet6', 'utf8'),
+): boolean {
+  try {
+    return Object.values(interfaces()).some((list) => list?.some((i) => i.family === 'IPv6' && i.address === '::1'));
+  } catch {
+    try {
+      // One line per address: 32 hex digits, interface index, prefix length, scope, flags, name.
+      return /^0{31}1\s/m.test(readIfInet6());
+    } catch {
+      return false;
+    }
+  }
 }
 
 /**

@@ -83,9 +83,9 @@ export function listenFds(env: NodeJS.ProcessEnv = process.env, pid: number = pr
 
 /**
  * Starts a server on each passed fd. `create` makes the (not yet listening) server; default
- * {@link createListener}, the data path's listener. `backlog` (default 4096, capped by the kernel at
- * `net.core.somaxconn`) is re-applied because listening again is how Node adopts the fd; 0 or negative is
- * rejected. Rejects with APILB_ERR_SYSTEMD (after closing the servers it opened) when an fd cannot be used
+ * {@link createListener}, the data path's listener. `backlog` (default 4096, the shipped socket unit's
+ * `Backlog=`; capped by the kernel at `net.core.somaxconn`) is re-applied because listening again is how Node
+ * adopts the fd, and the kernel replaces the socket's backlog with it; 0 or negative is rejected. Rejects with APILB_ERR_SYSTEMD (after closing the servers it opened) when an fd cannot be used
  * (e.g. a datagram socket).
  */
 export async function listenOnFds(
@@ -123,7 +123,10 @@ function listenOnFd(server: Server, fd: number, name: string, backlog: number): 
     server.once('error', onFdListenError);
     server.once('listening', onFdListening);
     try {
-      server.listen({ fd, backlog });
+      // The backlog goes in as the second argument: listen({ fd, backlog }) ignores the options' backlog for an
+      // fd (Node 20 and 24 alike) and listens with 511, shrinking apilb.socket's Backlog=. listen(2) on an
+      // already-listening socket just updates its backlog, so this keeps the unit's value (up to somaxconn).
+      server.listen({ fd }, backlog);
     } catch (err) {
       server.off('error', onFdListenError);
       server.off('listening', onFdListening);

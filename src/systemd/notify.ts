@@ -60,6 +60,8 @@ export class Notifier {
   private timer: TimerHandle | undefined;
   private pinging = false;
   private closed = false;
+  /** Set by {@link stopping}: from then on a helper killed by a signal is expected, not a failure. */
+  private stopSent = false;
 
   constructor(opts: NotifierOptions = {}) {
     const env = opts.env ?? process.env;
@@ -94,9 +96,15 @@ export class Notifier {
     return this.send(status === undefined ? ['READY=1'] : ['READY=1', statusField(status)]);
   }
 
-  /** `STOPPING=1` (plus `STATUS=`): graceful shutdown has begun. Stops the watchdog loop. */
+  /**
+   * `STOPPING=1` (plus `STATUS=`): shutdown has begun. Stops the watchdog loop. When systemd stops the unit it
+   * sends SIGTERM to every process of the cgroup, and keeps doing so while new ones appear, so a helper started
+   * now (or still running) may be killed on its way: from this call on, a helper that dies by a signal makes the
+   * send resolve false without calling `onError` (systemd knows we are stopping; nothing was lost).
+   */
   stopping(status?: string): Promise<boolean> {
     this.stopWatchdog();
+    this.stopSent = true;
     return this.send(status === undefined ? ['STOPPING=1'] : ['STOPPING=1', statusField(status)]);
   }
 
@@ -144,7 +152,8 @@ export class Notifier {
   /**
    * Sends raw `KEY=VALUE` assignments in one datagram. Resolves to true when systemd has processed the message;
    * to false (after `onError` got an APILB_ERR_SYSTEMD error) when the helper cannot run, fails or times out, or
-   * a field is malformed: a value with a newline would inject another assignment.
+   * a field is malformed: a value with a newline would inject another assignment; to false without `onError`
+   * when the helper was killed by a signal after {@link stopping}.
    */
   send(fields: readonly string[]): Promise<boolean> {
     if (!this.socket || this.closed) return Promise.resolve(false);
@@ -155,7 +164,7 @@ export class Notifier {
       }
     }
     const next = this.queue.then(() => this.runHelper(fields)).then(
-      () => true,
+      (delivered) => delivered,
       (err: ApilbError) => {
         this.onError(err);
         return false;
@@ -165,7 +174,8 @@ export class Notifier {
     return next;
   }
 
-  private runHelper(fields: readonly string[]): Promise<void> {
+  /** Runs the helper once: true when it succeeded, false when it was killed by a signal after {@link stopping}. */
+  private runHelper(fields: readonly string[]): Promise<boolean> {
     return new Promise((resolve, reject) => {
       const child = spawn(this.command, [...fields], { env: this.env, stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
@@ -192,7 +202,11 @@ export class Notifier {
           if (settled) return;
           settled = true;
           this.clock.clearTimeout(timer);
-          resolve();
+          resolve(true);
+        } else if (signal !== null && this.stopSent && !settled) {
+          settled = true;
+          this.clock.clearTimeout(timer);
+          resolve(false);
         } else {
           fail(`${this.command} exited with ${code ?? signal}${stderr ? `: ${stderr.trim()}` : ''}`);
         }
