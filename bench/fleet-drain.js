@@ -1,0 +1,159 @@
+// node bench/fleet-drain.js — a fleet on one machine (issue #16): --nodes apilb processes (default 20), each its own
+// "node" with --conns (default 25) long-lived HTTP/2 sessions (kubelet-like) through it, in front of 3 API-server
+// stand-ins (src/demo fake-apiserver, in this process). Loopback only. For each --close-spread value (default
+// "0,10000": 0 is the behaviour before issue #16, every close in one tick):
+//   drain: one API server's /readyz turns 500 (still serving); every apilb marks it draining and, after
+//          --drain-timeout (3 s here), closes its connections: spread over the window, or all at once. Measured:
+//          the reconnect rate the two other API servers see (peak over any 1 s and any 100 ms), and how long
+//          the move took.
+//   down:  another API server hangs (accepts TCP, answers nothing); apilb marks it down and closes its connections
+//          at once whatever the spread. Measured: time from the hang to each affected client working again (MTTR).
+// Options: --nodes N · --conns N · --spreads MS,MS · --drain-timeout MS
+import http2 from 'node:http2';
+import { join } from 'node:path';
+import { ROOT, spawnTracked, killChild, atExit, readJsonLine, sleep, waitFor, median, percentile, tailStderr } from './lib.js';
+
+const argv = process.argv.slice(2);
+const val = (n, d) => { const i = argv.indexOf(`--${n}`); return i >= 0 && argv[i + 1] ? argv[i + 1] : d; };
+const NODES = Number(val('nodes', 20));
+const CONNS = Number(val('conns', 25));
+const SPREADS = String(val('spreads', '0,10000')).split(',').map(Number);
+const DRAIN_TIMEOUT = Number(val('drain-timeout', 3000));
+setTimeout(() => { console.error('fleet-drain: hard time limit'); process.exit(3); }, 10 * 60_000).unref();
+
+const { createTestCA } = await import(join(ROOT, 'dist/demo/test-ca.js'));
+const { startFakeApiServer } = await import(join(ROOT, 'dist/demo/fake-apiserver.js'));
+const ca = createTestCA();
+atExit(() => ca.remove());
+const servers = await Promise.all(['api-a', 'api-b', 'api-c'].map((name) => startFakeApiServer({ ca, name, watchIntervalMs: 0 })));
+
+/** TCP accepts of each API server, sampled every 10 ms: what the servers see. */
+const acceptLog = []; // [t, name]
+let lastCounts = servers.map((s) => s.connections);
+const sampler = setInterval(() => {
+  const t = performance.now();
+  servers.forEach((s, i) => {
+    for (let k = lastCounts[i]; k < s.connections; k++) acceptLog.push([t, s.name]);
+  });
+  lastCounts = servers.map((s) => s.connections);
+}, 10);
+
+/** One kubelet-like client: an HTTP/2 session through its node's apilb, reconnecting at once when it ends. */
+class Client {
+  constructor(port) {
+    this.port = port;
+    this.server = undefined;
+    this.moves = []; // { from, to, closedAt, backAt }
+    this.stopped = false;
+    this.connect(undefined);
+  }
+  connect(closedAt) {
+    const from = this.server;
+    this.server = undefined;
+    const s = http2.connect(`https://127.0.0.1:${this.port}`, { ca: ca.cert });
+    this.session = s;
+    s.on('error', () => {});
+    s.on('close', () => {
+      if (this.stopped || this.session !== s) return;
+      this.connect(performance.now());
+    });
+    const req = s.request({ ':path': '/version' });
+    req.on('error', () => {});
+    req.on('response', (h) => {
+      this.server = String(h['x-apiserver-name']);
+      if (closedAt !== undefined) this.moves.push({ from, to: this.server, closedAt, backAt: performance.now() });
+    });
+    req.resume();
+    req.end();
+  }
+  stop() {
+    this.stopped = true;
+    this.session.destroy();
+  }
+}
+
+async function startNode(spread) {
+  const args = [join(ROOT, 'dist/cli.js'), 'run', ...servers.flatMap((s) => ['--backend', s.address]), '--ca-file', ca.certFile,
+    '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--health-check-interval', '1s',
+    '--drain-timeout', `${DRAIN_TIMEOUT}ms`, '--close-spread', `${spread}ms`, '--log-level', 'info'];
+  const child = spawnTracked(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const err = tailStderr(child);
+  const started = await readJsonLine(child, (j) => j.event === 'started', 60_000).catch((e) => { throw new Error(`${e.message}\n${err()}`); });
+  child.stdout.resume();
+  return { child, port: Number(started.listen[0].split(':').pop()) };
+}
+
+/** Largest number of events in any window of `ms` (events sorted by time). */
+function peak(times, ms) {
+  let best = 0;
+  for (let i = 0, j = 0; j < times.length; j++) {
+    while (times[j] - times[i] >= ms) i++;
+    best = Math.max(best, j - i + 1);
+  }
+  return best;
+}
+
+async function run(spread) {
+  const nodes = [];
+  for (let i = 0; i < NODES; i += 5) nodes.push(...(await Promise.all(Array.from({ length: Math.min(5, NODES - i) }, () => startNode(spread)))));
+  const clients = nodes.flatMap((n) => Array.from({ length: CONNS }, () => new Client(n.port)));
+  await waitFor(() => clients.every((c) => c.server), { timeout: 60_000, interval: 50 });
+  await sleep(1500); // every node has had a check round after the connections opened
+  const [a, b] = servers;
+
+  // ---- drain: api-a not ready, still serving ----
+  const onA = clients.filter((c) => c.server === a.name);
+  const t0 = performance.now();
+  const acceptsBefore = acceptLog.length;
+  a.setReady(false);
+  await waitFor(() => onA.every((c) => c.moves.some((m) => m.closedAt >= t0 && m.backAt)), { timeout: DRAIN_TIMEOUT + spread + 30_000, interval: 50 });
+  const moves = onA.map((c) => c.moves.find((m) => m.closedAt >= t0));
+  const back = moves.map((m) => m.backAt).sort((x, y) => x - y);
+  const accepts = acceptLog.slice(acceptsBefore).filter(([, name]) => name !== a.name).map(([t]) => t).sort((x, y) => x - y);
+  const drain = {
+    moved: onA.length,
+    firstCloseS: (Math.min(...moves.map((m) => m.closedAt)) - t0) / 1000,
+    lastCloseS: (Math.max(...moves.map((m) => m.closedAt)) - t0) / 1000,
+    peakReconnectsPer1s: peak(back, 1000),
+    peakReconnectsPer100ms: peak(back, 100),
+    peakServerAcceptsPer1s: peak(accepts, 1000),
+    peakServerAcceptsPer100ms: peak(accepts, 100),
+  };
+  a.setReady(true);
+  await sleep(3000); // api-a up again everywhere (rise 2 at 1 s)
+
+  // ---- down: api-b hangs ----
+  const onB = clients.filter((c) => c.server === b.name);
+  const t1 = performance.now();
+  b.hang();
+  await waitFor(() => onB.every((c) => c.moves.some((m) => m.closedAt >= t1 && m.backAt)), { timeout: 30_000, interval: 20 });
+  const mttr = onB.map((c) => (c.moves.find((m) => m.closedAt >= t1).backAt - t1) / 1000).sort((x, y) => x - y);
+  const down = { affected: onB.length, mttrMedianS: median(mttr), mttrP95S: percentile(mttr, 95), mttrMaxS: mttr[mttr.length - 1] };
+  b.resume();
+
+  for (const c of clients) c.stop();
+  await Promise.all(nodes.map((n) => killChild(n.child)));
+  await sleep(3000); // api-b back up before the next run's nodes check it
+  return { spreadMs: spread, drain, down };
+}
+
+const load = (await import('node:os')).loadavg().map((x) => x.toFixed(1)).join(' ');
+const results = [];
+for (const spread of SPREADS) {
+  const r = await run(spread);
+  results.push(r);
+  console.log(JSON.stringify(r));
+}
+clearInterval(sampler);
+await Promise.all(servers.map((s) => s.close()));
+
+const f = (x, d = 1) => x.toFixed(d);
+console.log(`\n${NODES} apilb × ${CONNS} sessions, 3 API servers, --drain-timeout ${DRAIN_TIMEOUT / 1000}s, health checks every 1 s; load average before: ${load}\n`);
+console.log('| --close-spread | sessions moved | closes from → to (s after /readyz 500) | peak reconnects / 1 s | peak / 100 ms | server accepts peak / 1 s | down: affected | MTTR median | p95 | max |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
+for (const r of results) {
+  const d = r.drain;
+  const m = r.down;
+  console.log(`| ${r.spreadMs / 1000} s | ${d.moved} | ${f(d.firstCloseS)} → ${f(d.lastCloseS)} | ${d.peakReconnectsPer1s} | ${d.peakReconnectsPer100ms} | ${d.peakServerAcceptsPer1s} | ${m.affected} | ${f(m.mttrMedianS, 2)} s | ${f(m.mttrP95S, 2)} s | ${f(m.mttrMaxS, 2)} s |`);
+}
+process.exit(0);
