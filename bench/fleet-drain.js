@@ -13,6 +13,11 @@ import http2 from 'node:http2';
 import { join } from 'node:path';
 import { ROOT, spawnTracked, killChild, atExit, readJsonLine, sleep, waitFor, median, percentile, tailStderr } from './lib.js';
 
+/** waitFor that fails loudly: a measurement taken after a silent timeout would be wrong. */
+async function until(fn, timeout, what) {
+  if (!(await waitFor(fn, { timeout, interval: 20 }))) throw new Error(`fleet-drain: timed out after ${timeout} ms waiting for ${what}`);
+}
+
 const argv = process.argv.slice(2);
 const val = (n, d) => { const i = argv.indexOf(`--${n}`); return i >= 0 && argv[i + 1] ? argv[i + 1] : d; };
 const NODES = Number(val('nodes', 20));
@@ -74,7 +79,9 @@ class Client {
 
 async function startNode(spread) {
   const args = [join(ROOT, 'dist/cli.js'), 'run', ...servers.flatMap((s) => ['--backend', s.address]), '--ca-file', ca.certFile,
-    '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--health-check-interval', '1s',
+    '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--health-check-interval', '2s',
+    // A shared 2-core machine with 20 apilb processes: generous timeouts, so load alone marks nothing down.
+    '--health-check-timeout', '2s', '--connect-timeout', '3s', '--first-byte-timeout', '3s',
     '--drain-timeout', `${DRAIN_TIMEOUT}ms`, '--close-spread', `${spread}ms`, '--log-level', 'info'];
   const child = spawnTracked(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const err = tailStderr(child);
@@ -97,16 +104,22 @@ async function run(spread) {
   const nodes = [];
   for (let i = 0; i < NODES; i += 5) nodes.push(...(await Promise.all(Array.from({ length: Math.min(5, NODES - i) }, () => startNode(spread)))));
   const clients = nodes.flatMap((n) => Array.from({ length: CONNS }, () => new Client(n.port)));
-  await waitFor(() => clients.every((c) => c.server), { timeout: 60_000, interval: 50 });
-  await sleep(1500); // every node has had a check round after the connections opened
+  await until(() => clients.every((c) => c.server), 60_000, 'every session to be open');
+  await sleep(3000); // every node has had a few check rounds after the connections opened
   const [a, b] = servers;
+  const churn = clients.reduce((n, c) => n + c.moves.length, 0);
+  const spreadOver = Object.fromEntries(servers.map((s) => [s.name, clients.filter((c) => c.server === s.name).length]));
+  const steadyFrom = acceptLog.length;
+  await sleep(2000);
+  const steadyAccepts = acceptLog.length - steadyFrom;
+  console.error(`spread ${spread}: sessions per server ${JSON.stringify(spreadOver)}, reconnects before the drain ${churn}, accepts in 2 s of steady state ${steadyAccepts}`);
 
   // ---- drain: api-a not ready, still serving ----
   const onA = clients.filter((c) => c.server === a.name);
   const t0 = performance.now();
   const acceptsBefore = acceptLog.length;
   a.setReady(false);
-  await waitFor(() => onA.every((c) => c.moves.some((m) => m.closedAt >= t0 && m.backAt)), { timeout: DRAIN_TIMEOUT + spread + 30_000, interval: 50 });
+  await until(() => onA.every((c) => c.moves.some((m) => m.closedAt >= t0)), DRAIN_TIMEOUT + spread + 30_000, 'api-a\'s sessions to move');
   const moves = onA.map((c) => c.moves.find((m) => m.closedAt >= t0));
   const back = moves.map((m) => m.backAt).sort((x, y) => x - y);
   const accepts = acceptLog.slice(acceptsBefore).filter(([, name]) => name !== a.name).map(([t]) => t).sort((x, y) => x - y);
@@ -120,13 +133,13 @@ async function run(spread) {
     peakServerAcceptsPer100ms: peak(accepts, 100),
   };
   a.setReady(true);
-  await sleep(3000); // api-a up again everywhere (rise 2 at 1 s)
+  await sleep(6000); // api-a up again everywhere (rise 2 at 2 s)
 
   // ---- down: api-b hangs ----
   const onB = clients.filter((c) => c.server === b.name);
   const t1 = performance.now();
   b.hang();
-  await waitFor(() => onB.every((c) => c.moves.some((m) => m.closedAt >= t1 && m.backAt)), { timeout: 30_000, interval: 20 });
+  await until(() => onB.every((c) => c.moves.some((m) => m.closedAt >= t1)), 30_000, 'api-b\'s sessions to move');
   const mttr = onB.map((c) => (c.moves.find((m) => m.closedAt >= t1).backAt - t1) / 1000).sort((x, y) => x - y);
   const down = { affected: onB.length, mttrMedianS: median(mttr), mttrP95S: percentile(mttr, 95), mttrMaxS: mttr[mttr.length - 1] };
   b.resume();
@@ -134,7 +147,7 @@ async function run(spread) {
   for (const c of clients) c.stop();
   await Promise.all(nodes.map((n) => killChild(n.child)));
   await sleep(3000); // api-b back up before the next run's nodes check it
-  return { spreadMs: spread, drain, down };
+  return { spreadMs: spread, sessionsPerServer: spreadOver, reconnectsBeforeDrain: churn, steadyAcceptsPer2s: steadyAccepts, drain, down };
 }
 
 const load = (await import('node:os')).loadavg().map((x) => x.toFixed(1)).join(' ');
@@ -148,7 +161,7 @@ clearInterval(sampler);
 await Promise.all(servers.map((s) => s.close()));
 
 const f = (x, d = 1) => x.toFixed(d);
-console.log(`\n${NODES} apilb × ${CONNS} sessions, 3 API servers, --drain-timeout ${DRAIN_TIMEOUT / 1000}s, health checks every 1 s; load average before: ${load}\n`);
+console.log(`\n${NODES} apilb × ${CONNS} sessions, 3 API servers, --drain-timeout ${DRAIN_TIMEOUT / 1000}s, health checks every 2 s, timeout 2 s; load average before: ${load}\n`);
 console.log('| --close-spread | sessions moved | closes from → to (s after /readyz 500) | peak reconnects / 1 s | peak / 100 ms | server accepts peak / 1 s | down: affected | MTTR median | p95 | max |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of results) {
