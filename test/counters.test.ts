@@ -9,30 +9,21 @@ import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Pool } from '../src/pool/pool.js';
 import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
-import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
 import { createMetrics } from '../src/metrics/metrics.js';
 import { CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../src/proxy/reasons.js';
 import { dial, echoServer, ended, until } from './support/net.js';
 import { parseExposition } from './support/prom-text.js';
+import { serveProxy } from './support/proxy-harness.js';
 
-declare global {
-  // eslint-disable-next-line @typescript-eslint/no-namespace
-  namespace Tap {
-    type Test = Parameters<Parameters<typeof t.test>[1]>[0];
-  }
-}
+type Test = Parameters<Parameters<typeof t.test>[1]>[0];
+
 
 /** A proxy over `addresses`, serving on a loopback port. */
-async function proxyOver(tt: Tap.Test, addresses: string[], opts: Partial<ProxyOptions> = {}): Promise<{ pool: Pool; proxy: Proxy; port: number }> {
+async function proxyOver(tt: Test, addresses: string[], opts: Partial<ProxyOptions> = {}): Promise<{ pool: Pool; proxy: Proxy; port: number }> {
   const pool = new Pool();
   for (const a of addresses) pool.add({ address: parseAddress(a) });
-  const proxy = new Proxy({ pool, firstByteTimeout: 0, ...opts });
-  const server = createListener();
-  await bindListener(server, { host: '127.0.0.1', port: 0 });
-  proxy.serve(server);
-  tt.teardown(() => proxy.close(0));
-  return { pool, proxy, port: (server.address() as { port: number }).port };
+  return { pool, ...(await serveProxy(tt, pool, { firstByteTimeout: 0, ...opts })) };
 }
 
 /** A dialer whose every attempt fails with `code` (no socket reaches any address). */

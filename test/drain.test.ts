@@ -8,10 +8,12 @@ import type { Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
 import type { Backend } from '../src/pool/backend.js';
 import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
-import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
 import { FakeClock } from './support/fake-clock.js';
+import { serveProxy } from './support/proxy-harness.js';
 import { dial, echoServer, ended, readBytes, until, type TestServer } from './support/net.js';
+
+type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const DRAIN = 10_000;
 
@@ -25,19 +27,15 @@ interface Harness {
 }
 
 /** A proxy over `n` echo backends (all `up`), timers on a fake clock. */
-async function harness(tt: Tap.Test, n: number, opts: Partial<ProxyOptions> = {}): Promise<Harness> {
+async function harness(tt: Test, n: number, opts: Partial<ProxyOptions> = {}): Promise<Harness> {
   const servers = await Promise.all(Array.from({ length: n }, (_, i) => echoServer(String.fromCharCode(97 + i))));
   for (const s of servers) tt.teardown(() => s.close());
   const clock = new FakeClock();
   const pool = new Pool({ clock });
   const backends = servers.map((s) => pool.add({ address: parseAddress(s.address) }));
   for (const b of backends) markUp(pool, b);
-  const proxy = new Proxy({ pool, clock, firstByteTimeout: 0, drainTimeout: DRAIN, closeSpread: 0, ...opts });
-  const server = createListener();
-  await bindListener(server, { host: '127.0.0.1', port: 0 });
-  proxy.serve(server);
-  tt.teardown(() => proxy.close(0));
-  return { pool, proxy, clock, port: (server.address() as { port: number }).port, backends, servers };
+  const { proxy, port } = await serveProxy(tt, pool, { clock, firstByteTimeout: 0, drainTimeout: DRAIN, closeSpread: 0, ...opts });
+  return { pool, proxy, clock, port, backends, servers };
 }
 
 function markUp(pool: Pool, b: Backend): void {
@@ -73,12 +71,6 @@ function drainClosed(h: Harness, b: Backend): number {
   return h.proxy.counters.closed.get(b.id)?.get('drain_timeout') ?? 0;
 }
 
-declare global {
-  // eslint-disable-next-line @typescript-eslint/no-namespace
-  namespace Tap {
-    type Test = Parameters<Parameters<typeof t.test>[1]>[0];
-  }
-}
 
 t.test('every backend draining past the drain timeout: every stream stays and new clients are served', async (tt) => {
   const h = await harness(tt, 2);
