@@ -182,3 +182,14 @@ t.test('a down backend\'s connections close at once, whatever --close-spread say
   tt.equal(next!.backend, 'b', 'reconnects go to the up backend');
   next!.s.destroy();
 });
+
+t.test('--close-spread is validated like the other durations', async (tt) => {
+  const pool = new Pool();
+  tt.throws(() => new Proxy({ pool, closeSpread: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });
+  const proxy = new Proxy({ pool, closeSpread: 5 });
+  tt.throws(() => proxy.update({ closeSpread: Number.NaN }), { code: 'APILB_ERR_OPTION_INVALID' });
+  tt.equal(proxy.closeSpread, 5, 'a rejected update changes nothing');
+  proxy.update({ closeSpread: 0 });
+  tt.equal(proxy.closeSpread, 0);
+  await proxy.close(0);
+});
