@@ -183,6 +183,19 @@ t.test('a down backend\'s connections close at once, whatever --close-spread say
   next!.s.destroy();
 });
 
+t.test('connections kept on a backend that went down during panic are closed once another backend is up', async (tt) => {
+  const h = await harness(tt, 2, { closeSpread: 60_000 });
+  const [a, b] = h.backends as [Backend, Backend];
+  markDraining(h.pool, b);
+  const streams = await openStreams(h, 2); // both on a
+  h.pool.markDown(a, 'test'); // b is draining: nothing eligible, panic, nowhere better
+  tt.ok(h.pool.panic);
+  tt.ok(await allAlive(streams), 'kept during panic');
+  markUp(h.pool, b);
+  await Promise.all(streams.map((x) => ended(x.s))); // no clock advance: the down path, at once
+  tt.equal(h.proxy.counters.closed.get(a.id)?.get('backend_down'), 2);
+});
+
 t.test('--close-spread is validated like the other durations', async (tt) => {
   const pool = new Pool();
   tt.throws(() => new Proxy({ pool, closeSpread: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });

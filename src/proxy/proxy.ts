@@ -347,9 +347,13 @@ export class Proxy extends EventEmitter<ProxyEvents> {
       this.scheduleDrain(b);
     } else if (ev.to === 'up') {
       if (!b.removed) this.cancelDrain(b);
-      // Somewhere better exists again: held drains start their timer afresh.
+      // Somewhere better exists again: held drains start their timer afresh, and connections kept on a backend
+      // that went down during panic (there was nowhere to move them) are released now, at once like any down.
       for (const [other, d] of this.drains) {
         if (other !== b && d.phase === 'held') this.startDrainTimer(other, d);
+      }
+      if (this.pool.hasEligible) {
+        for (const other of this.pool.backends) if (other.state === 'down') this.closeBackendConnections(other, 'backend_down');
       }
     }
   }
