@@ -27,10 +27,10 @@ interface Harness {
 }
 
 /** A proxy over `n` echo backends (all `up`), timers on a fake clock. */
-async function harness(tt: Test, n: number, opts: Partial<ProxyOptions> = {}): Promise<Harness> {
+async function harness(tt: Test, n: number, opts: Partial<ProxyOptions> & { clock?: FakeClock } = {}): Promise<Harness> {
   const servers = await Promise.all(Array.from({ length: n }, (_, i) => echoServer(String.fromCharCode(97 + i))));
   for (const s of servers) tt.teardown(() => s.close());
-  const clock = new FakeClock();
+  const clock = opts.clock ?? new FakeClock();
   const pool = new Pool({ clock });
   const backends = servers.map((s) => pool.add({ address: parseAddress(s.address) }));
   for (const b of backends) markUp(pool, b);
@@ -194,6 +194,52 @@ t.test('connections kept on a backend that went down during panic are closed onc
   markUp(h.pool, b);
   await Promise.all(streams.map((x) => ended(x.s))); // no clock advance: the down path, at once
   tt.equal(h.proxy.counters.closed.get(a.id)?.get('backend_down'), 2);
+});
+
+/** A small deterministic random source (LCG), one per node. */
+function seeded(seed: number): () => number {
+  let x = seed;
+  return () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+}
+
+t.test('a fleet of 5 nodes draining the same backend at the same instant: closes spread and interleaved', async (tt) => {
+  const NODES = 5;
+  const PER_NODE = 4;
+  /** Fake-clock times (ms after the drain timeout) of every close across the fleet, for one configuration. */
+  async function closeTimes(closeSpread: number, random: (node: number) => () => number): Promise<number[]> {
+    const clock = new FakeClock();
+    const fleet: { h: Harness; streams: { s: Socket }[] }[] = [];
+    for (let i = 0; i < NODES; i++) {
+      const h = await harness(tt, 2, { clock, closeSpread, random: random(i) });
+      markDraining(h.pool, h.backends[1]!);
+      const streams = await openStreams(h, PER_NODE);
+      markUp(h.pool, h.backends[1]!);
+      fleet.push({ h, streams });
+    }
+    const conns = fleet.flatMap(({ h }) => [...h.proxy.connectionsTo(h.backends[0]!)]);
+    tt.equal(conns.length, NODES * PER_NODE);
+    for (const { h } of fleet) markDraining(h.pool, h.backends[0]!); // every node sees /readyz 500 in the same check round
+    clock.advance(DRAIN);
+    // A close is a synchronous destroy of the client socket inside the timer: read them at each 1 ms step.
+    const times: number[] = [];
+    for (let t = 0; t <= closeSpread; t++) {
+      if (t > 0) clock.advance(1);
+      const done = conns.filter((c) => c.client.destroyed).length;
+      while (times.length < done) times.push(t);
+    }
+    tt.equal(times.length, NODES * PER_NODE, 'every connection closed within the window');
+    for (const { streams } of fleet) await Promise.all(streams.map((x) => ended(x.s)));
+    return times;
+  }
+  const peak = (times: number[], ms: number) => Math.max(...times.map((t0) => times.filter((t) => t >= t0 && t < t0 + ms).length));
+  const atOnce = await closeTimes(0, () => Math.random);
+  tt.equal(peak(atOnce, 100), 20, 'window 0 (before): all 20 in the same tick');
+  const aligned = await closeTimes(1000, () => () => 0.5);
+  tt.equal(peak(aligned, 100), NODES, 'spread without per-node jitter: every node closes in step, 5 at a time');
+  const jittered = await closeTimes(1000, (i) => seeded(i + 1));
+  const p = peak(jittered, 100);
+  tt.ok(p < NODES, `spread with a random phase per node: at most ${p} closes in any 100 ms`);
+  tt.ok(Math.max(...jittered) - Math.min(...jittered) >= 700, 'the closes span the window');
 });
 
 t.test('--close-spread is validated like the other durations', async (tt) => {
