@@ -14,6 +14,7 @@ import { Notifier } from './systemd/notify.js';
 import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './discovery/dns.js';
 import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
 import { AdminServer, type Readiness } from './admin/admin-server.js';
+import { MetricsServer } from './admin/metrics-server.js';
 import { buildStatus } from './admin/status.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
@@ -87,11 +88,14 @@ export class Daemon {
   /** Active health checks feeding the pool (started by start(), stopped first thing in close()). */
   readonly health: HealthMonitor;
   readonly admin: AdminServer;
+  /** GET /metrics only, on --metrics-listen; undefined when that is unset. */
+  readonly metricsServer: MetricsServer | undefined;
   readonly listeners: Server[] = [];
   /** Prometheus metrics served on GET /metrics (read from pool/proxy at scrape time). */
   readonly metrics: Metrics;
   /** Configuration reloads by result (`success`, `failure`); read by apilb_config_reloads_total. */
   readonly reloads = new Map<string, number>();
+  /** False while the latest reload was rejected (apilb_config_last_reload_successful). */
   /** Epoch ms the daemon object was created (uptime in /status). */
   readonly startedAt: number;
   /** DNS-named backends, one BackendSet source per name (IP literals are the `static` source). */
@@ -146,6 +150,7 @@ export class Daemon {
       firstByteTimeout: config.firstByteTimeout,
       maxConnections: config.maxConnections,
       drainTimeout: config.drainTimeout,
+      closeSpread: config.closeSpread,
       clock,
     };
     if (deps.dial) proxyOpts.dial = deps.dial;
@@ -174,11 +179,12 @@ export class Daemon {
       proxy: this.proxy,
       health: this.health,
       version: VERSION,
-      counters: { reloads: this.reloads, dnsFailures: this.dnsFailures },
+      counters: { reloads: this.reloads, dnsFailures: this.dnsFailures, lastReloadSuccessful: () => this.reloadError === undefined },
       readiness: () => this.readiness(),
       listeners: () => this.listeners.filter((s) => s.listening).length,
       ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
     });
+    this.metricsServer = config.metricsListen ? new MetricsServer(this.metrics) : undefined;
     this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await this.metrics.render() }));
     this.admin.route('GET', '/status', () => ({ status: 200, body: this.status() }));
     this.admin.route('POST', '/reload', async () => {
@@ -280,6 +286,7 @@ export class Daemon {
         this.discovery.start();
       }
       await this.admin.listen(this.config.adminListen);
+      if (this.config.metricsListen) await this.metricsServer?.listen(this.config.metricsListen);
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
       await this.health.firstRound(this.config.healthCheckTimeout + 500);
@@ -386,6 +393,7 @@ export class Daemon {
       firstByteTimeout: effective.firstByteTimeout,
       maxConnections: effective.maxConnections,
       drainTimeout: effective.drainTimeout,
+      closeSpread: effective.closeSpread,
     });
     if (changed('logLevel')) this.logger.level = effective.logLevel;
     const { literals, names } = splitBackends(effective.backends);
@@ -440,6 +448,7 @@ export class Daemon {
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
       await this.proxy.close(timeoutMs);
       await this.admin.close();
+      await this.metricsServer?.close();
       this.metrics.close();
       for (const off of this.unsubscribe) off();
       await this.notifier.close();

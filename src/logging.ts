@@ -2,6 +2,7 @@
  * The logger (pino, JSON to stdout for journald) and its subscriptions to pool and proxy events. Nothing here is
  * called from the hot path: per-connection lines are only subscribed at debug level.
  */
+import { fstatSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import type { Backend } from './pool/backend.js';
 import type { CheckResult, Pool, TransitionEvent } from './pool/pool.js';
@@ -10,8 +11,49 @@ import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
 
 export type { Logger } from 'pino';
 
-/** Creates the process logger. `level` default `info`; `silent` disables output. */
-export function createLogger(level = 'info', destination?: pino.DestinationStream): Logger {
+/** syslog(3) priority of each pino level: what `journalctl -p` filters on. */
+export const SYSLOG_PRIORITY: Readonly<Record<string, number>> = { fatal: 2, error: 3, warn: 4, info: 6, debug: 7, trace: 7 };
+
+/**
+ * True when file descriptor `fd` is connected to the journal: systemd sets `JOURNAL_STREAM=DEV:INODE` for a
+ * service whose stdout/stderr goes to journald, and the stream is ours only if `fd`'s device and inode match
+ * (a child whose stdout was redirected inherits the variable but not the stream).
+ */
+export function isJournalStream(fd = 1, env: NodeJS.ProcessEnv = process.env): boolean {
+  const m = /^(\d+):(\d+)$/.exec(env.JOURNAL_STREAM ?? '');
+  if (!m) return false;
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    return st.dev === BigInt(m[1]!) && st.ino === BigInt(m[2]!);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Wraps `dest` so that each line starts with its `<N>` syslog priority: journald (SyslogLevelPrefix=yes, the
+ * default) strips the prefix and files the line at that priority, so `journalctl -p err` finds errors. One
+ * stream per level (multistream, dedupe: each line goes to the highest level at or below its own).
+ */
+function withSyslogPrefix(dest: pino.DestinationStream): pino.MultiStreamRes {
+  const streams = Object.entries(SYSLOG_PRIORITY).map(([label, prio]) => {
+    const prefix = `<${prio}>`;
+    return { level: label as pino.Level, stream: { write: (line: string) => dest.write(prefix + line) } };
+  });
+  return pino.multistream(streams, { dedupe: true });
+}
+
+/** Options of {@link createLogger}. */
+export interface LoggerOptions {
+  /** Prefix lines with `<N>` syslog priorities. Default: only when writing to stdout and stdout is the journal. */
+  syslogPrefix?: boolean;
+}
+
+/**
+ * Creates the process logger: JSON lines on `destination` (default stdout). `level` default `info`; `silent`
+ * disables output. Under systemd with stdout connected to the journal, lines carry a `<N>` priority prefix.
+ */
+export function createLogger(level = 'info', destination?: pino.DestinationStream, options: LoggerOptions = {}): Logger {
   const opts: pino.LoggerOptions = {
     level,
     base: { svc: 'apilb' },
@@ -20,6 +62,8 @@ export function createLogger(level = 'info', destination?: pino.DestinationStrea
     // Never log key material even if an options object slips into a log call.
     redact: { paths: ['*.key', '*.cert', '*.clientKey', '*.password', '*.token', 'tls.key', 'tls.cert'], censor: '[redacted]' },
   };
+  const syslogPrefix = options.syslogPrefix ?? (destination === undefined && isJournalStream(1));
+  if (syslogPrefix) return pino(opts, withSyslogPrefix(destination ?? pino.destination({ dest: 1, sync: true })));
   return destination ? pino(opts, destination) : pino(opts);
 }
 
@@ -42,8 +86,17 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
   function onDialFailureLog(ev: DialFailureEvent): void {
     log.warn({ event: 'dial_failure', backend: ev.backend.id, reason: ev.reason, err: ev.error?.message }, `connect to ${ev.backend.id} failed: ${ev.reason}`);
   }
-  function onDrainTimeoutLog(ev: { backend: Backend; closed: number }): void {
-    log.info({ event: 'drain_timeout', backend: ev.backend.id, closed: ev.closed }, `closed ${ev.closed} connections still open to draining backend ${ev.backend.id}`);
+  function onDrainTimeoutLog(ev: { backend: Backend; connections: number; spreadMs: number }): void {
+    log.info(
+      { event: 'drain_timeout', backend: ev.backend.id, connections: ev.connections, spreadMs: ev.spreadMs },
+      `closing the ${ev.connections} connections still open to ${ev.backend.id} (draining or removed) over ${ev.spreadMs / 1000} s`,
+    );
+  }
+  function onDrainHeldLog(ev: { backend: Backend; connections: number }): void {
+    log.warn(
+      { event: 'drain_held', backend: ev.backend.id, connections: ev.connections },
+      `keeping ${ev.connections} connections to ${ev.backend.id} past the drain timeout: no other backend is up; they drain once one is`,
+    );
   }
   let lastReject = 0;
   function onRejectLog(ev: { reason: string }): void {
@@ -76,6 +129,7 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
     [pool, 'removed', onRemovedLog],
     [proxy, 'dial-failure', onDialFailureLog],
     [proxy, 'drain-timeout', onDrainTimeoutLog],
+    [proxy, 'drain-held', onDrainHeldLog],
     [proxy, 'reject', onRejectLog],
     [proxy, 'accept-error', onAcceptErrorLog],
   ];

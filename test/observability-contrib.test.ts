@@ -49,9 +49,12 @@ async function exportedFamilies(): Promise<Set<string>> {
   return new Set((await exported()).samples.map((s) => s.name));
 }
 
-/** `apilb_*` and `process_*` metric names used in a PromQL expression. */
+/** Prometheus' own per-target metric: never exported by apilb, always there for a scrape job. */
+const SCRAPE_UP = 'up';
+
+/** `apilb_*`, `process_*` and `nodejs_*` metric names (and Prometheus' `up{...}`) used in a PromQL expression. */
 function metricNames(expr: string): string[] {
-  return [...expr.matchAll(/\b((?:apilb|process|nodejs)_[a-z0-9_]+)\b/g)].map((m) => m[1]!);
+  return [...expr.matchAll(/\b((?:apilb|process|nodejs)_[a-z0-9_]+|up(?=\{))/g)].map((m) => m[1]!);
 }
 
 function dashboardExprs(): { title: string; expr: string }[] {
@@ -59,21 +62,46 @@ function dashboardExprs(): { title: string; expr: string }[] {
   return d.panels.flatMap((p) => (p.targets ?? []).map((tg) => ({ title: p.title, expr: tg.expr })));
 }
 
-function ruleExprs(): { alert: string; expr: string }[] {
-  const doc = parseYaml(readFileSync(RULES, 'utf8')) as { groups: { rules: { alert: string; expr: string }[] }[] };
+interface Rule {
+  alert: string;
+  expr: string;
+  annotations: Record<string, string>;
+}
+
+function ruleExprs(): Rule[] {
+  const doc = parseYaml(readFileSync(RULES, 'utf8')) as { groups: { rules: Rule[] }[] };
   return doc.groups.flatMap((g) => g.rules);
 }
 
 t.test('promtool check rules and promtool test rules pass on contrib/prometheus-rules.yaml', async (tt) => {
   const check = promtool(['check', 'rules', RULES]);
   tt.equal(check.status, 0, check.output);
-  tt.match(check.output, /SUCCESS: 7 rules found/);
+  tt.match(check.output, new RegExp(`SUCCESS: ${ruleExprs().length} rules found`));
   const unit = promtool(['test', 'rules', RULE_TESTS]);
   tt.equal(unit.status, 0, unit.output);
   tt.match(unit.output, /SUCCESS/);
   const alerts = ruleExprs().map((r) => r.alert);
   // The alerts the issue asks for (a backend down on many nodes, a node with no backend up, panic, check latency).
   for (const name of ['ApilbBackendDownOnManyNodes', 'ApilbNoBackendUp', 'ApilbPanicMode', 'ApilbHealthCheckLatencyHigh']) tt.ok(alerts.includes(name), name);
+  // And the ones watching apilb itself (issue #16).
+  for (const name of ['ApilbTargetDown', 'ApilbNotReady', 'ApilbFileDescriptorsHigh', 'ApilbEventLoopLag', 'ApilbDiscoveryStale', 'ApilbConfigReloadFailed', 'ApilbHealthCheckUnauthenticated']) {
+    tt.ok(alerts.includes(name), name);
+  }
+});
+
+t.test('every alert has a promtool case where it fires, and an absolute runbook_url to an existing section', async (tt) => {
+  const cases = parseYaml(readFileSync(RULE_TESTS, 'utf8')) as { tests: { alert_rule_test?: { alertname: string; exp_alerts: unknown[] }[] }[] };
+  const firing = new Set(cases.tests.flatMap((c) => (c.alert_rule_test ?? []).filter((a) => a.exp_alerts.length > 0).map((a) => a.alertname)));
+  const runbook = readFileSync(join(root, 'docs/runbook.md'), 'utf8');
+  // GitHub's heading anchors: lower case, spaces to dashes (alert names have neither spaces nor punctuation).
+  const anchors = new Set([...runbook.matchAll(/^## (.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/ /g, '-')));
+  for (const r of ruleExprs()) {
+    tt.ok(firing.has(r.alert), `${r.alert} fires in a promtool test case`);
+    const url = r.annotations.runbook_url ?? '';
+    tt.match(url, /^https:\/\/github\.com\/apilb\/apilb\/blob\/main\/docs\/runbook\.md#[a-z0-9-]+$/, `${r.alert}: absolute runbook_url`);
+    tt.ok(anchors.has(url.split('#')[1]!), `${r.alert}: docs/runbook.md has the section ${url.split('#')[1]}`);
+    tt.equal(r.annotations.runbook, undefined, `${r.alert}: no relative runbook label`);
+  }
 });
 
 t.test('every metric named by the rules and the dashboard is exported', async (tt) => {
@@ -83,7 +111,7 @@ t.test('every metric named by the rules and the dashboard is exported', async (t
   for (const u of used) {
     const names = metricNames(u.expr);
     tt.ok(names.length > 0, `${u.where} queries an apilb metric`);
-    for (const n of names) tt.ok(families.has(n), `${u.where}: ${n} is exported`);
+    for (const n of names) if (n !== SCRAPE_UP) tt.ok(families.has(n), `${u.where}: ${n} is exported`);
   }
 });
 

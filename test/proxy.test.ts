@@ -11,6 +11,7 @@ import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
 import { hasCode } from '../src/errors.js';
 import { FakeClock } from './support/fake-clock.js';
+import { serveProxy } from './support/proxy-harness.js';
 import { closed, dial, echoServer, readAll, readBytes, silentServer, startServer, until, type TestServer } from './support/net.js';
 
 interface Harness {
@@ -22,12 +23,7 @@ interface Harness {
 async function harness(tt: Tap.Test, backends: string[], opts: Partial<ProxyOptions> = {}): Promise<Harness> {
   const pool = new Pool();
   for (const b of backends) pool.add({ address: parseAddress(b) });
-  const proxy = new Proxy({ pool, firstByteTimeout: 0, ...opts });
-  const server = createListener();
-  await bindListener(server, { host: '127.0.0.1', port: 0 });
-  proxy.serve(server);
-  tt.teardown(() => proxy.close(0));
-  return { pool, proxy, port: (server.address() as { port: number }).port };
+  return { pool, ...(await serveProxy(tt, pool, { firstByteTimeout: 0, ...opts })) };
 }
 
 async function servers(tt: Tap.Test, ...list: Promise<TestServer>[]): Promise<TestServer[]> {

@@ -70,7 +70,7 @@ function post(port: number, path: string): Promise<{ status: number; body: strin
 }
 
 t.test('reload adds and removes backends, keeps untouched streams, drains the removed one', async (tt) => {
-  const h = await harness(tt, 3, (b) => [`backends: [${b[0]!.address}, ${b[1]!.address}]`, 'drainTimeout: 400ms']);
+  const h = await harness(tt, 3, (b) => [`backends: [${b[0]!.address}, ${b[1]!.address}]`, 'drainTimeout: 400ms', 'closeSpread: 0']);
   const [b0, b1, b2] = h.backends.map((b) => b.address);
   const first = await stream(tt, h.port);
   const second = await stream(tt, h.port);
@@ -80,7 +80,7 @@ t.test('reload adds and removes backends, keeps untouched streams, drains the re
   const dropped = byName.get('b1')!;
   const keptBackend = h.d.pool.get(b0!)!;
 
-  h.write([`backends: [${b0}, ${b2}]`, 'drainTimeout: 400ms', 'connectTimeout: 2s', 'healthCheckInterval: 3s', 'maxConnections: 50']);
+  h.write([`backends: [${b0}, ${b2}]`, 'drainTimeout: 400ms', 'closeSpread: 0', 'connectTimeout: 2s', 'healthCheckInterval: 3s', 'maxConnections: 50']);
   const startedAt = Date.now();
   const r = await h.d.reload();
   tt.equal(r.ok, true);

@@ -13,7 +13,7 @@ import { formatAddress, formatDuration, type Address } from './values.js';
  * stateDir), and the TLS server name already stamped on existing backends.
  */
 export const RESTART_REQUIRED: ReadonlySet<string> = new Set([
-  'listen', 'adminListen', 'rise', 'fall', 'discoverEndpointslices', 'stateDir', 'tlsServerName',
+  'listen', 'adminListen', 'metricsListen', 'rise', 'fall', 'discoverEndpointslices', 'stateDir', 'tlsServerName',
 ]);
 
 /** One changed option. */

@@ -55,6 +55,10 @@ export interface Config {
   /** Default 10000 ms; 0 closes connections at once on shutdown. */
   shutdownTimeout: number;
   logLevel: string;
+  /** Default 30000 ms; 0 closes at once. */
+  closeSpread: number;
+  /** Metrics-only listener; default unset (off). */
+  metricsListen?: Address;
   /** The config file this came from, if any (reload re-reads it). */
   configFile?: string;
 }

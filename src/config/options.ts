@@ -64,7 +64,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'fall', flag: 'fall', kind: 'int', default: 2, min: 1, max: 100, group: G_HEALTH,
     describe: 'consecutive transport failures that make a backend down' },
   { key: 'drainTimeout', flag: 'drain-timeout', kind: 'duration', default: '60s', min: 0, group: G_HEALTH,
-    describe: 'connections to a draining or removed backend are closed after this; 0 closes them at once' },
+    describe: 'connections to a draining or removed backend are closed after this (spread over --close-spread), and only while another backend is up; 0: as soon as one is' },
   { key: 'healthCheckInsecure', flag: 'health-check-insecure', kind: 'bool', default: false, group: G_TLS,
     describe: 'do not verify the API server certificate in health checks (explicit opt-out)' },
   { key: 'caFile', flag: 'ca-file', kind: 'file', group: G_TLS,
@@ -89,6 +89,10 @@ export const OPTIONS: readonly OptionSpec[] = [
     describe: 'on SIGTERM, time open connections get to finish before they are closed' },
   { key: 'logLevel', flag: 'log-level', kind: 'enum', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', group: G_OPS,
     describe: 'log level (per-connection lines at debug)' },
+  { key: 'closeSpread', flag: 'close-spread', kind: 'duration', default: '30s', min: 0, group: G_HEALTH,
+    describe: 'closes that can wait (drain timeout, backends removed by reload or discovery) are spread evenly over this window from a random per-node phase; 0 closes them at once. A down backend\'s connections are always closed at once' },
+  { key: 'metricsListen', flag: 'metrics-listen', kind: 'address', allowPortZero: true, group: G_OPS,
+    describe: 'extra HTTP listener serving only GET /metrics, e.g. on the node IP for Prometheus (default: off); the admin endpoint stays on --admin-listen' },
 ];
 
 /** Looks up an option by its config key. */

@@ -11,6 +11,7 @@ import type { Backend } from '../pool/backend.js';
 import { BACKEND_STATES } from '../pool/backend.js';
 import type { CheckResult, Pool } from '../pool/pool.js';
 import type { Proxy } from '../proxy/proxy.js';
+import { BACKENDLESS_CLOSE_REASONS, CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../proxy/reasons.js';
 import { DISCOVERY_STATES, type DiscoveryStats } from '../discovery/endpointslices.js';
 
 /** One active health check result, as the health monitor emits it (`check` event). */
@@ -28,14 +29,15 @@ export interface HealthCheckSource {
 /** Label values of `apilb_config_reloads_total{result}` that always exist (at 0 before the first reload). */
 export const RELOAD_RESULTS: readonly string[] = ['success', 'failure'];
 
-/** Label values of `apilb_connect_failures_total{reason}` exported even at 0 (so `increase()` sees the first). */
-export const CONNECT_FAILURE_REASONS: readonly string[] = ['refused', 'timeout', 'reset', 'unreachable', 'first_byte_timeout', 'closed', 'error'];
+// Label values exported even at 0 (so `increase()` sees the first event) come from src/proxy/reasons.ts, where
+// the data path's types are derived from the same constants.
+export { CLOSE_REASONS, DIAL_FAILURE_REASONS as CONNECT_FAILURE_REASONS, REJECT_REASONS } from '../proxy/reasons.js';
 
-/** Label values of `apilb_connections_closed_total{reason}` exported even at 0. */
-export const CLOSE_REASONS: readonly string[] = ['normal', 'client_error', 'backend_error', 'backend_down', 'drain_timeout', 'shutdown', 'all_backends_failed'];
+/** Close reasons exported per backend (the backendless ones are exported once, with `backend=""`). */
+const BACKEND_CLOSE_REASONS: readonly string[] = CLOSE_REASONS.filter((r) => !BACKENDLESS_CLOSE_REASONS.includes(r));
 
-/** Label values of `apilb_rejected_connections_total{reason}` exported even at 0. */
-export const REJECT_REASONS: readonly string[] = ['max_connections', 'accept_error'];
+/** HTTP statuses of a health check that mean apilb's credentials were refused (`apilb_backend_unauthenticated`). */
+const UNAUTHENTICATED_STATUSES: readonly number[] = [401, 403];
 
 /** Default buckets of `apilb_health_check_duration_seconds` (seconds; the default check timeout is 1 s). */
 export const HEALTH_CHECK_BUCKETS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -53,9 +55,10 @@ export interface MetricsOptions {
   version: string;
   /**
    * Counters kept by the daemon. `reloads`: reloads by result (`success`, `failure`). `dnsFailures`: failed or
-   * empty resolutions by DNS backend name (`HOST:PORT`). Default: none (reloads at 0, no DNS series).
+   * empty resolutions by DNS backend name (`HOST:PORT`). `lastReloadSuccessful`: whether the latest reload was
+   * applied (true before any). Default: none (reloads at 0, no DNS series, last reload successful).
    */
-  counters?: { reloads?: ReadonlyMap<string, number>; dnsFailures?: ReadonlyMap<string, number> };
+  counters?: { reloads?: ReadonlyMap<string, number>; dnsFailures?: ReadonlyMap<string, number>; lastReloadSuccessful?: () => boolean };
   /** Readiness for `apilb_ready`. Default: always false. */
   readiness?: () => { ready: boolean };
   /** Number of bound client listeners for `apilb_listeners`. Default: 0. */
@@ -156,15 +159,21 @@ export function createMetrics(options: MetricsOptions): Metrics {
 
   readGauge(registry, 'apilb_connections_active', 'Open proxied connections per backend.', ['backend'], () => perBackend((b) => b.activeConnections));
   readCounter(registry, 'apilb_connections_total', 'Connections established to the backend (TCP handshake done).', ['backend'], () => perBackend((b) => b.totalConnections));
-  readCounter(registry, 'apilb_connect_failures_total', 'Failed dials to the backend, by reason.', ['backend', 'reason'], () =>
-    perBackendMap('reason', CONNECT_FAILURE_REASONS, (b) => b.connectFailures),
+  readCounter(registry, 'apilb_connect_failures_total', 'Failed dials to the backend, by reason (local_resources: this node was out of file descriptors or memory).', ['backend', 'reason'], () =>
+    perBackendMap('reason', DIAL_FAILURE_REASONS, (b) => {
+      // The pool never hears of local failures (not the backend's fault); the data path counts them.
+      const local = proxy.counters.localDialFailures.get(b.id);
+      return local === undefined ? b.connectFailures : new Map([...b.connectFailures, ['local_resources', local]]);
+    }),
   );
   readCounter(registry, 'apilb_first_byte_timeouts_total', 'Connections the backend accepted but sent nothing on within --first-byte-timeout.', ['backend'], () =>
     perBackend((b) => b.connectFailures.get('first_byte_timeout') ?? 0),
   );
-  readCounter(registry, 'apilb_connections_closed_total', 'Closed proxied connections, by backend and reason (normal, backend_down, drain_timeout, ...).', ['backend', 'reason'], () =>
-    perBackendMap('reason', CLOSE_REASONS, (b) => proxy.counters.closed.get(b.id)),
-  );
+  readCounter(registry, 'apilb_connections_closed_total', 'Closed client connections, by backend and reason (normal, backend_down, drain_timeout, ...); backend="" for connections that never had one (no_backend).', ['backend', 'reason'], function* () {
+    yield* perBackendMap('reason', BACKEND_CLOSE_REASONS, (b) => proxy.counters.closed.get(b.id));
+    const none = proxy.counters.closed.get('');
+    for (const r of BACKENDLESS_CLOSE_REASONS) yield [{ backend: '', reason: r }, none?.get(r) ?? 0];
+  });
   readCounter(registry, 'apilb_bytes_total', 'Bytes proxied, including open connections. direction="to_backend": client to backend; "to_client": backend to client.', ['backend', 'direction'], function* () {
     for (const b of backends()) {
       const bytes = proxy.bytesFor(b);
@@ -178,13 +187,19 @@ export function createMetrics(options: MetricsOptions): Metrics {
 
   readGauge(registry, 'apilb_client_connections_active', 'Open client connections (dialing or proxied).', [], () => [[{}, proxy.activeConnections]]);
   readCounter(registry, 'apilb_accepted_connections_total', 'Client connections accepted.', [], () => [[{}, proxy.counters.accepted]]);
-  readCounter(registry, 'apilb_retries_total', 'Dials retried on another backend after a failed connect or first-byte timeout.', [], () => {
+  readCounter(registry, 'apilb_retries_total', 'Dials of another backend after a failed connect or first-byte timeout (a connection whose last backend failed is not a retry).', [], () => {
     let n = 0;
     for (const v of proxy.counters.retries.values()) n += v;
     return [[{}, n]];
   });
   readCounter(registry, 'apilb_rejected_connections_total', 'Client connections refused by apilb itself, by reason.', ['reason'], () => byKey('reason', REJECT_REASONS, proxy.counters.rejected));
   readCounter(registry, 'apilb_config_reloads_total', 'Configuration reloads, by result (success, failure).', ['result'], () => byKey('result', RELOAD_RESULTS, options.counters?.reloads));
+  readGauge(registry, 'apilb_config_last_reload_successful', '1 when the latest configuration reload was applied (or none happened), 0 while the latest was rejected.', [], () => [
+    [{}, (options.counters?.lastReloadSuccessful?.() ?? true) ? 1 : 0],
+  ]);
+  readGauge(registry, 'apilb_backend_unauthenticated', '1 when the backend\'s latest health check was refused for credentials (401/403), else 0.', ['backend'], () =>
+    perBackend((b) => (b.lastCheck?.status !== undefined && b.lastCheck.result === 'status' && UNAUTHENTICATED_STATUSES.includes(b.lastCheck.status) ? 1 : 0)),
+  );
   readCounter(registry, 'apilb_dns_failures_total', 'Failed or empty resolutions of a DNS-named backend (the last known addresses, or the name itself, stay in use).', ['name'], () =>
     byKey('name', [], options.counters?.dnsFailures),
   );

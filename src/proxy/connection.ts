@@ -9,13 +9,10 @@ import type { Socket } from 'node:net';
 import type { Backend } from '../pool/backend.js';
 import type { TimerHandle } from '../clock.js';
 import type { Proxy } from './proxy.js';
+import type { CloseReason, DialFailureReason } from './reasons.js';
 
-/** Why a connection ended (label values of apilb_connections_closed_total{reason}). */
-export type CloseReason =
-  | 'normal' | 'client_error' | 'backend_error' | 'backend_down' | 'drain_timeout' | 'shutdown' | 'all_backends_failed' | 'no_backend';
-
-/** Why a dial attempt failed (label values of apilb_connect_failures_total{reason}). */
-export type DialFailureReason = 'refused' | 'timeout' | 'reset' | 'unreachable' | 'first_byte_timeout' | 'closed' | 'local_resources' | 'error';
+// The reason lists live in reasons.ts (one constant each: types and metric labels derive from it).
+export type { CloseReason, DialFailureReason } from './reasons.js';
 
 type Phase = 'dialing' | 'probing' | 'piping' | 'closed';
 
@@ -74,6 +71,8 @@ export class Connection {
   private smallReads = 0;
   /** Identifies the current dial attempt, so reads of an abandoned upstream are ignored. */
   private attempt = 0;
+  /** Why the previous attempt failed; a retry is counted only when a next backend is actually dialed. */
+  private lastFailure: DialFailureReason | undefined;
 
   constructor(proxy: Proxy, client: Socket, now: number) {
     this.proxy = proxy;
@@ -118,6 +117,7 @@ export class Connection {
       this.fail(this.tried.size === 0 ? 'no_backend' : 'all_backends_failed');
       return;
     }
+    if (this.lastFailure !== undefined) this.proxy.retried(this.lastFailure, backend);
     this.tried.add(backend);
     this.backend = backend;
     this.proxy.attach(this, backend);
@@ -185,6 +185,7 @@ export class Connection {
     this.upstream = undefined;
     this.phase = 'dialing';
     this.proxy.reportDialFailure(backend, reason, err);
+    this.lastFailure = reason;
     if (this.clientClosed) {
       this.finish();
       return;

@@ -2,6 +2,14 @@
  * The data path: accepts clients on listeners handed in, asks the pool for a backend, reports dial results back,
  * and closes connections when their backend goes down or a drain times out. It never touches metrics or the
  * logger: it keeps plain counters and emits events that metrics/ and the logger subscribe to.
+ *
+ * apilb runs on every node, so whatever it does, the whole fleet does in the same second. Two rules follow:
+ * - Drain only toward something better: connections of a draining or removed backend are closed after
+ *   --drain-timeout only while another backend is `up`. When none is (every API server's /readyz failing while
+ *   they still serve), they stay; the timer starts again once a backend is up.
+ * - Spread what can wait: those closes are spread evenly over --close-spread, from a random phase per node, so
+ *   the API servers see a steady trickle of reconnects instead of every kubelet at once. Connections of a `down`
+ *   backend are closed at once (they are dead; time to recovery comes first).
  */
 import { EventEmitter } from 'node:events';
 import { connect, type Server, type Socket } from 'node:net';
@@ -9,7 +17,8 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { Pool, TransitionEvent } from '../pool/pool.js';
-import { Connection, type CloseReason, type DialFailureReason } from './connection.js';
+import { Connection } from './connection.js';
+import type { CloseReason, DialFailureReason, RejectReason, RetryReason } from './reasons.js';
 
 /** Opens a TCP connection to a backend. Injected in tests (e.g. to simulate timeouts). */
 export type Dialer = (backend: Backend, onread?: UpstreamOnRead) => Socket;
@@ -34,8 +43,18 @@ export interface ProxyOptions {
   firstByteBufferBytes?: number;
   /** Client connections at once; excess ones are closed at once. Default 10000; must be ≥ 1. */
   maxConnections?: number;
-  /** Connections to a draining or removed backend are closed after this. Default 60000; 0 = at once. */
+  /**
+   * Connections to a draining or removed backend are closed after this, and only while another backend is `up`.
+   * Default 60000; 0 = at once (same condition).
+   */
   drainTimeout?: number;
+  /**
+   * Window over which the closes of one drain are spread: evenly, from a random phase (each node its own), so
+   * the fleet's reconnects arrive as a trickle. Default 30000; 0 = all at once. Never applies to a `down` backend.
+   */
+  closeSpread?: number;
+  /** Random source in [0, 1) for the spread's phase. Default Math.random. */
+  random?: () => number;
   /** TCP keepalive initial delay on both sides. Default 30000; 0 uses the kernel default. */
   keepAliveInitialDelay?: number;
   /** Default: `net.connect` with half-open allowed and Nagle off. */
@@ -65,21 +84,42 @@ export interface ProxyEvents {
   open: [{ backend: Backend }];
   close: [CloseEvent];
   'dial-failure': [DialFailureEvent];
+  /** A connection is dialing `backend` after its previous attempt failed for `reason`. */
   retry: [{ reason: DialFailureReason; backend: Backend }];
   reject: [{ reason: 'max_connections' }];
   'client-error': [{ error: Error }];
   /** accept() failed (EMFILE, ENFILE, ENOBUFS...): the connection was dropped, the listener keeps serving. */
   'accept-error': [{ error: NodeJS.ErrnoException }];
-  'drain-timeout': [{ backend: Backend; closed: number }];
+  /** A drain timed out with another backend up: `connections` are closed over the next `spreadMs`. */
+  'drain-timeout': [{ backend: Backend; connections: number; spreadMs: number }];
+  /** A drain timed out (or a spread was under way) but no other backend is up: `connections` stay open. */
+  'drain-held': [{ backend: Backend; connections: number }];
 }
 
 /** Counters read by metrics/ at scrape time. */
 export interface ProxyCounters {
   accepted: number;
-  rejected: Map<string, number>;
-  retries: Map<string, number>;
-  /** Closed connections by backend id and reason. */
+  rejected: Map<RejectReason, number>;
+  /** Dials of a next backend after a failed attempt (a connection whose last backend failed is not a retry). */
+  retries: Map<RetryReason, number>;
+  /** Closed connections by backend id and reason; `''`: connections that never had a backend (`no_backend`). */
   closed: Map<string, Map<CloseReason, number>>;
+  /** Dials that failed for lack of local resources (EMFILE...), by backend id: never reported to the pool. */
+  localDialFailures: Map<string, number>;
+}
+
+/**
+ * One drain in progress. `timer`: waiting for --drain-timeout. `held`: timed out, but no other backend is up.
+ * `closing`: closing `queue[next..]`, connection i at `start + offset + i * slot`.
+ */
+interface Drain {
+  phase: 'timer' | 'held' | 'closing';
+  timer: TimerHandle | undefined;
+  queue: Connection[];
+  next: number;
+  start: number;
+  offset: number;
+  slot: number;
 }
 
 function defaultDial(backend: Backend, onread?: UpstreamOnRead): Socket {
@@ -98,15 +138,18 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   maxConnections: number;
   /** Changed only through {@link update}. */
   drainTimeout: number;
+  /** Changed only through {@link update}. */
+  closeSpread: number;
   readonly keepAliveInitialDelay: number;
   readonly dial: Dialer;
   readonly clock: Clock;
-  readonly counters: ProxyCounters = { accepted: 0, rejected: new Map(), retries: new Map(), closed: new Map() };
+  readonly counters: ProxyCounters = { accepted: 0, rejected: new Map(), retries: new Map(), closed: new Map(), localDialFailures: new Map() };
+  private readonly random: () => number;
   private readonly servers = new Set<Server>();
   private readonly all = new Set<Connection>();
   private readonly byBackend = new Map<Backend, Set<Connection>>();
   private readonly connectedTo = new WeakMap<Connection, Backend>();
-  private readonly drainTimers = new Map<Backend, TimerHandle>();
+  private readonly drains = new Map<Backend, Drain>();
   private closing = false;
   private idleWaiters: (() => void)[] = [];
 
@@ -119,6 +162,8 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.firstByteBufferBytes = num('firstByteBufferBytes', options.firstByteBufferBytes ?? 16384, 0);
     this.maxConnections = num('maxConnections', options.maxConnections ?? 10000, 1);
     this.drainTimeout = num('drainTimeout', options.drainTimeout ?? 60000, 0);
+    this.closeSpread = num('closeSpread', options.closeSpread ?? 30000, 0);
+    this.random = options.random ?? Math.random;
     this.keepAliveInitialDelay = num('keepAliveInitialDelay', options.keepAliveInitialDelay ?? 30000, 0);
     this.dial = options.dial ?? defaultDial;
     this.clock = options.clock ?? systemClock;
@@ -137,17 +182,19 @@ export class Proxy extends EventEmitter<ProxyEvents> {
    * OptionError and nothing changes. New values apply to the next dial, first-byte wait, accept and drain;
    * timers already running keep their old deadline, and open connections are never touched.
    */
-  update(options: Partial<Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout'>>): void {
+  update(options: Partial<Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread'>>): void {
     const next = {
       connectTimeout: num('connectTimeout', options.connectTimeout ?? this.connectTimeout, 1),
       firstByteTimeout: num('firstByteTimeout', options.firstByteTimeout ?? this.firstByteTimeout, 0),
       maxConnections: num('maxConnections', options.maxConnections ?? this.maxConnections, 1),
       drainTimeout: num('drainTimeout', options.drainTimeout ?? this.drainTimeout, 0),
+      closeSpread: num('closeSpread', options.closeSpread ?? this.closeSpread, 0),
     };
     this.connectTimeout = next.connectTimeout;
     this.firstByteTimeout = next.firstByteTimeout;
     this.maxConnections = next.maxConnections;
     this.drainTimeout = next.drainTimeout;
+    this.closeSpread = next.closeSpread;
   }
 
   /** Open client connections. */
@@ -236,11 +283,16 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   /** @internal A dial attempt failed. */
   reportDialFailure(backend: Backend, reason: DialFailureReason, error: Error | undefined): void {
     if (reason !== 'local_resources') this.pool.reportDialFailure(backend, reason);
-    inc(this.counters.retries, reason === 'first_byte_timeout' ? 'first_byte_timeout' : 'connect_failed');
+    else inc(this.counters.localDialFailures, backend.id);
     const ev: DialFailureEvent = { backend, reason };
     if (error) ev.error = error;
     this.emit('dial-failure', ev);
-    this.emit('retry', { reason, backend });
+  }
+
+  /** @internal A connection whose previous attempt failed for `reason` now dials `next`. */
+  retried(reason: DialFailureReason, next: Backend): void {
+    inc(this.counters.retries, reason === 'first_byte_timeout' ? 'first_byte_timeout' : 'connect_failed');
+    if (this.listenerCount('retry') > 0) this.emit('retry', { reason, backend: next });
   }
 
   /** @internal */
@@ -252,12 +304,12 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   finished(conn: Connection, reason: CloseReason): void {
     this.all.delete(conn);
     const backend = conn.backend;
-    if (backend) {
-      this.detach(conn, backend);
-      let m = this.counters.closed.get(backend.id);
-      if (!m) this.counters.closed.set(backend.id, (m = new Map()));
-      m.set(reason, (m.get(reason) ?? 0) + 1);
-    }
+    // Counted before detach: releasing a removed backend's last connection deletes it, and its counters go too.
+    const key = backend?.id ?? '';
+    let m = this.counters.closed.get(key);
+    if (!m) this.counters.closed.set(key, (m = new Map()));
+    inc(m, reason);
+    if (backend) this.detach(conn, backend);
     if (this.listenerCount('close') > 0) {
       this.emit('close', {
         backend,
@@ -287,20 +339,30 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     const b = ev.backend;
     if (ev.to === 'down') {
       this.cancelDrain(b);
-      // A dead backend's clients would wait ~45 s for their own HTTP/2 ping to give up: release them now so
-      // they reconnect through a healthy backend. With no eligible backend left (panic: e.g. a wrong CA marks
-      // every backend down) there is nowhere better to go, and cutting every connection would only hurt.
+      // A dead backend's clients would wait ~45 s for their own HTTP/2 ping to give up: release them now, all at
+      // once, so they reconnect through a healthy backend. With no eligible backend left (panic: e.g. a wrong CA
+      // marks every backend down) there is nowhere better to go, and cutting every connection would only hurt.
       if (this.pool.hasEligible) this.closeBackendConnections(b, 'backend_down');
     } else if (ev.to === 'draining') {
       this.scheduleDrain(b);
-    } else if (ev.to === 'up' && !b.removed) {
-      this.cancelDrain(b);
+    } else if (ev.to === 'up') {
+      if (!b.removed) this.cancelDrain(b);
+      // Somewhere better exists again: held drains start their timer afresh, and connections kept on a backend
+      // that went down during panic (there was nowhere to move them) are released now, at once like any down.
+      for (const [other, d] of this.drains) {
+        if (other !== b && d.phase === 'held') this.startDrainTimer(other, d);
+      }
+      if (this.pool.hasEligible) {
+        for (const other of this.pool.backends) if (other.state === 'down') this.closeBackendConnections(other, 'backend_down');
+      }
     }
   }
 
   /** A backend left the pool: its closed-connection counters go with it (its metric series disappear). */
   private onDeleted(b: Backend): void {
     this.counters.closed.delete(b.id);
+    this.counters.localDialFailures.delete(b.id);
+    this.cancelDrain(b);
   }
 
   private onRemoved(b: Backend): void {
@@ -308,24 +370,81 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   }
 
   private scheduleDrain(b: Backend): void {
-    if (this.drainTimers.has(b)) return;
-    const fire = () => {
-      this.drainTimers.delete(b);
-      const closed = this.closeBackendConnections(b, 'drain_timeout');
-      if (closed > 0) this.emit('drain-timeout', { backend: b, closed });
-    };
-    if (this.drainTimeout === 0) {
-      fire();
+    if (this.drains.has(b)) return;
+    const d: Drain = { phase: 'timer', timer: undefined, queue: [], next: 0, start: 0, offset: 0, slot: 0 };
+    this.drains.set(b, d);
+    this.startDrainTimer(b, d);
+  }
+
+  private startDrainTimer(b: Backend, d: Drain): void {
+    d.phase = 'timer';
+    this.clock.clearTimeout(d.timer);
+    d.timer = undefined;
+    if (this.drainTimeout === 0) this.drainDue(b, d);
+    else d.timer = this.clock.setTimeout(() => this.drainDue(b, d), this.drainTimeout);
+  }
+
+  /** True when a backend other than `b` is `up`: only then is closing `b`'s connections a move to something better. */
+  private betterThan(b: Backend): boolean {
+    return this.pool.backends.some((x) => x !== b && !x.removed && x.state === 'up');
+  }
+
+  /** --drain-timeout passed: start spreading the closes, or hold them while nothing better exists. */
+  private drainDue(b: Backend, d: Drain): void {
+    d.timer = undefined;
+    const queue = [...this.connectionsTo(b)];
+    if (queue.length === 0) {
+      this.drains.delete(b);
       return;
     }
-    this.drainTimers.set(b, this.clock.setTimeout(fire, this.drainTimeout));
+    if (!this.betterThan(b)) {
+      this.holdDrain(b, d, queue.length);
+      return;
+    }
+    d.phase = 'closing';
+    d.queue = queue;
+    d.next = 0;
+    d.start = this.clock.now();
+    d.slot = this.closeSpread / queue.length;
+    // The phase within the first slot differs per node: a fleet's closes interleave instead of lining up.
+    d.offset = this.random() * d.slot;
+    this.emit('drain-timeout', { backend: b, connections: queue.length, spreadMs: this.closeSpread });
+    this.closeStep(b, d);
+  }
+
+  private holdDrain(b: Backend, d: Drain, connections: number): void {
+    d.phase = 'held';
+    if (this.listenerCount('drain-held') > 0) this.emit('drain-held', { backend: b, connections });
+  }
+
+  /** Closes every queued connection that is due, then waits for the next one (one timer per drain, not per connection). */
+  private closeStep(b: Backend, d: Drain): void {
+    d.timer = undefined;
+    const live = this.byBackend.get(b);
+    if (!this.betterThan(b)) {
+      // The other backends went away while the spread was under way: the rest stay, like a held drain.
+      let left = 0;
+      for (let i = d.next; i < d.queue.length; i++) if (live?.has(d.queue[i]!)) left++;
+      this.holdDrain(b, d, left);
+      return;
+    }
+    const elapsed = this.clock.now() - d.start;
+    while (d.next < d.queue.length && d.offset + d.next * d.slot <= elapsed) {
+      const c = d.queue[d.next++]!;
+      if (live?.has(c)) c.destroy('drain_timeout');
+    }
+    if (d.next >= d.queue.length) {
+      this.drains.delete(b);
+      return;
+    }
+    d.timer = this.clock.setTimeout(() => this.closeStep(b, d), Math.max(1, Math.ceil(d.offset + d.next * d.slot - elapsed)));
   }
 
   private cancelDrain(b: Backend): void {
-    const t = this.drainTimers.get(b);
-    if (t !== undefined) {
-      this.clock.clearTimeout(t);
-      this.drainTimers.delete(b);
+    const d = this.drains.get(b);
+    if (d) {
+      this.clock.clearTimeout(d.timer);
+      this.drains.delete(b);
     }
   }
 
@@ -367,8 +486,8 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     await this.stopAccepting();
     if (timeoutMs > 0) await this.waitIdle(timeoutMs);
     for (const c of [...this.all]) c.destroy('shutdown');
-    for (const t of this.drainTimers.values()) this.clock.clearTimeout(t);
-    this.drainTimers.clear();
+    for (const d of this.drains.values()) this.clock.clearTimeout(d.timer);
+    this.drains.clear();
     this.pool.off('transition', this.onTransition);
     this.pool.off('removed', this.onRemoved);
     this.pool.off('deleted', this.onDeleted);
@@ -381,7 +500,7 @@ function num(name: string, v: number, min: number): number {
   return v;
 }
 
-function inc(m: Map<string, number>, k: string): void {
+function inc<K>(m: Map<K, number>, k: K): void {
   m.set(k, (m.get(k) ?? 0) + 1);
 }
 

@@ -1,0 +1,21 @@
+/**
+ * A Proxy over a given pool, serving on a fresh loopback listener (port 0), closed at the test's teardown.
+ */
+import { Proxy, type ProxyOptions } from '../../src/proxy/proxy.js';
+import { bindListener, createListener } from '../../src/proxy/listen.js';
+import type { Pool } from '../../src/pool/pool.js';
+
+/** What {@link serveProxy} needs of a tap test. */
+export interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+/** Starts a Proxy over `pool` with `opts` on 127.0.0.1:0; returns it and the port clients dial. */
+export async function serveProxy(tt: Teardown, pool: Pool, opts: Partial<ProxyOptions> = {}): Promise<{ proxy: Proxy; port: number }> {
+  const proxy = new Proxy({ ...opts, pool });
+  const server = createListener();
+  await bindListener(server, { host: '127.0.0.1', port: 0 });
+  proxy.serve(server);
+  tt.teardown(() => proxy.close(0));
+  return { proxy, port: (server.address() as { port: number }).port };
+}
