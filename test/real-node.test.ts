@@ -147,6 +147,8 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.equal(reload.streams.open, 20);
     node.writeFile('/etc/apilb/apilb.yaml', MINIMAL_CONFIG);
     await node.run('systemctl reload apilb.service');
+    // Finding 8: the STOPPING=1 helper dies with the cgroup's SIGTERM now and then; that is no error to log.
+    t.notMatch(await node.run('journalctl -u apilb.service -o cat --no-pager'), /systemd_notify_failed/, 'no notify failure logged across the stops');
   });
 
   await t.test('systemctl status follows health and reloads (STATUS=)', async (t) => {
