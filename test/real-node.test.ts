@@ -169,6 +169,20 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     await node.run('systemctl reload apilb.service');
     await waitFor(async () => !(await statusText()).includes('rejected'), { timeoutMs: 20_000, intervalMs: 100, what: 'STATUS after a good reload' });
     t.equal(await statusText(), 'serving 3/3 backends up', 'a good reload clears it');
+
+    // No backend at all: READY=1 (the end of `systemctl restart`, Type=notify) waits for one up to rise × interval
+    // + timeout (2 × 2 s + 1 s with the defaults) after the first round, then comes anyway and says so.
+    const all = BACKEND_PORTS.map((p) => `apiserver@${p}`).join(' ');
+    await node.run(`systemctl stop ${all}`);
+    const t0 = Date.now();
+    await node.run('systemctl restart apilb.service', 60_000);
+    const readyAfter = Date.now() - t0;
+    t.comment(`with no backend up, systemctl restart (READY=1) took ${readyAfter} ms`);
+    t.ok(readyAfter >= 5000, 'READY=1 held back for the bound');
+    t.equal(await statusText(), 'no backend up (3 configured): forwarding to all of them (panic)', 'and STATUS= says why');
+    await node.run(`systemctl start ${all}`);
+    await waitFor(async () => (await statusText()).startsWith('serving 3/3'), { timeoutMs: 30_000, intervalMs: 100, what: 'STATUS 3/3 after the stand-ins came back' });
+    t.equal(await statusText(), 'serving 3/3 backends up', 'back to 3/3 without a restart');
   });
 
   await t.test('the watchdog restarts a stopped (SIGSTOP) apilb', async (t) => {
