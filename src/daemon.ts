@@ -23,6 +23,7 @@ import { HealthMonitor } from './health/health-monitor.js';
 import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
+import { Rebalancer } from './proxy/rebalancer.js';
 import { VERSION } from './version.js';
 
 /**
@@ -85,6 +86,8 @@ export class Daemon {
   /** Union of backend sources (static seeds, DNS, discovery) applied to the pool. */
   readonly backendSet: BackendSet;
   readonly proxy: Proxy;
+  /** Moves long-lived connections towards even shares (undefined with --rebalance=false); runs once started. */
+  readonly rebalancer: Rebalancer | undefined;
   /** Active health checks feeding the pool (started by start(), stopped first thing in close()). */
   readonly health: HealthMonitor;
   readonly admin: AdminServer;
@@ -130,7 +133,7 @@ export class Daemon {
     this.clock = clock;
     this.discoveryTuning = deps.discovery;
     this.startedAt = clock.now();
-    this.pool = new Pool({ rise: config.rise, fall: config.fall, clock });
+    this.pool = new Pool({ rise: config.rise, fall: config.fall, balance: config.balance, clock });
     this.backendSet = new BackendSet(this.pool);
     const { literals, names } = splitBackends(config.backends);
     this.backendSet.set('static', literals);
@@ -155,7 +158,18 @@ export class Daemon {
     };
     if (deps.dial) proxyOpts.dial = deps.dial;
     this.proxy = new Proxy(proxyOpts);
-    this.unsubscribe.push(subscribeLogger(this.logger, this.pool, this.proxy));
+    if (config.rebalance) {
+      this.rebalancer = new Rebalancer({
+        proxy: this.proxy,
+        interval: config.rebalanceInterval,
+        tolerance: config.rebalanceTolerance / 100,
+        maxMovesFraction: config.rebalanceMaxMovesPercent / 100,
+        minAge: config.rebalanceMinAge,
+        quiet: config.rebalanceQuiet,
+        clock,
+      });
+    }
+    this.unsubscribe.push(subscribeLogger(this.logger, this.pool, this.proxy, this.rebalancer));
     this.notifier =
       deps.notifier ??
       new Notifier({
@@ -178,6 +192,7 @@ export class Daemon {
       pool: this.pool,
       proxy: this.proxy,
       health: this.health,
+      ...(this.rebalancer ? { rebalancer: this.rebalancer } : {}),
       version: VERSION,
       counters: { reloads: this.reloads, dnsFailures: this.dnsFailures, lastReloadSuccessful: () => this.reloadError === undefined },
       readiness: () => this.readiness(),
@@ -300,6 +315,7 @@ export class Daemon {
       throw err;
     }
     this.started = true;
+    this.rebalancer?.start();
     this.logger.info(
       {
         event: 'started',
@@ -439,6 +455,7 @@ export class Daemon {
   close(timeoutMs = this.stopDrainMs): Promise<void> {
     this.closing ??= (async () => {
       void this.notifier.stopping(this.handoff ? `closing connections after ${timeoutMs} ms; clients reconnect to the next apilb` : `draining connections (up to ${timeoutMs} ms)`);
+      this.rebalancer?.stop();
       await this.proxy.stopAccepting();
       // Before health stops and before the drain: discovery's own watch is a connection through the proxy and
       // would hold the drain open, and no list may be applied while the pool is no longer checked.

@@ -8,6 +8,7 @@ import type { Backend } from './pool/backend.js';
 import type { CheckResult, Pool, TransitionEvent } from './pool/pool.js';
 import { TLS_ERROR_PREFIX } from './health/checker.js';
 import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
+import type { Rebalancer } from './proxy/rebalancer.js';
 
 export type { Logger } from 'pino';
 
@@ -67,8 +68,11 @@ export function createLogger(level = 'info', destination?: pino.DestinationStrea
   return destination ? pino(opts, destination) : pino(opts);
 }
 
-/** Subscribes `log` to pool and proxy events; returns a function that unsubscribes. */
-export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => void {
+/**
+ * Subscribes `log` to pool, proxy and (when given) rebalancer events; returns a function that unsubscribes.
+ * Rebalancing logs one info line per round that moved connections (a few a minute at most), others at debug.
+ */
+export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalancer?: Rebalancer): () => void {
   function onTransitionLog(ev: TransitionEvent): void {
     const level = ev.to === 'down' || ev.to === 'draining' ? 'warn' : 'info';
     log[level]({ event: 'backend_transition', backend: ev.backend.id, from: ev.from, to: ev.to, reason: ev.reason }, `backend ${ev.backend.id} ${ev.from} -> ${ev.to}: ${ev.reason}`);
@@ -120,6 +124,20 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
   function onClientErrorLog(ev: { error: Error }): void {
     log.debug({ event: 'client_error', err: ev.error.message }, 'client socket error');
   }
+  const movedFrom = new Map<string, number>();
+  function onMoveLog(ev: { from: Backend }): void {
+    movedFrom.set(ev.from.id, (movedFrom.get(ev.from.id) ?? 0) + 1);
+  }
+  function onRebalanceRoundLog(ev: { outcome: string; moves: number }): void {
+    if (ev.moves === 0) {
+      log.debug({ event: 'rebalance_round', outcome: ev.outcome }, `rebalance: ${ev.outcome}`);
+      return;
+    }
+    const from = Object.fromEntries(movedFrom);
+    movedFrom.clear();
+    const list = Object.entries(from).map(([id, n]) => `${n} from ${id}`).join(', ');
+    log.info({ event: 'rebalance_round', outcome: ev.outcome, moves: ev.moves, from }, `rebalance: closed ${ev.moves} quiet connections to spread them again (${list})`);
+  }
   // [emitter, event, handler]: subscribed together, unsubscribed together.
   type Sub = [{ on(e: string, f: never): unknown; off(e: string, f: never): unknown }, string, (ev: never) => void];
   const subs: Sub[] = [
@@ -133,6 +151,7 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy): () => vo
     [proxy, 'reject', onRejectLog],
     [proxy, 'accept-error', onAcceptErrorLog],
   ];
+  if (rebalancer) subs.push([rebalancer, 'move', onMoveLog], [rebalancer, 'round', onRebalanceRoundLog]);
   // Per-connection lines only at debug: otherwise nothing listens, and the data path skips building the events.
   if (log.isLevelEnabled('debug')) subs.push([proxy, 'close', onCloseLog], [proxy, 'client-error', onClientErrorLog]);
   for (const [em, ev, fn] of subs) em.on(ev, fn as never);

@@ -7,6 +7,7 @@ import { formatAddress, parseAddress, type Address } from '../config/values.js';
 import { ApilbError } from '../errors.js';
 import type { Backend, BackendSource, BackendState } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
+import { connectionShare } from '../pool/rebalance.js';
 import type { Proxy } from '../proxy/proxy.js';
 import type { Readiness } from './admin-server.js';
 
@@ -40,6 +41,8 @@ export interface StatusBackend {
   /** Null before the first check. */
   lastCheck: StatusCheck | null;
   activeConnections: number;
+  /** Share of the node's open proxied connections, 0..1 (what rebalancing evens out). */
+  connectionShare: number;
   totalConnections: number;
   /** Failed dials by reason. */
   connectFailures: Record<string, number>;
@@ -93,7 +96,7 @@ function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
 
-function backendStatus(b: Backend, proxy: Proxy): StatusBackend {
+function backendStatus(b: Backend, proxy: Proxy, all: readonly Backend[]): StatusBackend {
   const bytes = proxy.bytesFor(b);
   const c = b.lastCheck;
   return {
@@ -106,6 +109,7 @@ function backendStatus(b: Backend, proxy: Proxy): StatusBackend {
     removed: b.removed,
     lastCheck: c ? { result: c.result, latencyMs: c.latencyMs, error: c.error ?? null, status: c.status ?? null, at: iso(c.at) } : null,
     activeConnections: b.activeConnections,
+    connectionShare: connectionShare(all, b),
     totalConnections: b.totalConnections,
     connectFailures: Object.fromEntries(b.connectFailures),
     checks: { ...b.checkCounts },
@@ -128,7 +132,7 @@ export function buildStatus(input: StatusInput): StatusDoc {
     admin: input.admin,
     activeConnections: input.proxy.activeConnections,
     acceptedConnections: input.proxy.counters.accepted,
-    backends: input.pool.backends.map((b) => backendStatus(b, input.proxy)),
+    backends: input.pool.backends.map((b) => backendStatus(b, input.proxy, input.pool.backends)),
   };
 }
 

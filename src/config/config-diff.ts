@@ -10,10 +10,11 @@ import { formatAddress, formatDuration, type Address } from './values.js';
 /**
  * Options a running daemon cannot change: bound sockets (listen, adminListen), the pool's state-machine
  * thresholds (rise, fall), EndpointSlice discovery's wiring (discoverEndpointslices, kubeconfig's use there,
- * stateDir), and the TLS server name already stamped on existing backends.
+ * stateDir), the TLS server name already stamped on existing backends, and balancing (pick policy, rebalancer).
  */
 export const RESTART_REQUIRED: ReadonlySet<string> = new Set([
   'listen', 'adminListen', 'metricsListen', 'rise', 'fall', 'discoverEndpointslices', 'stateDir', 'tlsServerName',
+  'balance', 'rebalance', 'rebalanceInterval', 'rebalanceTolerance', 'rebalanceMaxMovesPercent', 'rebalanceMinAge', 'rebalanceQuiet',
 ]);
 
 /** One changed option. */

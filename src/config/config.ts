@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { loadKubeconfigCredentials } from './kubeconfig.js';
 import { envName, fileKey, optionByKey, OPTIONS, type OptionSpec } from './options.js';
+import type { BalancePolicy } from '../pool/pool.js';
 import { formatDuration, parseAddress, parseDuration, type Address } from './values.js';
 
 /** The fully resolved, validated configuration. Durations are milliseconds. */
@@ -59,6 +60,20 @@ export interface Config {
   closeSpread: number;
   /** Metrics-only listener; default unset (off). */
   metricsListen?: Address;
+  /** Default `least-connections`. */
+  balance: BalancePolicy;
+  /** Default true. */
+  rebalance: boolean;
+  /** Default 10000 ms. */
+  rebalanceInterval: number;
+  /** Percent, default 20. */
+  rebalanceTolerance: number;
+  /** Percent, default 10. */
+  rebalanceMaxMovesPercent: number;
+  /** Default 30000 ms; 0: any age. */
+  rebalanceMinAge: number;
+  /** Default 1000 ms. */
+  rebalanceQuiet: number;
   /** The config file this came from, if any (reload re-reads it). */
   configFile?: string;
 }

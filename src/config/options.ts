@@ -5,6 +5,7 @@
  * Names: flag `--health-check-interval` ⇔ YAML/config key `healthCheckInterval` ⇔ env
  * `APILB_HEALTH_CHECK_INTERVAL`. Repeatable flags take plural YAML keys (`--backend` ⇔ `backends:`).
  */
+import { BALANCE_POLICIES } from '../pool/pool.js';
 
 /** The value kinds an option can have. */
 export type OptionKind = 'duration' | 'int' | 'string' | 'bool' | 'address' | 'address-list' | 'enum' | 'file';
@@ -38,6 +39,7 @@ const G_HEALTH = 'Health checks:';
 const G_TLS = 'TLS for health checks:';
 const G_OPS = 'Operations:';
 const G_DISC = 'Discovery:';
+const G_BAL = 'Balancing:';
 
 /** Every option apilb understands, in help order. */
 export const OPTIONS: readonly OptionSpec[] = [
@@ -93,6 +95,20 @@ export const OPTIONS: readonly OptionSpec[] = [
     describe: 'closes that can wait (drain timeout, backends removed by reload or discovery) are spread evenly over this window from a random per-node phase; 0 closes them at once. A down backend\'s connections are always closed at once' },
   { key: 'metricsListen', flag: 'metrics-listen', kind: 'address', allowPortZero: true, group: G_OPS,
     describe: 'extra HTTP listener serving only GET /metrics, e.g. on the node IP for Prometheus (default: off); the admin endpoint stays on --admin-listen' },
+  { key: 'balance', flag: 'balance', kind: 'enum', choices: BALANCE_POLICIES, default: 'least-connections', group: G_BAL,
+    describe: 'how new connections pick an eligible backend: least-connections (fewest open, ties in turn; a backend that comes back fills first) or round-robin' },
+  { key: 'rebalance', flag: 'rebalance', kind: 'bool', default: true, group: G_BAL,
+    describe: 'move long-lived connections off over-loaded backends by closing them at a quiet moment (docs/rebalancing.md); false turns it off' },
+  { key: 'rebalanceInterval', flag: 'rebalance-interval', kind: 'duration', default: '10s', min: 100, group: G_BAL,
+    describe: 'time between rebalancing rounds (jittered ±50% per round, so nodes do not move in lockstep)' },
+  { key: 'rebalanceTolerance', flag: 'rebalance-tolerance', kind: 'int', default: 20, min: 1, max: 100, group: G_BAL,
+    describe: 'percent: shares are even enough when every backend is within this much of the fair share' },
+  { key: 'rebalanceMaxMovesPercent', flag: 'rebalance-max-moves-percent', kind: 'int', default: 10, min: 1, max: 100, group: G_BAL,
+    describe: 'at most this percent of the node\'s connections are moved per round (at least one)' },
+  { key: 'rebalanceMinAge', flag: 'rebalance-min-age', kind: 'duration', default: '30s', min: 0, group: G_BAL,
+    describe: 'a connection younger than this is never moved' },
+  { key: 'rebalanceQuiet', flag: 'rebalance-quiet', kind: 'duration', default: '1s', min: 10, group: G_BAL,
+    describe: 'a connection is moved only after this long without bytes either way, the last ones from the API server' },
 ];
 
 /** Looks up an option by its config key. */

@@ -12,6 +12,8 @@ import { BACKEND_STATES } from '../pool/backend.js';
 import type { CheckResult, Pool } from '../pool/pool.js';
 import type { Proxy } from '../proxy/proxy.js';
 import { BACKENDLESS_CLOSE_REASONS, CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../proxy/reasons.js';
+import type { Rebalancer } from '../proxy/rebalancer.js';
+import { connectionShare, REBALANCE_OUTCOMES } from '../pool/rebalance.js';
 import { DISCOVERY_STATES, type DiscoveryStats } from '../discovery/endpointslices.js';
 
 /** One active health check result, as the health monitor emits it (`check` event). */
@@ -49,6 +51,8 @@ const LINT_FAILING_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_req
 export interface MetricsOptions {
   pool: Pool;
   proxy: Proxy;
+  /** Connection rebalancing (`apilb_rebalance_*`). Default none: those counters stay at 0. */
+  rebalancer?: Rebalancer;
   /** Source of `check` events for the latency histogram. Default none (attach later with `watchHealth`). */
   health?: HealthCheckSource;
   /** Value of `apilb_build_info{version}`. */
@@ -158,6 +162,15 @@ export function createMetrics(options: MetricsOptions): Metrics {
   readGauge(registry, 'apilb_panic', '1 while no backend is eligible and every backend is tried for each connection (panic mode).', [], () => [[{}, pool.panic ? 1 : 0]]);
 
   readGauge(registry, 'apilb_connections_active', 'Open proxied connections per backend.', ['backend'], () => perBackend((b) => b.activeConnections));
+  readGauge(registry, 'apilb_backend_connection_share', 'The backend\'s share of this node\'s open proxied connections (0..1); what rebalancing evens out.', ['backend'], () =>
+    perBackend((b) => connectionShare(pool.backends, b)),
+  );
+  readCounter(registry, 'apilb_rebalance_moves_total', 'Connections closed at a quiet moment to be re-opened on a less loaded backend, by the backend they left.', ['backend'], () =>
+    perBackend((b) => options.rebalancer?.moved.get(b.id) ?? 0),
+  );
+  readCounter(registry, 'apilb_rebalance_rounds_total', 'Rebalancing rounds, by outcome (moved, balanced, panic, draining, no_quiet_connection).', ['outcome'], () =>
+    byKey('outcome', REBALANCE_OUTCOMES, options.rebalancer?.rounds),
+  );
   readCounter(registry, 'apilb_connections_total', 'Connections established to the backend (TCP handshake done).', ['backend'], () => perBackend((b) => b.totalConnections));
   readCounter(registry, 'apilb_connect_failures_total', 'Failed dials to the backend, by reason (local_resources: this node was out of file descriptors or memory).', ['backend', 'reason'], () =>
     perBackendMap('reason', DIAL_FAILURE_REASONS, (b) => {

@@ -58,6 +58,8 @@ export class Backend {
   /** Consecutive failures, kind of the latest one decides down vs draining. */
   lastFailureKind: 'transport' | 'status' | undefined;
   activeConnections = 0;
+  /** Connections dialing it (not yet connected); least-connections counts them so a burst does not pile up. */
+  dialing = 0;
   totalConnections = 0;
   /** Bytes of connections already closed (open ones are added by the data path at read time). */
   bytesFromClientClosed = 0;

@@ -1,6 +1,6 @@
 /**
  * The pool: the one place that decides each backend's state from active checks and passive dial results,
- * and picks backends round-robin. It knows nothing about sockets; it emits events the data path, metrics
+ * and picks backends (least connections or round-robin). It knows nothing about sockets; it emits events the data path, metrics
  * and logger subscribe to.
  */
 import { EventEmitter } from 'node:events';
@@ -16,7 +16,17 @@ export interface PoolOptions {
   fall?: number;
   /** Default: the system clock. */
   clock?: Clock;
+  /** How {@link Pool.pick} chooses among eligible backends. Default `least-connections`. */
+  balance?: BalancePolicy;
 }
+
+/**
+ * Pick policies. `least-connections`: the eligible backend with the fewest open and dialing connections, ties
+ * round-robin, so a backend that just came back fills first. `round-robin`: in turn, regardless of load.
+ */
+export const BALANCE_POLICIES = ['least-connections', 'round-robin'] as const;
+/** One of {@link BALANCE_POLICIES}. */
+export type BalancePolicy = (typeof BALANCE_POLICIES)[number];
 
 /** Emitted on every state change. */
 export interface TransitionEvent {
@@ -43,10 +53,11 @@ export interface PoolEvents {
   deleted: [Backend];
 }
 
-/** Backends, their state machine, and round-robin picking. */
+/** Backends, their state machine, and picking. */
 export class Pool extends EventEmitter<PoolEvents> {
   readonly rise: number;
   readonly fall: number;
+  readonly balance: BalancePolicy;
   private readonly clock: Clock;
   private list: Backend[] = [];
   private cursor = 0;
@@ -59,6 +70,8 @@ export class Pool extends EventEmitter<PoolEvents> {
     this.rise = positiveInt('rise', options.rise ?? 2);
     this.fall = positiveInt('fall', options.fall ?? 2);
     this.clock = options.clock ?? systemClock;
+    this.balance = options.balance ?? 'least-connections';
+    if (!BALANCE_POLICIES.includes(this.balance)) throw new OptionError('balance', `must be one of ${BALANCE_POLICIES.join(', ')}, got ${String(this.balance)}`);
   }
 
   /** Every backend, including removed ones still draining. */
@@ -135,30 +148,54 @@ export class Pool extends EventEmitter<PoolEvents> {
   }
 
   /**
-   * Picks the next backend round-robin among eligible ones (`up`/`unknown`), skipping `exclude`. When none
-   * is eligible at all (panic), every non-removed backend is tried in order: a wrong CA or a broken check
-   * must not take the node off the API. Returns undefined when every candidate is excluded.
+   * Picks a backend among eligible ones (`up`/`unknown`), skipping `exclude`: with `least-connections` the one
+   * with the fewest open plus dialing connections (ties in round-robin order), with `round-robin` the next one in
+   * turn. When none is eligible at all (panic), every non-removed backend is tried in order: a wrong CA or a broken
+   * check must not take the node off the API. Returns undefined when every candidate is excluded.
    */
   pick(exclude?: ReadonlySet<Backend>): Backend | undefined {
     const list = this.list;
     const n = list.length;
     if (n === 0) return undefined;
+    const least = this.balance === 'least-connections';
+    let best = -1;
+    let bestLoad = Infinity;
     let fallback: Backend | undefined;
     for (let k = 0; k < n; k++) {
       const i = (this.cursor + k) % n;
       const b = list[i]!;
       if (b.removed || exclude?.has(b)) continue;
       if (b.eligible) {
-        this.cursor = (i + 1) % n;
-        return b;
+        // Strictly fewer: the first in rotation order wins a tie, and the cursor moves past it.
+        const load = b.activeConnections + b.dialing;
+        if (load < bestLoad) {
+          best = i;
+          bestLoad = load;
+          if (!least) break;
+        }
+        continue;
       }
       fallback ??= b;
+    }
+    if (best >= 0) {
+      this.cursor = (best + 1) % n;
+      return list[best];
     }
     if (fallback && !this.hasEligible) {
       this.cursor = (list.indexOf(fallback) + 1) % n;
       return fallback;
     }
     return undefined;
+  }
+
+  /** The data path started dialing `b` (counted by least-connections until it connects or gives up). */
+  beginDial(b: Backend): void {
+    b.dialing++;
+  }
+
+  /** A dial to `b` ended: connected ({@link acquire} follows) or abandoned. */
+  endDial(b: Backend): void {
+    b.dialing--;
   }
 
   /** The data path opened a connection to `b`. */

@@ -73,6 +73,13 @@ export class Connection {
   private attempt = 0;
   /** Why the previous attempt failed; a retry is counted only when a next backend is actually dialed. */
   private lastFailure: DialFailureReason | undefined;
+  // Quiet-moment bookkeeping for the rebalancer: one clock read and two number writes per read, nothing else.
+  /** Epoch ms of the last bytes read from the client (0: none yet). */
+  lastClientByteAt = 0;
+  /** Epoch ms of the last bytes read from the backend (0: none yet). */
+  lastServerByteAt = 0;
+  /** True when the latest bytes went backend → client (no request waiting for its answer, as far as TCP shows). */
+  serverSpokeLast = false;
 
   constructor(proxy: Proxy, client: Socket, now: number) {
     this.proxy = proxy;
@@ -205,6 +212,8 @@ export class Connection {
 
   private onClientData(chunk: Buffer): void {
     const up = this.upstream;
+    this.lastClientByteAt = this.proxy.clock.now();
+    this.serverSpokeLast = false;
     if (this.phase === 'dialing') {
       // Only reachable in the tick between a retry's pause() and the next dial: keep the bytes for replay.
       this.replay?.push(chunk);
@@ -236,6 +245,8 @@ export class Connection {
 
   private onUpstreamData(chunk: Buffer): void {
     if (this.phase === 'probing') this.commit();
+    this.lastServerByteAt = this.proxy.clock.now();
+    this.serverSpokeLast = true;
     if (!this.client.write(chunk)) this.upstream!.pause();
   }
 
@@ -246,6 +257,8 @@ export class Connection {
   /** Backend bytes read through onread; returning false stops reading until the client drains. */
   private onUpstreamRead(n: number, buf: Buffer): boolean {
     if (this.phase === 'probing') this.commit();
+    this.lastServerByteAt = this.proxy.clock.now();
+    this.serverSpokeLast = true;
     const c = this.client;
     if (buf === SHARED_READ_BUF) {
       // Every idle connection reads into the shared buffer next: never let a pending write reference it.
@@ -355,7 +368,7 @@ export class Connection {
     this.finish();
   }
 
-  /** Closes both sides at once (backend down, drain timeout, shutdown). */
+  /** Closes both sides at once (backend down, drain timeout, shutdown, rebalance). */
   destroy(reason: CloseReason): void {
     if (this.phase === 'closed') return;
     // A connection still dialing, or probing with nothing from the backend yet, loses nothing by moving: when

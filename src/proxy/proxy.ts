@@ -261,11 +261,13 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     let set = this.byBackend.get(backend);
     if (!set) this.byBackend.set(backend, (set = new Set()));
     set.add(conn);
+    this.pool.beginDial(backend);
   }
 
   /** @internal Connection's TCP handshake with `backend` completed. */
   connected(conn: Connection, backend: Backend): void {
     this.connectedTo.set(conn, backend);
+    this.pool.endDial(backend);
     this.pool.reportDialSuccess(backend);
     this.pool.acquire(backend);
     if (this.listenerCount('open') > 0) this.emit('open', { backend });
@@ -273,10 +275,13 @@ export class Proxy extends EventEmitter<ProxyEvents> {
 
   /** @internal Connection let go of `backend` (failed attempt or close). */
   detach(conn: Connection, backend: Backend): void {
-    this.byBackend.get(backend)?.delete(conn);
+    // A failed attempt is detached twice (retry, then finish when no other backend is left): count it once.
+    const attached = this.byBackend.get(backend)?.delete(conn) ?? false;
     if (this.connectedTo.get(conn) === backend) {
       this.connectedTo.delete(conn);
       this.pool.release(backend, conn.bytesFromClient, conn.bytesToClient);
+    } else if (attached) {
+      this.pool.endDial(backend);
     }
   }
 
