@@ -82,8 +82,8 @@ export function isUneven(max: number, min: number, fair: number, tolerance: numb
  * Plans one round. Nothing moves in panic or while any backend drains (draining, or removed with connections
  * left): its clients are about to reconnect anyway, and shares measured now would be wrong a moment later.
  * Backends that are down are left out (they take no connections); shares are over the eligible ones. Each move
- * takes the oldest movable connection of the most loaded backend that still has one and counts it towards the
- * least loaded, until shares are within the tolerance or the round's budget is spent.
+ * takes the oldest movable connection of the most loaded backend that still has one (and is above the fair share)
+ * and counts it towards the least loaded, until shares are within the tolerance or the round's budget is spent.
  */
 export function planRebalance<C extends MoveCandidate>(input: RebalanceInput<C>, policy: RebalancePolicy): RebalancePlan<C> {
   if (input.panic) return { outcome: 'panic', moves: [] };
@@ -106,7 +106,8 @@ export function planRebalance<C extends MoveCandidate>(input: RebalanceInput<C>,
       if (count.get(b)! < count.get(to)!) to = b;
       if (!exhausted.has(b) && (from === undefined || count.get(b)! > count.get(from)!)) from = b;
     }
-    if (from === undefined || !isUneven(count.get(from)!, count.get(to)!, fair, policy.tolerance)) break;
+    // Only a backend above the fair share gives: one with nothing movable must not make another one give more.
+    if (from === undefined || count.get(from)! <= fair || !isUneven(count.get(from)!, count.get(to)!, fair, policy.tolerance)) break;
     let list = pools.get(from);
     if (!list) {
       list = [...input.connectionsOf(from)].filter((c) => isMovable(c, input.now, policy)).sort((a, b) => a.openedAt - b.openedAt);

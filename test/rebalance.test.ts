@@ -1,0 +1,280 @@
+/**
+ * Rebalancing decisions and the least-connections pick, as tables and fast-check properties over the pure logic
+ * (src/pool/rebalance.ts, Pool.pick), plus the Rebalancer on real loopback sockets with an injected clock: a
+ * connection with a request outstanding is never moved, nothing moves while a backend drains or in panic.
+ */
+import t from 'tap';
+import fc from 'fast-check';
+import type { Socket } from 'node:net';
+import { Backend, type BackendState } from '../src/pool/backend.js';
+import { Pool } from '../src/pool/pool.js';
+import { isMovable, isUneven, planRebalance, type MoveCandidate, type RebalancePolicy } from '../src/pool/rebalance.js';
+import { Proxy } from '../src/proxy/proxy.js';
+import { Rebalancer } from '../src/proxy/rebalancer.js';
+import { bindListener, createListener } from '../src/proxy/listen.js';
+import { parseAddress } from '../src/config/values.js';
+import { FakeClock } from './support/fake-clock.js';
+import { dial, ended, readBytes, startServer, until, type TestServer } from './support/net.js';
+
+const POLICY: RebalancePolicy = { tolerance: 0.2, maxMovesFraction: 1, minAge: 10_000, quiet: 1000 };
+const NOW = 1_000_000;
+
+interface Cand extends MoveCandidate {
+  id: string;
+}
+
+/** A quiet, old connection whose last bytes came from the server. */
+function cand(id: string, over: Partial<MoveCandidate> = {}): Cand {
+  return { id, openedAt: NOW - 60_000, lastClientByteAt: NOW - 30_000, lastServerByteAt: NOW - 20_000, serverSpokeLast: true, ...over };
+}
+
+function backend(id: number, state: BackendState, active: number, removed = false): Backend {
+  const b = new Backend({ address: { host: '127.0.0.1', port: 1000 + id } }, 0);
+  b.state = state;
+  b.activeConnections = active;
+  b.removed = removed;
+  return b;
+}
+
+t.test('isMovable: the quiet-moment rule', async (tt) => {
+  const rows: { name: string; c: Partial<MoveCandidate>; movable: boolean }[] = [
+    { name: 'old, quiet, server spoke last', c: {}, movable: true },
+    { name: 'request outstanding: the client spoke last', c: { serverSpokeLast: false, lastClientByteAt: NOW - 5000 }, movable: false },
+    { name: 'younger than the minimum age', c: { openedAt: NOW - 9999 }, movable: false },
+    { name: 'exactly the minimum age', c: { openedAt: NOW - 10_000 }, movable: true },
+    { name: 'server bytes too recent', c: { lastServerByteAt: NOW - 999 }, movable: false },
+    { name: 'quiet exactly long enough', c: { lastServerByteAt: NOW - 1000 }, movable: true },
+    { name: 'client bytes too recent (and so it spoke last)', c: { lastClientByteAt: NOW - 10, serverSpokeLast: false }, movable: false },
+    { name: 'never carried a server byte', c: { lastServerByteAt: 0, serverSpokeLast: false }, movable: false },
+  ];
+  for (const r of rows) tt.equal(isMovable(cand('x', r.c), NOW, POLICY), r.movable, r.name);
+});
+
+t.test('planRebalance: table', async (tt) => {
+  interface Row {
+    name: string;
+    backends: [BackendState, number, boolean?][];
+    panic?: boolean;
+    /** Candidates per backend index (default: `active` quiet ones). */
+    cands?: Partial<MoveCandidate>[][];
+    policy?: Partial<RebalancePolicy>;
+    outcome: string;
+    /** Moves per source backend index. */
+    from: number[];
+  }
+  const rows: Row[] = [
+    // Within 20% of the fair 20: 22/22/16.
+    { name: 'after a rolling upgrade: 30/30/0 → 16 move, 8 from each', backends: [['up', 30], ['up', 30], ['up', 0]], outcome: 'moved', from: [8, 8, 0] },
+    { name: 'within tolerance: nothing moves', backends: [['up', 22], ['up', 20], ['up', 18]], outcome: 'balanced', from: [0, 0, 0] },
+    { name: 'a difference of one never moves', backends: [['up', 1], ['up', 0]], outcome: 'balanced', from: [0, 0] },
+    { name: 'panic: nothing moves', backends: [['down', 30], ['down', 0]], panic: true, outcome: 'panic', from: [0, 0] },
+    { name: 'a backend draining: nothing moves', backends: [['up', 30], ['up', 0], ['draining', 5]], outcome: 'draining', from: [0, 0, 0] },
+    { name: 'a removed backend with connections drains too', backends: [['up', 30], ['up', 0], ['up', 2, true]], outcome: 'draining', from: [0, 0, 0] },
+    { name: 'a down backend is left out: the others are even', backends: [['up', 15], ['up', 15], ['down', 0]], outcome: 'balanced', from: [0, 0, 0] },
+    { name: 'budget: 10% of 60 connections per round', backends: [['up', 30], ['up', 30], ['up', 0]], policy: { maxMovesFraction: 0.1 }, outcome: 'moved', from: [3, 3, 0] },
+    { name: 'budget: at least one', backends: [['up', 4], ['up', 0]], policy: { maxMovesFraction: 0.01 }, outcome: 'moved', from: [1, 0] },
+    {
+      name: 'every connection of the loaded backend has a request outstanding',
+      backends: [['up', 3], ['up', 0]],
+      cands: [[{ serverSpokeLast: false }, { serverSpokeLast: false }, { serverSpokeLast: false }], []],
+      outcome: 'no_quiet_connection',
+      from: [0, 0],
+    },
+    {
+      name: 'the most loaded has nothing quiet: the next one gives',
+      backends: [['up', 20], ['up', 16], ['up', 0]],
+      cands: [Array.from({ length: 20 }, () => ({ openedAt: NOW })), Array.from({ length: 16 }, () => ({}))],
+      outcome: 'moved',
+      from: [0, 4, 0],
+    },
+  ];
+  for (const r of rows) {
+    const bs = r.backends.map(([s, n, removed], i) => backend(i, s, n, removed));
+    const cands = new Map(bs.map((b, i) => [b, (r.cands?.[i] ?? Array.from({ length: b.activeConnections }, () => ({}))).map((o, k) => cand(`${i}.${k}`, o))]));
+    const plan = planRebalance({ backends: bs, panic: r.panic ?? false, connectionsOf: (b) => cands.get(b) ?? [], now: NOW }, { ...POLICY, ...r.policy });
+    tt.equal(plan.outcome, r.outcome, `${r.name}: outcome`);
+    tt.same(bs.map((b) => plan.moves.filter((m) => m.from === b).length), r.from, `${r.name}: moves per backend`);
+  }
+});
+
+t.test('planRebalance: properties', async (tt) => {
+  const arbCand = fc.record({
+    openedAt: fc.integer({ min: NOW - 100_000, max: NOW }),
+    lastClientByteAt: fc.integer({ min: 0, max: NOW }),
+    lastServerByteAt: fc.integer({ min: 0, max: NOW }),
+    serverSpokeLast: fc.boolean(),
+  });
+  const arbBackend = fc.record({
+    state: fc.constantFrom<BackendState>('up', 'up', 'up', 'unknown', 'down', 'draining'),
+    cands: fc.array(arbCand, { maxLength: 30 }),
+  });
+  const arbPolicy = fc.record({
+    tolerance: fc.double({ min: 0.01, max: 1, noNaN: true }),
+    maxMovesFraction: fc.double({ min: 0.01, max: 1, noNaN: true }),
+    minAge: fc.integer({ min: 0, max: 60_000 }),
+    quiet: fc.integer({ min: 1, max: 5000 }),
+  });
+  fc.assert(
+    fc.property(fc.array(arbBackend, { minLength: 1, maxLength: 5 }), fc.boolean(), arbPolicy, (specs, panic, policy) => {
+      const bs = specs.map((s, i) => backend(i, s.state, s.cands.length));
+      const byB = new Map(bs.map((b, i) => [b, specs[i]!.cands]));
+      const plan = planRebalance({ backends: bs, panic, connectionsOf: (b) => byB.get(b)!, now: NOW }, policy);
+      const total = bs.filter((b) => b.eligible).reduce((a, b) => a + b.activeConnections, 0);
+      if (panic || bs.some((b) => b.state === 'draining')) return plan.moves.length === 0;
+      // Bounded: at most the round's share of the node's connections (at least one).
+      if (plan.moves.length > Math.max(1, Math.floor(policy.maxMovesFraction * total))) return false;
+      const seen = new Set<MoveCandidate>();
+      const count = new Map(bs.map((b) => [b, b.activeConnections]));
+      for (const m of plan.moves) {
+        // Only quiet, old connections whose server spoke last; each once; from an eligible backend to another.
+        if (!isMovable(m.connection, NOW, policy) || seen.has(m.connection)) return false;
+        if (!byB.get(m.from)!.includes(m.connection) || !m.from.eligible || !m.to.eligible || m.from === m.to) return false;
+        seen.add(m.connection);
+        // Every move narrows the gap: the source had at least two more than the target.
+        if (count.get(m.from)! - count.get(m.to)! < 2) return false;
+        // Only a backend above the fair share gives.
+        if (count.get(m.from)! <= total / bs.filter((b) => b.eligible).length) return false;
+        count.set(m.from, count.get(m.from)! - 1);
+        count.set(m.to, count.get(m.to)! + 1);
+      }
+      return true;
+    }),
+    { numRuns: 500 },
+  );
+  tt.pass('500 random pools: only movable connections, bounded, every move narrows the gap from above the fair share, nothing in panic or drain');
+  tt.notOk(isUneven(24, 16, 20, 0.2), '16..24 around 20 is within 20%');
+  tt.ok(isUneven(25, 15, 20, 0.2), '15..25 is not');
+});
+
+t.test('Pool.pick: least connections, ties in turn; round-robin kept as an option', async (tt) => {
+  const pool = new Pool();
+  const [a, b, c] = ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'].map((x) => pool.add({ address: parseAddress(x) }));
+  const picks = (n: number, p = pool) => Array.from({ length: n }, () => p.pick()!.id.slice(-1)).join('');
+  tt.equal(picks(6), '123123', 'all empty: ties go in turn');
+  a!.activeConnections = 5;
+  b!.activeConnections = 5;
+  c!.activeConnections = 0;
+  tt.equal(picks(3), '333', 'a backend that came back fills first');
+  pool.beginDial(c!);
+  pool.beginDial(c!);
+  c!.activeConnections = 4;
+  tt.equal(pool.pick()!, a, 'connections still dialing count: 4 + 2 dialing > 5');
+  pool.endDial(c!);
+  pool.endDial(c!);
+  tt.ok([a, b].includes(pool.pick(new Set([c!]))), 'excluded backends are skipped');
+  pool.markDown(c!, 'test');
+  tt.notOk(picks(4).includes('3'), 'a down backend is never picked');
+  const rr = new Pool({ balance: 'round-robin' });
+  for (const x of ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3']) rr.add({ address: parseAddress(x) });
+  rr.backends[0]!.activeConnections = 100;
+  tt.equal(picks(6, rr), '123123', 'round-robin ignores load');
+  tt.throws(() => new Pool({ balance: 'random' as never }), /balance/);
+});
+
+/** A backend that greets (so the server speaks first), answers `ask\n` with `answer\n`, ignores `wait\n`. */
+function talkServer(name: string): Promise<TestServer> {
+  return startServer((s) => {
+    s.write(`${name}\n`);
+    s.on('data', (d: Buffer) => {
+      if (d.toString().includes('ask')) s.write('answer\n');
+    });
+  });
+}
+
+t.test('Rebalancer on real sockets: moves only quiet connections, never one with a request outstanding', async (tt) => {
+  const [sa, sb] = await Promise.all([talkServer('a'), talkServer('b')]);
+  tt.teardown(() => Promise.all([sa!.close(), sb!.close()]));
+  const clock = new FakeClock();
+  const pool = new Pool({ clock });
+  const a = pool.add({ address: parseAddress(sa!.address) });
+  const b = pool.add({ address: parseAddress(sb!.address) });
+  pool.markDown(b, 'test: b is being upgraded');
+  const proxy = new Proxy({ pool, firstByteTimeout: 0, clock });
+  const server = createListener();
+  await bindListener(server, { host: '127.0.0.1', port: 0 });
+  proxy.serve(server);
+  tt.teardown(() => proxy.close(0));
+  const port = (server.address() as { port: number }).port;
+  const rebalancer = new Rebalancer({ proxy, interval: 1000, tolerance: 0.2, maxMovesFraction: 1, minAge: 5000, quiet: 500 });
+  const moves: string[] = [];
+  rebalancer.on('move', (ev) => moves.push(`${ev.from.id}->${ev.to.id}`));
+
+  // Six clients on a: three got the answer to their request, three still wait for one.
+  const answered: Socket[] = [];
+  const waiting: Socket[] = [];
+  for (let i = 0; i < 6; i++) {
+    const s = await dial(port);
+    tt.teardown(() => s.destroy());
+    await readBytes(s, 2);
+    if (i % 2 === 0) {
+      s.write('ask\n');
+      await readBytes(s, 7);
+      answered.push(s);
+    } else {
+      s.write('wait\n');
+      waiting.push(s);
+    }
+  }
+  await until(() => a.activeConnections === 6 && [...proxy.connectionsTo(a)].every((c) => c.lastClientByteAt > 0), 'six connections on a, each spoke');
+  pool.reportCheck(b, { ok: true, latencyMs: 1 });
+  pool.reportCheck(b, { ok: true, latencyMs: 1 });
+  tt.equal(b.state, 'up', 'b is back');
+
+  tt.equal(rebalancer.runOnce().outcome, 'no_quiet_connection', '6/0, but every connection is younger than the minimum age');
+  clock.advance(10_000);
+  // b draining: nothing moves; back to up. Panic: nothing moves.
+  pool.reportCheck(b, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
+  pool.reportCheck(b, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
+  tt.equal(b.state, 'draining');
+  tt.equal(rebalancer.runOnce().outcome, 'draining', 'nothing moves while a backend drains');
+  pool.markDown(a, 'test');
+  pool.markDown(b, 'test');
+  tt.ok(pool.panic, 'panic');
+  tt.equal(rebalancer.runOnce().outcome, 'panic', 'nothing moves in panic');
+  for (const x of [a, b]) for (let i = 0; i < 2; i++) pool.reportCheck(x, { ok: true, latencyMs: 1 });
+  tt.same([a.state, b.state], ['up', 'up']);
+  tt.same(moves, [], 'no move so far');
+
+  const plan = rebalancer.runOnce();
+  tt.equal(plan.outcome, 'moved');
+  tt.equal(plan.moves.length, 3, '6/0 → 3/3');
+  for (const s of answered) {
+    await ended(s);
+    tt.ok(s.readableEnded, 'a connection whose answer came back was closed, cleanly (FIN, no reset)');
+  }
+  tt.same(moves, Array(3).fill(`${a.id}->${b.id}`));
+  tt.equal(rebalancer.moved.get(a.id), 3, 'moves counted by source backend');
+  await until(() => a.activeConnections === 3, 'three left on a');
+  for (const s of waiting) tt.notOk(s.destroyed || s.readableEnded, 'a connection with a request outstanding stays open');
+  tt.equal(proxy.counters.closed.get(a.id)?.get('rebalance'), 3, 'closed with reason rebalance');
+  tt.equal(rebalancer.runOnce().outcome, 'no_quiet_connection', 'the waiting ones are never taken, however uneven');
+  // A reconnect goes to b, the least loaded.
+  const again = await dial(port);
+  tt.teardown(() => again.destroy());
+  tt.equal((await readBytes(again, 2)).toString(), 'b\n', 'the reconnect lands on the least loaded backend');
+});
+
+t.test('Rebalancer: options are validated, rounds run on the (jittered) timer and stop', async (tt) => {
+  const clock = new FakeClock();
+  const pool = new Pool({ clock });
+  const proxy = new Proxy({ pool, clock });
+  tt.throws(() => new Rebalancer({ proxy, tolerance: 0 }), /tolerance/);
+  tt.throws(() => new Rebalancer({ proxy, maxMovesFraction: 1.5 }), /maxMovesFraction/);
+  tt.throws(() => new Rebalancer({ proxy, interval: 0 }), /interval/);
+  const r = new Rebalancer({ proxy, interval: 1000, random: () => 1 });
+  let rounds = 0;
+  r.on('round', () => rounds++);
+  r.start();
+  r.start();
+  clock.advance(1499);
+  tt.equal(rounds, 0, 'jitter +50%: not before 1500 ms');
+  clock.advance(1);
+  tt.equal(rounds, 1);
+  clock.advance(1500);
+  tt.equal(rounds, 2, 'one timer, even after start() twice');
+  r.stop();
+  clock.advance(10_000);
+  tt.equal(rounds, 2, 'stopped');
+  tt.equal(clock.pending, 0);
+  await proxy.close(0);
+});
