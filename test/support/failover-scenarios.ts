@@ -266,7 +266,8 @@ export async function runScenario(sc: Scenario, ca: TestCA, other: TestCA, opts:
   }
 }
 
-interface ClientTls {
+/** Client TLS material for requests through apilb. */
+export interface ClientTls {
   ca: string;
   cert: string;
   key: string;
@@ -288,7 +289,8 @@ function openWatch(port: number, tls: ClientTls): Promise<Watch> {
   });
 }
 
-function get(port: number, path: string, tls: ClientTls): Promise<{ status: number; server: string }> {
+/** One GET /`path` on a fresh connection through apilb; rejects on any transport error or after 10 s. */
+export function get(port: number, path: string, tls: ClientTls): Promise<{ status: number; server: string }> {
   return new Promise((resolve, reject) => {
     const req = httpsRequest({ host: '127.0.0.1', port, path, agent: false, ...tls, timeout: 10_000 }, (res) => {
       res.resume();
@@ -301,7 +303,8 @@ function get(port: number, path: string, tls: ClientTls): Promise<{ status: numb
   });
 }
 
-async function until(fn: () => boolean, what: string, timeoutMs: number): Promise<void> {
+/** Polls `fn` every 10 ms until true; rejects after `timeoutMs` naming `what`. */
+export async function until(fn: () => boolean, what: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!fn()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
