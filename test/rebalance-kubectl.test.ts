@@ -6,6 +6,7 @@
  */
 import t from 'tap';
 import { createTestCA, KUBECTL, runKubectl, waitFor } from './support/index.js';
+import { parseExposition } from './support/prom-text.js';
 import { issueKeys, openWatch, requireBinary, spawnChild, startStack, type Child, type Watch } from './support/e2e.js';
 
 const ca = createTestCA();
@@ -83,4 +84,16 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
   tt.same(failures, [], 'no kubectl call failed');
   tt.ok(watchRuns.length >= 1, 'the kubectl watch was moved at least once (and started again)');
   tt.same(watchRuns.filter((r) => r.code !== 0 || r.stderr.trim() !== ''), [], 'every kubectl watch that ended did so cleanly: exit 0, nothing on stderr');
+
+  // What an operator sees: moves and shares in /metrics, shares in /status.
+  const m = parseExposition(await d.metrics.render());
+  const sum = (name: string) => m.all(name).reduce((a, x) => a + x.value, 0);
+  tt.equal(sum('apilb_rebalance_moves_total'), moves, 'apilb_rebalance_moves_total counts the moves');
+  const closedByRebalance = m.all('apilb_connections_closed_total').filter((x) => x.labels.reason === 'rebalance').reduce((a, x) => a + x.value, 0);
+  tt.equal(closedByRebalance, moves, 'apilb_connections_closed_total{reason="rebalance"} = moves');
+  tt.ok((m.get('apilb_rebalance_rounds_total', { outcome: 'moved' }) ?? 0) > 0, 'rounds that moved are counted');
+  const shares = m.all('apilb_backend_connection_share').map((x) => x.value);
+  tt.equal(shares.length, 3, 'one share per backend');
+  const status = d.status();
+  tt.same(status.backends.map((b) => b.connectionShare), status.backends.map((b) => b.activeConnections / Math.max(1, status.backends.reduce((a, x) => a + x.activeConnections, 0))), '/status: share = active / all active');
 });
