@@ -171,13 +171,15 @@ t.test('Pool.pick: least connections, ties in turn; round-robin kept as an optio
   tt.throws(() => new Pool({ balance: 'random' as never }), /balance/);
 });
 
-/** A backend that greets (so the server speaks first), answers `ask\n` with `answer\n`, ignores `wait\n`. */
+/** A backend that greets (so the server speaks first), answers `ask\n` with `answer\n`, ignores `wait\n`, ends
+ * when the client ends. */
 function talkServer(name: string): Promise<TestServer> {
   return startServer((s) => {
     s.write(`${name}\n`);
     s.on('data', (d: Buffer) => {
       if (d.toString().includes('ask')) s.write('answer\n');
     });
+    s.on('end', () => s.end());
   });
 }
 
@@ -277,4 +279,29 @@ t.test('Rebalancer: options are validated, rounds run on the (jittered) timer an
   tt.equal(rounds, 2, 'stopped');
   tt.equal(clock.pending, 0);
   await proxy.close(0);
+});
+
+t.test('least connections counts dials: a refused dial, a retry and a close leave no count behind', async (tt) => {
+  const [ok] = await Promise.all([talkServer('ok')]);
+  tt.teardown(() => ok!.close());
+  const pool = new Pool();
+  // Nothing listens on port 1 of 127.0.0.2 (loopback): refused at once.
+  const refusing = pool.add({ address: parseAddress('127.0.0.2:1') });
+  const good = pool.add({ address: parseAddress(ok!.address) });
+  const proxy = new Proxy({ pool, firstByteTimeout: 0 });
+  const server = createListener();
+  await bindListener(server, { host: '127.0.0.1', port: 0 });
+  proxy.serve(server);
+  tt.teardown(() => proxy.close(0));
+  const port = (server.address() as { port: number }).port;
+  const clients: Socket[] = [];
+  for (let i = 0; i < 4; i++) {
+    const s = await dial(port);
+    clients.push(s);
+    tt.equal((await readBytes(s, 3)).toString(), 'ok\n', `client ${i} answered by the good backend`);
+  }
+  tt.same([refusing.dialing, good.dialing, good.activeConnections], [0, 0, 4], 'no dial left counted; four open');
+  for (const s of clients) s.destroy();
+  await until(() => good.activeConnections === 0, 'all closed');
+  tt.same([refusing.dialing, good.dialing], [0, 0], 'still nothing counted after the closes');
 });
