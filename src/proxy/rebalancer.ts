@@ -55,12 +55,12 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
     super();
     if (!options || !options.proxy) throw new OptionError('proxy', 'is required');
     this.proxy = options.proxy;
-    this.interval = range('interval', options.interval ?? 10_000, 1, Infinity);
+    this.interval = atLeast('interval', options.interval ?? 10_000, 1);
     this.policy = {
-      tolerance: range('tolerance', options.tolerance ?? 0.2, Number.MIN_VALUE, 1),
-      maxMovesFraction: range('maxMovesFraction', options.maxMovesFraction ?? 0.1, Number.MIN_VALUE, 1),
-      minAge: range('minAge', options.minAge ?? 30_000, 0, Infinity),
-      quiet: range('quiet', options.quiet ?? 1000, 1, Infinity),
+      tolerance: fraction('tolerance', options.tolerance ?? 0.2),
+      maxMovesFraction: fraction('maxMovesFraction', options.maxMovesFraction ?? 0.1),
+      minAge: atLeast('minAge', options.minAge ?? 30_000, 0),
+      quiet: atLeast('quiet', options.quiet ?? 1000, 1),
     };
     this.clock = options.clock ?? this.proxy.clock;
     this.random = options.random ?? Math.random;
@@ -82,7 +82,7 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
   runOnce(): RebalancePlan<Connection> {
     const pool = this.proxy.pool;
     const plan = planRebalance(
-      { backends: pool.backends, panic: pool.panic, connectionsOf: (b) => this.movableOf(b), now: this.clock.now() },
+      { backends: pool.backends, panic: pool.panic, connectionsOf: (b) => this.establishedOf(b), now: this.clock.now() },
       this.policy,
     );
     this.rounds.set(plan.outcome, (this.rounds.get(plan.outcome) ?? 0) + 1);
@@ -95,8 +95,8 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
     return plan;
   }
 
-  /** Established (piping) connections of `b`. */
-  private *movableOf(b: Backend): Iterable<Connection> {
+  /** Established (piping) connections of `b`: the candidates; the plan decides which are movable. */
+  private *establishedOf(b: Backend): Iterable<Connection> {
     for (const c of this.proxy.connectionsTo(b)) if (c.phase === 'piping' && c.backend === b) yield c;
   }
 
@@ -112,9 +112,12 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
   }
 }
 
-function range(name: string, v: number, min: number, max: number): number {
-  if (typeof v !== 'number' || Number.isNaN(v) || v < min || v > max) {
-    throw new OptionError(name, `must be a number in [${min === Number.MIN_VALUE ? '>0' : min}, ${max}], got ${v}`);
-  }
+function atLeast(name: string, v: number, min: number): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min) throw new OptionError(name, `must be a number ≥ ${min}, got ${v}`);
+  return v;
+}
+
+function fraction(name: string, v: number): number {
+  if (typeof v !== 'number' || !(v > 0 && v <= 1)) throw new OptionError(name, `must be a fraction in (0, 1], got ${v}`);
   return v;
 }
