@@ -171,6 +171,37 @@ t.test('Pool.pick: least connections, ties in turn; round-robin kept as an optio
   tt.throws(() => new Pool({ balance: 'random' as never }), /balance/);
 });
 
+t.test('Pool.pick: property: least-connections picks a least loaded eligible backend, and every one in turn on ties', async (tt) => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.record({ state: fc.constantFrom<BackendState>('up', 'unknown', 'down', 'draining'), active: fc.nat(20), dialing: fc.nat(3), excluded: fc.boolean() }), { minLength: 1, maxLength: 6 }),
+      (specs) => {
+        const pool = new Pool();
+        const bs = specs.map((x, i) => {
+          const b = pool.add({ address: { host: '127.0.0.1', port: 1 + i } });
+          b.state = x.state;
+          b.activeConnections = x.active;
+          b.dialing = x.dialing;
+          return b;
+        });
+        const exclude = new Set(bs.filter((_, i) => specs[i]!.excluded));
+        const candidates = bs.filter((b) => b.eligible && !exclude.has(b));
+        const picked = pool.pick(exclude);
+        if (candidates.length === 0) return picked === undefined || !picked.eligible;
+        const min = Math.min(...candidates.map((b) => b.activeConnections + b.dialing));
+        if (!picked || !candidates.includes(picked) || picked.activeConnections + picked.dialing !== min) return false;
+        // With loads unchanged, the tied ones come in turn: each exactly once in as many picks.
+        const tied = candidates.filter((b) => b.activeConnections + b.dialing === min);
+        const seen = new Set([picked]);
+        for (let k = 1; k < tied.length; k++) seen.add(pool.pick(exclude)!);
+        return seen.size === tied.length;
+      },
+    ),
+    { numRuns: 500 },
+  );
+  tt.pass('500 random pools');
+});
+
 /** A backend that greets (so the server speaks first), answers `ask\n` with `answer\n`, ignores `wait\n`, ends
  * when the client ends. */
 function talkServer(name: string): Promise<TestServer> {
