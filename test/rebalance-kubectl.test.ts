@@ -63,7 +63,9 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
   const failures: string[] = [];
   let calls = 0;
   const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && !(b3!.activeConnections >= 8 && watchRuns.length >= 1 && calls >= 10)) {
+  // Counted at the clients: apilb's counts also hold kubectl's short connections while they close.
+  const onThird = () => current.filter((w) => w.server === 'apiserver-3' && w.closedAt === null).length;
+  while (Date.now() < deadline && !(onThird() >= 6 && watchRuns.length >= 1 && calls >= 10)) {
     for (const args of [['get', '--raw', '/whoami'], ['get', 'pods']]) {
       const r = await runKubectl(s.kubeconfig, args);
       calls++;
@@ -71,15 +73,17 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
     }
   }
   const moves = [...(d.rebalancer?.moved.values() ?? [])].reduce((a, n) => a + n, 0);
+  const third = onThird();
+  const perServer = [b1, b2, b3].map((b) => b!.activeConnections).join(' / ');
   // Stop the clients before the stack's teardown stops apilb, so nothing re-opens into a closing daemon.
   running = false;
   watch?.proc.kill('SIGTERM');
   await watchLoop;
   for (const w of current) w.session.destroy();
   await Promise.allSettled(loops);
-  tt.comment(`connections per API server: ${[b1, b2, b3].map((b) => b!.activeConnections).join(' / ')}; ${moves} moves; ` +
+  tt.comment(`connections per API server: ${perServer}; node watches on apiserver-3: ${third}; ${moves} moves; ` +
     `${calls} kubectl calls, ${failures.length} failed; kubectl watch re-opened ${watchRuns.length} times; ${reopened} node watches re-opened`);
-  tt.ok(b3!.activeConnections >= 8, 'rebalancing gave apiserver-3 its share (>= 8 of ~30)');
+  tt.ok(third >= 6, `rebalancing gave apiserver-3 at least a fifth of the 30 watches (${third})`);
   tt.ok(moves > 0, 'connections were moved');
   tt.same(failures, [], 'no kubectl call failed');
   tt.ok(watchRuns.length >= 1, 'the kubectl watch was moved at least once (and started again)');

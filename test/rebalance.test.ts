@@ -46,6 +46,9 @@ t.test('isMovable: the quiet-moment rule', async (tt) => {
     { name: 'quiet exactly long enough', c: { lastServerByteAt: NOW - 1000 }, movable: true },
     { name: 'client bytes too recent (and so it spoke last)', c: { lastClientByteAt: NOW - 10, serverSpokeLast: false }, movable: false },
     { name: 'never carried a server byte', c: { lastServerByteAt: 0, serverSpokeLast: false }, movable: false },
+    { name: 'the server spoke right after the client (a TLS ticket, an acknowledgement), nothing since', c: { lastClientByteAt: NOW - 5000, lastServerByteAt: NOW - 4990 }, movable: false },
+    { name: 'the server spoke again on its own later (a watch event)', c: { lastClientByteAt: NOW - 5000, lastServerByteAt: NOW - 4000 }, movable: true },
+    { name: 'no client byte at all, the server spoke', c: { lastClientByteAt: 0 }, movable: true },
   ];
   for (const r of rows) tt.equal(isMovable(cand('x', r.c), NOW, POLICY), r.movable, r.name);
 });
@@ -202,20 +205,29 @@ t.test('Pool.pick: property: least-connections picks a least loaded eligible bac
   tt.pass('500 random pools');
 });
 
-/** A backend that greets (so the server speaks first), answers `ask\n` with `answer\n`, ignores `wait\n`, ends
- * when the client ends. */
-function talkServer(name: string): Promise<TestServer> {
+/**
+ * A backend that greets (so the server speaks first), answers `ask\n` with `answer\n` at once, answers `watch\n`
+ * with `ok\n` and keeps the socket in `watchers` (the test sends events), ignores `wait\n`, ends when the client
+ * ends.
+ */
+function talkServer(name: string, watchers = new Set<Socket>()): Promise<TestServer> {
   return startServer((s) => {
     s.write(`${name}\n`);
     s.on('data', (d: Buffer) => {
-      if (d.toString().includes('ask')) s.write('answer\n');
+      const text = d.toString();
+      if (text.includes('ask')) s.write('answer\n');
+      if (text.includes('watch')) {
+        s.write('ok\n');
+        watchers.add(s);
+      }
     });
     s.on('end', () => s.end());
   });
 }
 
 t.test('Rebalancer on real sockets: moves only quiet connections, never one with a request outstanding', async (tt) => {
-  const [sa, sb] = await Promise.all([talkServer('a'), talkServer('b')]);
+  const watchers = new Set<Socket>();
+  const [sa, sb] = await Promise.all([talkServer('a', watchers), talkServer('b')]);
   tt.teardown(() => Promise.all([sa!.close(), sb!.close()]));
   const clock = new FakeClock();
   const pool = new Pool({ clock });
@@ -232,14 +244,20 @@ t.test('Rebalancer on real sockets: moves only quiet connections, never one with
   const moves: string[] = [];
   rebalancer.on('move', (ev) => moves.push(`${ev.from.id}->${ev.to.id}`));
 
-  // Six clients on a: three got the answer to their request, three still wait for one.
+  // Nine clients on a: three watch (answered, then events later), three got an answer at once and nothing since,
+  // three still wait for theirs.
+  const watching: Socket[] = [];
   const answered: Socket[] = [];
   const waiting: Socket[] = [];
-  for (let i = 0; i < 6; i++) {
+  for (let i = 0; i < 9; i++) {
     const s = await dial(port);
     tt.teardown(() => s.destroy());
     await readBytes(s, 2);
-    if (i % 2 === 0) {
+    if (i % 3 === 0) {
+      s.write('watch\n');
+      await readBytes(s, 3);
+      watching.push(s);
+    } else if (i % 3 === 1) {
       s.write('ask\n');
       await readBytes(s, 7);
       answered.push(s);
@@ -248,13 +266,17 @@ t.test('Rebalancer on real sockets: moves only quiet connections, never one with
       waiting.push(s);
     }
   }
-  await until(() => a.activeConnections === 6 && [...proxy.connectionsTo(a)].every((c) => c.lastClientByteAt > 0), 'six connections on a, each spoke');
+  await until(() => a.activeConnections === 9 && [...proxy.connectionsTo(a)].every((c) => c.lastClientByteAt > 0), 'nine connections on a, each spoke');
   pool.reportCheck(b, { ok: true, latencyMs: 1 });
   pool.reportCheck(b, { ok: true, latencyMs: 1 });
   tt.equal(b.state, 'up', 'b is back');
 
-  tt.equal(rebalancer.runOnce().outcome, 'no_quiet_connection', '6/0, but every connection is younger than the minimum age');
+  tt.equal(rebalancer.runOnce().outcome, 'no_quiet_connection', '9/0, but every connection is younger than the minimum age');
   clock.advance(10_000);
+  // A watch event, well after each watcher's request.
+  for (const w of watchers) w.write('event\n');
+  await until(() => [...proxy.connectionsTo(a)].filter((c) => c.lastServerByteAt === clock.now()).length === 3, 'the events relayed');
+  clock.advance(1000);
   // b draining: nothing moves; back to up. Panic: nothing moves.
   pool.reportCheck(b, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
   pool.reportCheck(b, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
@@ -270,17 +292,18 @@ t.test('Rebalancer on real sockets: moves only quiet connections, never one with
 
   const plan = rebalancer.runOnce();
   tt.equal(plan.outcome, 'moved');
-  tt.equal(plan.moves.length, 3, '6/0 → 3/3');
-  for (const s of answered) {
+  tt.equal(plan.moves.length, 3, '9/0 would move 4; only the three watches qualify');
+  for (const s of watching) {
     await ended(s);
-    tt.ok(s.readableEnded, 'a connection whose answer came back was closed, cleanly (FIN, no reset)');
+    tt.ok(s.readableEnded, 'a watch whose server spoke last, on its own, was closed, cleanly (FIN, no reset)');
   }
   tt.same(moves, Array(3).fill(`${a.id}->${b.id}`));
   tt.equal(rebalancer.moved.get(a.id), 3, 'moves counted by source backend');
-  await until(() => a.activeConnections === 3, 'three left on a');
+  await until(() => a.activeConnections === 6, 'six left on a');
   for (const s of waiting) tt.notOk(s.destroyed || s.readableEnded, 'a connection with a request outstanding stays open');
+  for (const s of answered) tt.notOk(s.destroyed || s.readableEnded, 'an answer right after the request is not taken as the end of it: left open');
   tt.equal(proxy.counters.closed.get(a.id)?.get('rebalance'), 3, 'closed with reason rebalance');
-  tt.equal(rebalancer.runOnce().outcome, 'no_quiet_connection', 'the waiting ones are never taken, however uneven');
+  tt.equal(rebalancer.runOnce().outcome, 'no_quiet_connection', 'the others are never taken, however uneven');
   // A reconnect goes to b, the least loaded.
   const again = await dial(port);
   tt.teardown(() => again.destroy());

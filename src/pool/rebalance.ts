@@ -60,14 +60,18 @@ export interface RebalanceInput<C extends MoveCandidate> {
 
 /**
  * True when `c` may be closed now: old enough, quiet for `policy.quiet` in both directions, and the backend spoke
- * last. A client that sent bytes and got nothing back yet may be waiting for an answer (a request in flight), so
- * such a connection is never moved; a connection that never carried bytes both ways is not moved either.
+ * last, on its own: at least `policy.quiet` after the client's last bytes. A client that sent bytes and got nothing
+ * back yet may be waiting for an answer (a request in flight), so such a connection is never moved. Bytes the
+ * server sends right after the client's are not taken as an answer: they may be a reaction of the protocol below
+ * the request (TLS 1.3 sends its session tickets just after the client's first request arrived; HTTP/2
+ * acknowledges SETTINGS and PINGs), so a connection is moved only once the server spoke again later (a watch event,
+ * a bookmark). A connection that never carried server bytes is not moved either.
  */
 export function isMovable(c: MoveCandidate, now: number, policy: RebalancePolicy): boolean {
   if (now - c.openedAt < policy.minAge) return false;
   if (!c.serverSpokeLast || c.lastServerByteAt === 0) return false;
-  const last = Math.max(c.lastClientByteAt, c.lastServerByteAt);
-  return now - last >= policy.quiet;
+  if (c.lastServerByteAt - c.lastClientByteAt < policy.quiet) return false;
+  return now - c.lastServerByteAt >= policy.quiet;
 }
 
 /**
