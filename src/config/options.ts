@@ -108,7 +108,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'rebalanceMinAge', flag: 'rebalance-min-age', kind: 'duration', default: '30s', min: 0, group: G_BAL,
     describe: 'a connection younger than this is never moved' },
   { key: 'rebalanceQuiet', flag: 'rebalance-quiet', kind: 'duration', default: '1s', min: 10, group: G_BAL,
-    describe: 'a connection is moved only after this long without bytes either way, the last ones from the API server' },
+    describe: 'a connection is moved only after this long without bytes either way, the last ones from the API server and sent at least this long after the client\'s' },
 ];
 
 /** Looks up an option by its config key. */
