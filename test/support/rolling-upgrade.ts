@@ -50,8 +50,8 @@ export interface RollingUpgradeOutcome {
   failureSamples: string[];
   /** Every watch close → re-open gap, ms. */
   reopenGapsMs: number[];
-  /** The same for watches cut mid-stream (what a rebalancing move looks like to the client; a server that stops
-   * ends its watches cleanly instead), ms. */
+  /** The same for watches cut mid-stream: every rebalancing move, and any other cut (a server that stops ends its
+   * watches cleanly, but apilb closes what is still open to it once it is down), ms. */
   cutReopenGapsMs: number[];
   /** Watch opens that failed (the stream then retried). */
   failedOpens: number;
@@ -174,7 +174,8 @@ export async function runRollingUpgrade(ca: TestCA, opts: RollingUpgradeOptions)
     const count = () => names.map((n) => streams.filter((s) => s.server === n).length);
     for (let i = 0; i < 3; i++) {
       const b = d.pool.get(servers[i]!.address)!;
-      const stopped = servers[i]!.gracefulShutdown({ delayMs: opts.drainMs ?? 2000, drainTimeoutMs: 1000 });
+      // In-flight requests may finish (kube-apiserver waits up to its request timeout); watches end at once.
+      const stopped = servers[i]!.gracefulShutdown({ delayMs: opts.drainMs ?? 2000, drainTimeoutMs: 10_000 });
       await stopped;
       await until(() => b.state === 'down', `${names[i]} down`, 10_000);
       servers[i] = await start(i, servers[i]!.port);
