@@ -455,7 +455,7 @@ export class Daemon {
   close(timeoutMs = this.stopDrainMs): Promise<void> {
     this.closing ??= (async () => {
       void this.notifier.stopping(this.handoff ? `closing connections after ${timeoutMs} ms; clients reconnect to the next apilb` : `draining connections (up to ${timeoutMs} ms)`);
-      this.rebalancer?.stop();
+      this.rebalancer?.close();
       await this.proxy.stopAccepting();
       // Before health stops and before the drain: discovery's own watch is a connection through the proxy and
       // would hold the drain open, and no list may be applied while the pool is no longer checked.

@@ -310,7 +310,7 @@ t.test('Rebalancer on real sockets: moves only quiet connections, never one with
   tt.equal((await readBytes(again, 2)).toString(), 'b\n', 'the reconnect lands on the least loaded backend');
 });
 
-t.test('Rebalancer: options are validated, rounds run on the (jittered) timer and stop', async (tt) => {
+t.test('Rebalancer: options are validated, rounds run on the (jittered) timer and stop, counters follow the pool', async (tt) => {
   const clock = new FakeClock();
   const pool = new Pool({ clock });
   const proxy = new Proxy({ pool, clock });
@@ -332,6 +332,13 @@ t.test('Rebalancer: options are validated, rounds run on the (jittered) timer an
   clock.advance(10_000);
   tt.equal(rounds, 2, 'stopped');
   tt.equal(clock.pending, 0);
+  const gone = pool.add({ address: parseAddress('127.0.0.1:9') });
+  r.moved.set(gone.id, 2);
+  pool.remove(gone);
+  tt.notOk(r.moved.has(gone.id), 'a backend that left the pool takes its move counter along');
+  const listeners = pool.listenerCount('deleted');
+  r.close();
+  tt.equal(pool.listenerCount('deleted'), listeners - 1, 'close() lets go of the pool');
   await proxy.close(0);
 });
 

@@ -65,6 +65,8 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
     this.clock = options.clock ?? this.proxy.clock;
     this.random = options.random ?? Math.random;
     this.tick = this.tick.bind(this);
+    this.onDeleted = this.onDeleted.bind(this);
+    this.proxy.pool.on('deleted', this.onDeleted);
   }
 
   /** Starts the rounds (the first after a jittered interval). Idempotent. */
@@ -72,13 +74,24 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
     if (this.timer === undefined) this.schedule();
   }
 
-  /** Stops the rounds. */
+  /** Stops the rounds (start() resumes them). */
   stop(): void {
     this.clock.clearTimeout(this.timer);
     this.timer = undefined;
   }
 
-  /** Runs one round now: plans and closes. Returns the plan (tests, `apilb status`). */
+  /** Stops for good and lets go of the pool. */
+  close(): void {
+    this.stop();
+    this.proxy.pool.off('deleted', this.onDeleted);
+  }
+
+  /** A backend left the pool: its move counter goes with it (its metric series disappears). */
+  private onDeleted(b: Backend): void {
+    this.moved.delete(b.id);
+  }
+
+  /** Runs one round now: plans and closes. Returns the plan (for tests). */
   runOnce(): RebalancePlan<Connection> {
     const pool = this.proxy.pool;
     const plan = planRebalance(
