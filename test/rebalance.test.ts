@@ -73,6 +73,8 @@ t.test('planRebalance: table', async (tt) => {
     { name: 'panic: nothing moves', backends: [['down', 30], ['down', 0]], panic: true, outcome: 'panic', from: [0, 0] },
     { name: 'a backend draining: nothing moves', backends: [['up', 30], ['up', 0], ['draining', 5]], outcome: 'draining', from: [0, 0, 0] },
     { name: 'a removed backend with connections drains too', backends: [['up', 30], ['up', 0], ['up', 2, true]], outcome: 'draining', from: [0, 0, 0] },
+    // E.g. /readyz refusing apilb's credentials: draining for good, its connections closed by the drain timeout.
+    { name: 'a draining backend with no connection left does not block', backends: [['up', 20], ['up', 0], ['draining', 0]], outcome: 'moved', from: [8, 0, 0] },
     { name: 'a down backend is left out: the others are even', backends: [['up', 15], ['up', 15], ['down', 0]], outcome: 'balanced', from: [0, 0, 0] },
     { name: 'budget: 10% of 60 connections per round', backends: [['up', 30], ['up', 30], ['up', 0]], policy: { maxMovesFraction: 0.1 }, outcome: 'moved', from: [3, 3, 0] },
     { name: 'budget: at least one', backends: [['up', 4], ['up', 0]], policy: { maxMovesFraction: 0.01 }, outcome: 'moved', from: [1, 0] },
@@ -123,7 +125,7 @@ t.test('planRebalance: properties', async (tt) => {
       const byB = new Map(bs.map((b, i) => [b, specs[i]!.cands]));
       const plan = planRebalance({ backends: bs, panic, connectionsOf: (b) => byB.get(b)!, now: NOW }, policy);
       const total = bs.filter((b) => b.eligible).reduce((a, b) => a + b.activeConnections, 0);
-      if (panic || bs.some((b) => b.state === 'draining')) return plan.moves.length === 0;
+      if (panic || bs.some((b) => b.state === 'draining' && b.activeConnections > 0)) return plan.moves.length === 0;
       // Bounded: at most the round's share of the node's connections (at least one).
       if (plan.moves.length > Math.max(1, Math.floor(policy.maxMovesFraction * total))) return false;
       const seen = new Set<MoveCandidate>();
@@ -277,12 +279,11 @@ t.test('Rebalancer on real sockets: moves only quiet connections, never one with
   for (const w of watchers) w.write('event\n');
   await until(() => [...proxy.connectionsTo(a)].filter((c) => c.lastServerByteAt === clock.now()).length === 3, 'the events relayed');
   clock.advance(1000);
-  // b draining: nothing moves; back to up. Panic: nothing moves.
-  pool.reportCheck(b, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
-  pool.reportCheck(b, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
-  tt.equal(b.state, 'draining');
+  // a draining (with its nine connections): nothing moves. Then b down too: panic, nothing moves.
+  pool.reportCheck(a, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
+  pool.reportCheck(a, { ok: false, kind: 'status', status: 500, latencyMs: 1 });
+  tt.equal(a.state, 'draining');
   tt.equal(rebalancer.runOnce().outcome, 'draining', 'nothing moves while a backend drains');
-  pool.markDown(a, 'test');
   pool.markDown(b, 'test');
   tt.ok(pool.panic, 'panic');
   tt.equal(rebalancer.runOnce().outcome, 'panic', 'nothing moves in panic');

@@ -83,15 +83,24 @@ export function isUneven(max: number, min: number, fair: number, tolerance: numb
 }
 
 /**
- * Plans one round. Nothing moves in panic or while any backend drains (draining, or removed with connections
- * left): its clients are about to reconnect anyway, and shares measured now would be wrong a moment later.
+ * True while `b` drains: `draining` or removed, with connections left. Its clients are about to reconnect anyway,
+ * and shares measured now would be wrong a moment later. One whose connections are all gone (its drain timeout
+ * closed them, or it never had any) no longer counts: a backend that stays `draining` for good (e.g. its /readyz
+ * refuses apilb's credentials) must not stop rebalancing forever.
+ */
+export function isDraining(b: Backend): boolean {
+  return (b.state === 'draining' || b.removed) && b.activeConnections > 0;
+}
+
+/**
+ * Plans one round. Nothing moves in panic or while any backend drains ({@link isDraining}).
  * Backends that are down are left out (they take no connections); shares are over the eligible ones. Each move
  * takes the oldest movable connection of the most loaded backend that still has one (and is above the fair share)
  * and counts it towards the least loaded, until shares are within the tolerance or the round's budget is spent.
  */
 export function planRebalance<C extends MoveCandidate>(input: RebalanceInput<C>, policy: RebalancePolicy): RebalancePlan<C> {
   if (input.panic) return { outcome: 'panic', moves: [] };
-  if (input.backends.some((b) => b.state === 'draining' || (b.removed && b.activeConnections > 0))) return { outcome: 'draining', moves: [] };
+  if (input.backends.some(isDraining)) return { outcome: 'draining', moves: [] };
   const eligible = input.backends.filter((b) => b.eligible);
   if (eligible.length < 2) return { outcome: 'balanced', moves: [] };
   const count = new Map<Backend, number>(eligible.map((b) => [b, b.activeConnections]));

@@ -43,7 +43,7 @@ export interface RollingUpgradeOutcome {
   settledMs: number | null;
   /** apilb_rebalance_moves_total summed over backends. */
   moves: number;
-  /** Moves made while a backend was draining or in panic (must be 0). */
+  /** Moves made while a backend was draining (with connections left) or in panic (must be 0). */
   movesWhileBlocked: number;
   requests: number;
   failedRequests: number;
@@ -116,7 +116,7 @@ export async function runRollingUpgrade(ca: TestCA, opts: RollingUpgradeOptions)
     const d = daemon;
     let movesWhileBlocked = 0;
     d.rebalancer?.on('move', function onMoveCheck() {
-      if (d.pool.panic || d.pool.backends.some((b) => b.state === 'draining')) movesWhileBlocked++;
+      if (d.pool.panic || d.pool.backends.some((b) => b.state === 'draining' && b.activeConnections > 0)) movesWhileBlocked++;
     });
     await d.start();
     const port = (d.listeners[0]!.address() as { port: number }).port;
