@@ -3,6 +3,7 @@
  * `apilb status`. Field names are a contract like metric names: add fields, never rename or remove them.
  */
 import { get as httpGet } from 'node:http';
+import type { CredentialStatus } from '../config/credentials.js';
 import { formatAddress, parseAddress, type Address } from '../config/values.js';
 import { ApilbError } from '../errors.js';
 import type { Backend, BackendSource, BackendState } from '../pool/backend.js';
@@ -71,6 +72,11 @@ export interface StatusDoc {
   activeConnections: number;
   acceptedConnections: number;
   backends: StatusBackend[];
+  /**
+   * Health-check credentials: what identity is presented, files that do not exist yet (a bootstrapping node),
+   * reloads from disk. Null when the caller gave none.
+   */
+  credentials: CredentialStatus | null;
 }
 
 /** Inputs of {@link buildStatus}. */
@@ -87,6 +93,8 @@ export interface StatusInput {
   now: number;
   /** Default `process.pid`. */
   pid?: number;
+  /** Credential watcher state; default null. */
+  credentials?: CredentialStatus;
 }
 
 function iso(ms: number): string {
@@ -129,6 +137,7 @@ export function buildStatus(input: StatusInput): StatusDoc {
     activeConnections: input.proxy.activeConnections,
     acceptedConnections: input.proxy.counters.accepted,
     backends: input.pool.backends.map((b) => backendStatus(b, input.proxy)),
+    credentials: input.credentials ?? null,
   };
 }
 
@@ -173,6 +182,7 @@ export function formatStatus(doc: StatusDoc, now: number): string {
     `listeners: ${doc.listeners.join(', ') || '-'}   admin: ${doc.admin}   client connections: ${doc.activeConnections} open, ${doc.acceptedConnections} accepted`,
   ];
   if (doc.panic) head.push('PANIC: no backend is eligible; every backend is tried for each connection');
+  if (doc.credentials?.missing.length) head.push(`CREDENTIALS: not there yet (${doc.credentials.identity} in use): ${doc.credentials.missing.join(', ')}`);
   const rows: string[][] = [['BACKEND', 'STATE', 'FOR', 'CHECK', 'ACTIVE', 'TOTAL', 'FAILED', 'IN/OUT', 'REASON']];
   for (const b of doc.backends) {
     const failed = Object.values(b.connectFailures).reduce((a, n) => a + n, 0);
