@@ -440,7 +440,11 @@ function credentialIssues(cfg: Config, where: (key: string) => string): ConfigIs
     if (!cfg.caFile && !cfg.kubeconfig) {
       return [{ path: 'caFile', reason: 'https health checks verify the API server certificate: pass --ca-file (the cluster CA, e.g. /etc/kubernetes/pki/ca.crt), --kubeconfig, or --health-check-insecure to opt out of verification' }];
     }
-    const why = loaded.missing.includes(cfg.kubeconfig!) ? 'does not exist yet' : 'has no certificate-authority or certificate-authority-data for its cluster';
+    const why = loaded.missing.includes(cfg.kubeconfig!)
+      ? 'does not exist yet'
+      : loaded.missing.length > 0
+        ? `gives no CA: ${loaded.missing.map((f) => `"${f}"`).join(', ')} does not exist yet`
+        : 'has no certificate-authority or certificate-authority-data for its cluster';
     return [{ path: where('kubeconfig'), reason: `"${cfg.kubeconfig}" ${why}: pass --ca-file too (kubeadm join writes /etc/kubernetes/pki/ca.crt before kubelet.conf)` }];
   }
   return [];
