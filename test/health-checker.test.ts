@@ -6,7 +6,7 @@
 import t, { type Test } from 'tap';
 import { Writable } from 'node:stream';
 import { createLogger, subscribeHealthLogger } from '../src/logging.js';
-import { HttpsChecker } from '../src/health/https-checker.js';
+import { HttpsChecker, isUnauthenticated } from '../src/health/https-checker.js';
 import { TcpChecker } from '../src/health/tcp-checker.js';
 import { HealthMonitor } from '../src/health/health-monitor.js';
 import { TLS_ERROR_PREFIX } from '../src/health/checker.js';
@@ -72,10 +72,14 @@ t.test('https: 500 (not ready) is a status failure carrying the failed readyz ch
   tt.equal(s.connections, 1);
 });
 
-t.test('https: 401 without a client certificate is a status failure; with --client-cert-file it passes', async (tt) => {
+t.test('https: 401 without a client certificate passes as unauthenticated (alive, status kept); with --client-cert-file it is 200', async (tt) => {
   const s = await standIn(tt, { ca: serving, anonymousAuth: false });
   const anon = httpsFor(tt, s.port);
-  tt.match(await anon.checker.check(within(2000)), { ok: false, kind: 'status', status: 401 });
+  const r = await anon.checker.check(within(2000));
+  tt.match(r, { ok: true, status: 401 });
+  tt.ok(isUnauthenticated(r), 'marked unauthenticated');
+  anon.pool.reportCheck(anon.backend, r);
+  tt.equal(anon.backend.state, 'up', 'a backend that answers 401 stays in rotation');
   const withCert = httpsFor(tt, s.port, { tls: tlsFor(ca, { cert: node.cert, key: node.key }) });
   tt.match(await withCert.checker.check(within(2000)), { ok: true, status: 200 });
 });
@@ -391,7 +395,7 @@ t.test('monitor: update() applies a new interval, path and TLS without a restart
   tt.ok(results.some((r) => !r.ok && r.kind === 'transport') && results.at(-1)!.ok);
 });
 
-t.test('logging: 401 names the credential flags (rate-limited); TLS failures name --ca-file/--tls-server-name', async (tt) => {
+t.test('logging: 401/403 say "counts as up" and name the credential flags (rate-limited); TLS failures name --ca-file/--tls-server-name', async (tt) => {
   const lines: string[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -406,14 +410,15 @@ t.test('logging: 401 names the credential flags (rate-limited); TLS failures nam
   const src = new EventEmitter<{ check: [{ backend: typeof b; result: CheckResult }] }>();
   const off = subscribeHealthLogger(log, src);
   tt.teardown(off);
-  src.emit('check', { backend: b, result: { ok: false, kind: 'status', latencyMs: 1, status: 401 } });
-  src.emit('check', { backend: b, result: { ok: false, kind: 'status', latencyMs: 1, status: 401 } });
+  src.emit('check', { backend: b, result: { ok: true, latencyMs: 1, status: 401 } });
+  src.emit('check', { backend: b, result: { ok: true, latencyMs: 1, status: 401 } });
   src.emit('check', { backend: b, result: { ok: false, kind: 'transport', latencyMs: 1, error: 'tls: unable to verify the first certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE)' } });
   src.emit('check', { backend: b, result: { ok: false, kind: 'transport', latencyMs: 1, error: 'connection refused' } });
   await waitFor(() => lines.length >= 2, { what: 'log lines' });
   tt.equal(lines.length, 2, 'one auth hint (rate-limited), one TLS hint, nothing for refused');
   const [auth, tls] = lines.map((l) => JSON.parse(l) as { level: string; msg: string; event: string; code: string });
-  tt.match(auth, { level: 'warn', event: 'health_check_auth', code: 'APILB_ERR_HEALTH_CHECK' });
+  tt.match(auth, { level: 'warn', event: 'health_check_unauthenticated', code: 'APILB_ERR_HEALTH_CHECK' });
+  tt.match(auth!.msg, /counts as up/);
   tt.match(auth!.msg, /--client-cert-file and --client-key-file/);
   tt.match(auth!.msg, /--kubeconfig/);
   tt.match(tls, { level: 'warn', event: 'health_check_tls' });

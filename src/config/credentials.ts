@@ -164,8 +164,9 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
   }
   if (m.token) summary.push(`bearer token: from ${shownSource(src.token!)} (${m.token.length} characters, value redacted)`);
   if (!m.cert && !m.token) summary.push('client identity: none (anonymous health checks)');
-  for (const f of missing) summary.push(`not there yet: "${f}" (used once it appears)`);
-  return { material: m, files: [...new Set(files)], missing, summary };
+  const absent = [...new Set(missing)];
+  for (const f of absent) summary.push(`not there yet: "${f}" (used once it appears)`);
+  return { material: m, files: [...new Set(files)], missing: absent, summary };
 }
 
 /** Emitted when the credentials in use changed. */

@@ -25,6 +25,7 @@ export {
   type FakeApiServerOptions,
   type FakeApiServerTls,
   type GracefulShutdownOptions,
+  type CredentialPolicy,
 } from '../../src/demo/fake-apiserver.js';
 export { spawnFakeApiServer, type SpawnFakeApiServerOptions, type SpawnedFakeApiServer } from '../../src/demo/fake-apiserver-process.js';
 export { startDemoBackends, writeKubeconfig, type DemoBackends, type DemoOptions, type KubeconfigSpec } from '../../src/demo/demo.js';
