@@ -13,7 +13,8 @@ import { TLS_ERROR_PREFIX } from '../src/health/checker.js';
 import { Pool } from '../src/pool/pool.js';
 import { hasCode } from '../src/errors.js';
 import type { CheckResult } from '../src/pool/pool.js';
-import { createTestCA, echoServer, FakeClock, waitFor } from './support/index.js';
+import { connect } from 'node:net';
+import { createTestCA, echoServer, FakeClock, startServer, waitFor } from './support/index.js';
 import { flush, handleCounts, monitor, recordChecks, recordStates, ScriptedChecker, standIn, tlsFor } from './support/health-fixtures.js';
 
 const ca = createTestCA();
@@ -125,6 +126,57 @@ t.test('https: a hung server is a transport timeout; the next check starts a fre
   s.resume();
   tt.match(await checker.check(within(2000)), { ok: true });
   tt.equal(checker.connects, 2, 'the timed-out connection was dropped and a new one made');
+});
+
+/**
+ * A TCP front for a stand-in whose first connection never gets through (a TLS handshake stuck on the network),
+ * while later connections are piped to the stand-in.
+ */
+async function slowFirstHandshake(tt: Test, port: number) {
+  const front = await startServer((s, srv) => {
+    if (srv.accepted === 1) return void s.pause();
+    const up = connect({ host: '127.0.0.1', port });
+    up.on('error', () => s.destroy());
+    s.pipe(up).pipe(s);
+    s.on('close', () => up.destroy());
+  });
+  tt.teardown(() => front.close());
+  return front;
+}
+
+t.test('https: one slow TLS handshake is one failure: the immediate re-check gets its own connection (fall 2 stays 2)', async (tt) => {
+  const s = await standIn(tt, { ca: serving });
+  const front = await slowFirstHandshake(tt, s.port);
+  // Checker level: the monitor aborts the slow check and starts the re-check at once.
+  const { checker } = httpsFor(tt, front.port);
+  const ac = new AbortController();
+  const first = checker.check(ac.signal);
+  await waitFor(() => front.accepted === 1, { what: 'the first connection opening' });
+  ac.abort();
+  const second = await checker.check(within(3000));
+  tt.match(await first, { ok: false, kind: 'transport' });
+  tt.match(second, { ok: true, status: 200 }, 'the re-check is not destroyed by the first check giving up');
+  tt.equal(front.accepted, 2, 'on a connection of its own');
+
+  // Monitor level, fall 2: the slow check counts once, the re-check passes, the backend never goes down.
+  const front2 = await slowFirstHandshake(tt, s.port);
+  const clock = new FakeClock();
+  const pool = new Pool({ fall: 2 });
+  const b = pool.add({ address: host(front2.port) });
+  pool.reportCheck(b, { ok: true, latencyMs: 1, status: 200 });
+  const states = recordStates(pool, b);
+  const m = monitor(tt, { pool, tls: tlsFor(ca), clock, interval: 2000, timeout: 1000 });
+  const results = recordChecks(m, b);
+  m.start();
+  clock.advance(0);
+  await waitFor(() => front2.accepted === 1, { what: 'the slow handshake' });
+  clock.advance(1000);
+  await waitFor(() => results.length === 1, { what: 'the timed-out check' });
+  clock.advance(0);
+  await waitFor(() => results.length === 2, { what: 'the re-check' });
+  tt.match(results, [{ ok: false, kind: 'transport', error: /timeout/ }, { ok: true, status: 200 }]);
+  tt.same(states, [], 'still up: one slow handshake is one failure');
+  tt.equal(b.state, 'up');
 });
 
 t.test('https: refused and reset are transport failures', async (tt) => {
