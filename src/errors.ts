@@ -13,7 +13,7 @@ export const ERROR_CODES = {
   APILB_ERR_DIAL_TIMEOUT: 'a backend did not complete the TCP handshake within --connect-timeout',
   APILB_ERR_FIRST_BYTE_TIMEOUT: 'a backend accepted but sent nothing within --first-byte-timeout',
   APILB_ERR_ALL_BACKENDS_FAILED: 'every eligible backend failed for one client connection',
-  APILB_ERR_TLS_CONFIG: 'TLS material (CA, client certificate or key) is missing or unreadable',
+  APILB_ERR_TLS_CONFIG: 'TLS material (CA, client certificate, key or token) is missing, unreadable or unusable',
   APILB_ERR_KUBECONFIG_INVALID: 'the kubeconfig cannot be used for health-check credentials',
   APILB_ERR_HEALTH_CHECK: 'an active health check failed',
   APILB_ERR_RELOAD_REJECTED: 'a reloaded configuration was rejected; the previous one stays active',
