@@ -257,6 +257,21 @@ t.test('polling finds changes no watch reported (CA replaced by rename, file app
   tt.same(w.missing, []);
   clock.advance(5000);
   tt.equal(events.length, 2, 'no reload without a change');
+  const rejected: string[] = [];
+  w.on('rejected', (ev) => rejected.push(ev.error));
+  rmSync(caFile);
+  clock.advance(1000);
+  rmSync(late);
+  clock.advance(1000);
+  tt.same(rejected, [`CA file "${caFile}" does not exist`, `CA file "${caFile}" does not exist`], 'a deleted CA is refused');
+  writeFileSync(caFile, other.cert);
+  clock.advance(1000);
+  tt.same(rejected.at(-1), `"${late}" no longer exists: the previous credentials stay in use until it is back`, 'a deleted client file is refused too');
+  tt.equal(w.material.ca, other.cert, 'the CA in use stays');
+  tt.equal(w.material.cert, pem(c1), 'the identity in use stays');
+  writeFileSync(late, pem(c2));
+  clock.advance(1000);
+  tt.same(events.at(-1), ['client certificate'], 'and the file is used again once back');
 });
 
 t.test('loadCredentials: check-config parses every PEM and names the file', async (tt) => {

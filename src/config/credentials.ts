@@ -338,6 +338,15 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
       return;
     }
     const prev = this.loaded;
+    // A file that was there and is gone (deleted, or replaced by delete-then-write) must not drop the CA or the
+    // identity in use: keep the previous credentials until it is back.
+    const gone = next.missing.filter((f) => !prev.missing.includes(f));
+    if (gone.length > 0) {
+      this.counts.rejected++;
+      this.lastError = `${gone.map((f) => `"${f}"`).join(', ')} no longer exists: the previous credentials stay in use until it is back`;
+      this.emit('rejected', { error: this.lastError });
+      return;
+    }
     this.loaded = next;
     // The kubeconfig may now name other files; the signature must cover them.
     this.lastSignature = signature(next.files);
