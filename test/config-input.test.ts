@@ -5,9 +5,8 @@
  */
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { resolveConfig, type Config, type ResolveInput } from '../src/config/config.js';
@@ -16,7 +15,7 @@ import { ConfigError } from '../src/errors.js';
 import { createLogger } from '../src/logging.js';
 import { formatDuration, MAX_DURATION_MS, parseAddress, parseDuration } from '../src/config/values.js';
 import { runCli } from './support/cli.js';
-import { createTestCA } from './support/index.js';
+import { createTestCA, tempDir, writeIn } from './support/index.js';
 
 const ca = createTestCA();
 const client = ca.client('apilb');
@@ -26,17 +25,8 @@ const KEY_LINE = client.key.split('\n')[1]!;
 
 const BASE = { backends: ['10.0.0.1:6443'], healthCheckInsecure: true };
 
-function tmp(tt: Test): string {
-  const dir = mkdtempSync(join(tmpdir(), 'apilb-input-'));
-  tt.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-function file(dir: string, name: string, text: string): string {
-  const p = join(dir, name);
-  writeFileSync(p, text);
-  return p;
-}
+const tmp = (tt: Test) => tempDir(tt, 'apilb-input-');
+const file = writeIn;
 
 function resolve(input: ResolveInput): Config | string[] {
   try {
@@ -71,6 +61,7 @@ t.test('negative durations: one message in every spelling (flag, environment, YA
     ['YAML number', { flags: BASE, configFile: file(dir, 'b.yaml', 'connectTimeout: -3\n') }, `${join(dir, 'b.yaml')}: connectTimeout: "-3" ${NEGATIVE}`],
   ];
   for (const [name, input, want] of rows) tt.same(resolve(input), [want], name);
+  tt.throws(() => parseDuration('-0h1m'), { message: `"-0h1m" ${NEGATIVE}` }, 'a leading zero term does not hide the sign (found by fast-check)');
 });
 
 t.test('durations past Node\'s timer limit are refused, not turned into 1 ms', async (tt) => {

@@ -5,9 +5,8 @@
  */
 import t from 'tap';
 import { runCli } from './support/cli.js';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { resolveConfig, resolveCredentialPath, type ResolveInput } from '../src/config/config.js';
@@ -16,23 +15,15 @@ import { envName, OPTIONS } from '../src/config/options.js';
 import { loadTlsMaterial } from '../src/config/tls.js';
 import { formatAddress, formatDuration, parseAddress, parseDuration } from '../src/config/values.js';
 import { createTestCA } from '../src/demo/test-ca.js';
+import { tempDir, writeIn } from './support/index.js';
 import { ConfigError, hasCode } from '../src/errors.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const BASE = { backends: ['10.0.0.1:6443'], healthCheckInsecure: true };
 
-function tmp(tt: Test): string {
-  const dir = mkdtempSync(join(tmpdir(), 'apilb-config-'));
-  tt.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-function writeFile(dir: string, name: string, text: string): string {
-  const p = join(dir, name);
-  writeFileSync(p, text);
-  return p;
-}
+const tmp = (tt: Test) => tempDir(tt, 'apilb-config-');
+const writeFile = writeIn;
 
 /** The issues resolveConfig reports for `input`, as `path: reason` lines; fails the test when it does not throw. */
 function issuesOf(tt: Test, input: ResolveInput): string[] {

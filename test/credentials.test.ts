@@ -5,8 +5,7 @@
  * (the old credentials stay), exec users refused, and the poll fallback when no watch event comes.
  */
 import t, { type Test } from 'tap';
-import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { resolveConfig } from '../src/config/config.js';
@@ -16,18 +15,14 @@ import { createLogger } from '../src/logging.js';
 import type { Backend } from '../src/pool/backend.js';
 import type { TransitionEvent } from '../src/pool/pool.js';
 import { runCli } from './support/cli.js';
-import { createTestCA, FakeClock, startFakeApiServer, waitFor, type FakeApiServer, type LeafCert } from './support/index.js';
+import { createTestCA, FakeClock, startFakeApiServer, tempDir, waitFor, type FakeApiServer, type LeafCert } from './support/index.js';
 
 const ca = createTestCA();
 const c1 = ca.client('system:node:node-1', 'system:nodes');
 const c2 = ca.client('system:node:node-1', 'system:nodes');
 t.teardown(() => ca.remove());
 
-function tmp(tt: Test): string {
-  const dir = mkdtempSync(join(tmpdir(), 'apilb-creds-'));
-  tt.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tmp = (tt: Test) => tempDir(tt, 'apilb-creds-');
 
 /** Writes `text` to `path` the way careful writers do: a temporary file renamed over the target. */
 function writeAtomic(path: string, text: string): void {

@@ -47,6 +47,7 @@ export function parseDuration(text: string): number {
     ms += Number(m[1]) * UNIT_MS[m[2]!]!;
     pos = TERM_RE.lastIndex;
   }
+  if (negative && ms > 0) throw negativeDuration(s);
   if (!Number.isFinite(ms) || ms > MAX_DURATION_MS) throw tooLongDuration(s);
   return ms > 0 && ms < 0.5 ? 1 : Math.round(ms);
 }
