@@ -176,7 +176,13 @@ export class Daemon {
       tls: this.credentials.material,
       clock,
     });
-    this.credentials.on('reloaded', (ev) => this.health.update({ tls: ev.material }));
+    this.credentials.on('reloaded', (ev) => {
+      try {
+        this.health.update({ tls: ev.material });
+      } catch (err) {
+        this.logger.error({ event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: (err as Error).message }, `new credentials not applied: ${(err as Error).message}`);
+      }
+    });
     this.unsubscribe.push(subscribeHealthLogger(this.logger, this.health));
     this.admin = new AdminServer({ readiness: () => this.readiness() });
     if (deps.listeners) this.listeners.push(...deps.listeners);

@@ -269,6 +269,22 @@ t.test('polling finds changes no watch reported (CA replaced by rename, file app
   tt.same(events.at(-1), ['client certificate'], 'and the file is used again once back');
 });
 
+t.test('a kubeconfig rewritten without its CA keeps the previous CA (https checks cannot run without one)', async (tt) => {
+  const dir = tmp(tt);
+  const kc = join(dir, 'kc.conf');
+  writeFileSync(kc, kubeconfig({ token: 'abc' }));
+  const clock = new FakeClock();
+  const w = new CredentialWatcher({ config: { kubeconfig: kc, healthCheckInsecure: false }, clock, pollInterval: 1000, watch: () => ({ close() {} }) });
+  tt.teardown(() => w.close());
+  const rejected: string[] = [];
+  w.on('rejected', (ev) => rejected.push(ev.error));
+  w.start();
+  writeAtomic(kc, kubeconfig({ token: 'abc' }).replace(/certificate-authority-data: [^,]+, /, ''));
+  clock.advance(1000);
+  tt.same(rejected, [`the changed kubeconfig "${kc}" names no CA any more: the previous CA stays in use`]);
+  tt.equal(w.material.ca, ca.cert);
+});
+
 t.test('loadCredentials: check-config parses every PEM and names the file', async (tt) => {
   const dir = tmp(tt);
   const f = (name: string, text: string) => {

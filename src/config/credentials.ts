@@ -341,10 +341,15 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
     // A file that was there and is gone (deleted, or replaced by delete-then-write) must not drop the CA or the
     // identity in use: keep the previous credentials until it is back.
     const gone = next.missing.filter((f) => !prev.missing.includes(f));
-    if (gone.length > 0) {
+    const refusal = gone.length > 0
+      ? `${gone.map((f) => `"${f}"`).join(', ')} no longer exists: the previous credentials stay in use until it is back`
+      : prev.material.ca && !next.material.ca
+        ? `the changed kubeconfig "${this.config.kubeconfig}" names no CA any more: the previous CA stays in use`
+        : undefined;
+    if (refusal) {
       this.counts.rejected++;
-      this.lastError = `${gone.map((f) => `"${f}"`).join(', ')} no longer exists: the previous credentials stay in use until it is back`;
-      this.emit('rejected', { error: this.lastError });
+      this.lastError = refusal;
+      this.emit('rejected', { error: refusal });
       return;
     }
     this.loaded = next;
