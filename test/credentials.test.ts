@@ -11,6 +11,7 @@ import { Writable } from 'node:stream';
 import { resolveConfig } from '../src/config/config.js';
 import { CredentialWatcher, loadCredentials } from '../src/config/credentials.js';
 import { Daemon } from '../src/daemon.js';
+import { formatStatus } from '../src/admin/status.js';
 import { createLogger } from '../src/logging.js';
 import type { Backend } from '../src/pool/backend.js';
 import type { TransitionEvent } from '../src/pool/pool.js';
@@ -162,6 +163,9 @@ t.test('bootstrap: a kubeconfig that does not exist yet is not fatal; 401s count
   tt.same(n.d.pool.backends.map((b) => b.state), ['up', 'up', 'up'], 'refused with 401 = alive: in rotation');
   tt.equal(n.d.readiness().ready, true);
   tt.match(n.d.status().credentials, { missing: [kc], identity: 'anonymous' }, '/status says what is missing');
+  const table = formatStatus(n.d.status(), Date.now());
+  tt.match(table, `CREDENTIALS: not there yet (anonymous in use): ${kc}`, 'apilb status says it too');
+  tt.match(table, /ok 401 unauthenticated/, 'and marks the backends whose checks were refused');
   const before = await n.d.metrics.render();
   tt.match(before, /apilb_credential_files_missing 1/);
   tt.match(before, /apilb_health_check_unauthenticated_total\{backend="[^"]+"\} [1-9]/);

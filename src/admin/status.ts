@@ -170,7 +170,8 @@ function table(rows: string[][]): string {
 function checkCell(c: StatusCheck | null): string {
   if (!c) return '-';
   const lat = `${c.latencyMs < 10 ? c.latencyMs.toFixed(1) : Math.round(c.latencyMs)}ms`;
-  if (c.result === 'ok') return `ok ${lat}`;
+  // 401/403 pass (the backend is alive), but the operator must see that apilb's credentials were refused.
+  if (c.result === 'ok') return c.status === 401 || c.status === 403 ? `ok ${c.status} unauthenticated ${lat}` : `ok ${lat}`;
   if (c.result === 'status') return `${c.status ?? 'status'} ${lat}`;
   return `error ${lat}`;
 }
