@@ -143,6 +143,7 @@ t.test('a key pasted where a path belongs is refused without echoing it (flag, e
     ['env', { flags: BASE, env: { APILB_CLIENT_CERT_FILE: '/etc/c.crt', APILB_CLIENT_KEY_FILE: client.key } }, `APILB_CLIENT_KEY_FILE: ${pasted}`],
     ['YAML', { configFile: yaml }, `${yaml}: clientKeyFile: ${pasted}`],
     ['kubeconfig', { flags: { ...BASE, kubeconfig: kc } }, `--kubeconfig: kubeconfig "${kc}": client-key holds what looks like file contents (not shown), not a path: use client-key-data for inline PEM (base64)`],
+    ['a key file given as the kubeconfig', { flags: { ...BASE, kubeconfig: client.keyFile } }, `--kubeconfig: kubeconfig "${client.keyFile}": is not a kubeconfig (not a YAML mapping; a certificate or key file?)`],
     ['another string option', { flags: { ...BASE, tlsServerName: client.key } }, '--tls-server-name: must be one line of text, got what looks like file contents or a secret (not shown)'],
   ];
   for (const [name, input, want] of rows) {

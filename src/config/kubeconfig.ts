@@ -72,7 +72,8 @@ export function loadKubeconfigCredentials(path: string, env: NodeJS.ProcessEnv =
     // The first line of yaml's message names the position, never the contents.
     fail(path, `cannot be parsed: ${(e as Error).message.split('\n')[0]}`, e);
   }
-  if (!doc || typeof doc !== 'object') fail(path, 'is empty');
+  if (doc === null || doc === undefined) fail(path, 'is empty');
+  if (typeof doc !== 'object' || Array.isArray(doc)) fail(path, 'is not a kubeconfig (not a YAML mapping; a certificate or key file?)');
   const ctxName = doc['current-context'];
   const ctx = (doc.contexts ?? []).find((c) => c.name === ctxName) ?? (doc.contexts?.length === 1 ? doc.contexts[0] : undefined);
   if (!ctx?.context) fail(path, ctxName ? `current-context "${ctxName}" is not among its contexts` : 'has no current-context');
