@@ -289,6 +289,23 @@ t.test('a kubeconfig rewritten without its CA keeps the previous CA (https check
   tt.equal(w.material.ca, ca.cert);
 });
 
+t.test('an expired certificate is reported but presented at start; rotating to an expired one is refused', async (tt) => {
+  const dir = tmp(tt);
+  const certFile = join(dir, 'c.pem');
+  writeFileSync(certFile, pem(c1));
+  const clock = new FakeClock(Date.now() + 3 * 86_400_000); // the test CA's certificates are valid for 2 days
+  const w = new CredentialWatcher({ config: { caFile: ca.certFile, clientCertFile: certFile, clientKeyFile: certFile, healthCheckInsecure: false }, clock, pollInterval: 1000, watch: () => ({ close() {} }) });
+  tt.teardown(() => w.close());
+  tt.equal(w.material.cert, pem(c1), 'presented although expired (kube-apiserver answers 401: up, loudly)');
+  const rejected: string[] = [];
+  w.on('rejected', (ev) => rejected.push(ev.error));
+  w.start();
+  writeAtomic(certFile, pem(c2));
+  clock.advance(1000);
+  tt.match(rejected, [new RegExp(`^the new client certificate "${certFile}" expired on .*; the previous certificate stays in use$`)]);
+  tt.equal(w.material.cert, pem(c1));
+});
+
 t.test('loadCredentials: check-config parses every PEM and names the file', async (tt) => {
   const dir = tmp(tt);
   const f = (name: string, text: string) => {
@@ -309,7 +326,9 @@ t.test('loadCredentials: check-config parses every PEM and names the file', asyn
     ['CA missing', { caFile: join(dir, 'nope.crt') }, `CA file "${join(dir, 'nope.crt')}" does not exist`],
   ];
   for (const [name, over, message] of cases) tt.throws(() => loadCredentials({ ...good, ...over }), { code: 'APILB_ERR_TLS_CONFIG', message }, name);
-  tt.throws(() => loadCredentials(good, { now: Date.now() + 3 * 86_400_000 }), { message: new RegExp(`client certificate "${good.clientCertFile}" expired on 20`) }, 'expired certificate');
+  const later = loadCredentials(good, { now: Date.now() + 3 * 86_400_000 });
+  tt.match(later.expired, new RegExp(`^client certificate "${good.clientCertFile}" expired on 20.*: the API servers will refuse it \\(401\\)$`), 'an expired certificate is reported');
+  tt.equal(later.material.cert, c1.cert, 'and still presented: kube-apiserver answers it with 401, which counts as up');
   const rss = process.memoryUsage().rss;
   for (let i = 0; i < 20; i++) tt.throws(() => loadCredentials({ ...good, caFile: '/dev/zero' }));
   tt.ok(process.memoryUsage().rss - rss < 64 * 1024 * 1024, 'reading /dev/zero 20 times does not grow memory');

@@ -423,7 +423,7 @@ function ownListenerOf(b: Address, cfg: Config): string | undefined {
 
 /**
  * Loads every credential file once, as run will (one validation for check-config and run): parse errors, keys
- * that do not match, expired certificates and `exec` users are issues; files that do not exist yet are warnings
+ * that do not match and `exec` users are issues; files that do not exist yet and expired certificates are warnings
  * (a joining node), except the explicit CA, and an https check that would have no CA at all.
  */
 function credentialIssues(cfg: Config, where: (key: string) => string): ConfigIssue[] {
@@ -435,6 +435,7 @@ function credentialIssues(cfg: Config, where: (key: string) => string): ConfigIs
     const key = (['caFile', 'clientCertFile', 'clientKeyFile'] as const).find((k) => cfg[k] && msg.includes(`"${cfg[k]}"`)) ?? 'kubeconfig';
     return [{ path: where(key), reason: msg }];
   }
+  if (loaded.expired) cfg.warnings.push(`${loaded.expired}; checks answered 401 count as up`);
   cfg.warnings.push(...loaded.missing.map((f) => `"${f}" does not exist yet: running without it (anonymous or partial credentials; checks answered 401/403 count as up) and using it as soon as it appears`));
   if (cfg.healthCheckMode === 'https' && !cfg.healthCheckInsecure && !loaded.material.ca) {
     if (!cfg.caFile && !cfg.kubeconfig) {

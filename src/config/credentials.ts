@@ -37,6 +37,8 @@ export interface LoadedCredentials {
   missing: string[];
   /** One line per part, naming where it came from, never its value (check-config --print, logs). */
   summary: string[];
+  /** Why the client certificate will be refused (expired), if it will; see {@link checkClientIdentity}. */
+  expired?: string;
 }
 
 /** Options of {@link loadCredentials}. */
@@ -80,17 +82,21 @@ function parsePrivateKey(pem: string, source: string): KeyObject {
 }
 
 /**
- * Checks a client identity: the certificate parses, is not expired, and the key is its key. Throws
- * APILB_ERR_TLS_CONFIG naming both files.
+ * Checks a client identity: the certificate parses and the key is its key (else throws APILB_ERR_TLS_CONFIG
+ * naming both files). Returns a message when the certificate has expired, undefined otherwise.
+ *
+ * Expiry is reported, not thrown: kube-apiserver answers an expired client certificate with 401 (it verifies
+ * client certificates after the handshake), which counts as up, whereas refusing to start would take the node's
+ * API access away (kubelet may need apilb to bootstrap a new certificate).
  */
-export function checkClientIdentity(cert: { pem: string; source: string }, key: { pem: string; source: string }, now: number): void {
+export function checkClientIdentity(cert: { pem: string; source: string }, key: { pem: string; source: string }, now: number): string | undefined {
   const leaf = parseCertificates(cert.pem, 'client certificate', cert.source)[0]!;
   const k = parsePrivateKey(key.pem, key.source);
   if (!leaf.checkPrivateKey(k)) {
     throw tlsError(`client key ${shownSource(key.source)} does not belong to client certificate ${shownSource(cert.source)} (swapped or stale files?)`);
   }
   const until = Date.parse(leaf.validTo);
-  if (until < now) throw tlsError(`client certificate ${shownSource(cert.source)} expired on ${new Date(until).toISOString()}`);
+  return until < now ? `client certificate ${shownSource(cert.source)} expired on ${new Date(until).toISOString()}: the API servers will refuse it (401)` : undefined;
 }
 
 function readOptional(path: string, what: string, missing: string[]): string | undefined {
@@ -109,8 +115,8 @@ function readOptional(path: string, what: string, missing: string[]): string | u
  * Loads and checks the credentials the configuration names. Explicit files win over the kubeconfig's entries,
  * so an operator can take the client identity from the kubelet's kubeconfig and still point at another CA.
  * Throws APILB_ERR_TLS_CONFIG / APILB_ERR_KUBECONFIG_INVALID naming the file for anything unusable (not PEM,
- * corrupt, key not matching the certificate, expired certificate, a directory, larger than 1 MiB) and when the
- * explicit --ca-file does not exist; other files that do not exist yet are listed in `missing`.
+ * corrupt, key not matching the certificate, a directory, larger than 1 MiB) and when the explicit --ca-file
+ * does not exist; other files that do not exist yet are listed in `missing`, an expired certificate in `expired`.
  */
 export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOptions = {}): LoadedCredentials {
   const now = opts.now ?? Date.now();
@@ -153,12 +159,13 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
   }
   if (cfg.tlsServerName) m.serverName = cfg.tlsServerName;
   const summary: string[] = [];
+  let expired: string | undefined;
   if (m.ca) {
     const certs = parseCertificates(m.ca, 'CA', src.ca!);
     summary.push(`CA: ${shownSource(src.ca!)} (${certs.length} certificate${certs.length === 1 ? '' : 's'})`);
   }
   if (m.cert && m.key) {
-    checkClientIdentity({ pem: m.cert, source: src.cert! }, { pem: m.key, source: src.key! }, now);
+    expired = checkClientIdentity({ pem: m.cert, source: src.cert! }, { pem: m.key, source: src.key! }, now);
     const leaf = new X509Certificate(m.cert.match(CERT_RE)![0]);
     summary.push(`client certificate: ${shownSource(src.cert!)} (${leaf.subject.replace(/\n/g, ', ')}; valid until ${new Date(leaf.validTo).toISOString()}), key: ${shownSource(src.key!)}`);
   }
@@ -166,7 +173,7 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
   if (!m.cert && !m.token) summary.push('client identity: none (anonymous health checks)');
   const absent = [...new Set(missing)];
   for (const f of absent) summary.push(`not there yet: "${f}" (used once it appears)`);
-  return { material: m, files: [...new Set(files)], missing: absent, summary };
+  return { material: m, files: [...new Set(files)], missing: absent, summary, ...(expired ? { expired } : {}) };
 }
 
 /** Emitted when the credentials in use changed. */
@@ -345,7 +352,9 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
       ? `${gone.map((f) => `"${f}"`).join(', ')} no longer exists: the previous credentials stay in use until it is back`
       : prev.material.ca && !next.material.ca
         ? `the changed kubeconfig "${this.config.kubeconfig}" names no CA any more: the previous CA stays in use`
-        : undefined;
+        : next.expired && next.material.cert !== prev.material.cert
+          ? `the new ${next.expired}; the previous certificate stays in use`
+          : undefined;
     if (refusal) {
       this.counts.rejected++;
       this.lastError = refusal;
@@ -373,7 +382,7 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
   }
 
   private load(): LoadedCredentials {
-    return loadCredentials(this.config, this.env ? { env: this.env } : {});
+    return loadCredentials(this.config, { now: this.clock.now(), ...(this.env ? { env: this.env } : {}) });
   }
 
   private schedulePoll(): void {
