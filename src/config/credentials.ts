@@ -1,7 +1,7 @@
 /**
  * Credentials for the connections apilb opens to API servers (health checks, discovery): loading them from
  * the kubeconfig and the explicit --ca-file / --client-*-file options, checking every PEM (parses, key matches
- * certificate, certificate not expired), and following the files as they change on disk.
+ * certificate; an expired certificate is reported), and following the files as they change on disk.
  *
  * Files rotate under apilb in three ways, and all three are followed: kubelet writes a new
  * `kubelet-client-<time>.pem` and swaps the `kubelet-client-current.pem` symlink; config management replaces a
