@@ -21,6 +21,7 @@ import { createLogger, subscribeCredentialsLogger, subscribeHealthLogger, subscr
 import { CredentialWatcher, sameMaterial } from './config/credentials.js';
 import type { TlsMaterial } from './config/tls.js';
 import { HealthMonitor } from './health/health-monitor.js';
+import { isUnauthenticated } from './health/https-checker.js';
 import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
@@ -182,6 +183,10 @@ export class Daemon {
       } catch (err) {
         this.logger.error({ event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: (err as Error).message }, `new credentials not applied: ${(err as Error).message}`);
       }
+    });
+    // A 401/403 may mean an exec credential was revoked or expired early: the plugin runs again (rate-limited).
+    this.health.on('check', (ev) => {
+      if (isUnauthenticated(ev.result)) this.credentials.onUnauthenticated();
     });
     this.unsubscribe.push(subscribeHealthLogger(this.logger, this.health));
     this.admin = new AdminServer({ readiness: () => this.readiness() });

@@ -2,10 +2,11 @@
  * Credentials that follow their files, against kube-apiserver stand-ins that accept only the current credential
  * per request (anything else: 401): kubelet's certificate rotation through a symlink swap, a projected token
  * rotated through a `..data` directory swap, a kubeconfig that appears after start (bootstrap), a broken new file
- * (the old credentials stay), exec users refused, and the poll fallback when no watch event comes.
+ * (the old credentials stay), exec plugins (token used, re-run on 401 and before expiry, failures refused), and the
+ * poll fallback when no watch event comes.
  */
 import t, { type Test } from 'tap';
-import { mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { resolveConfig } from '../src/config/config.js';
@@ -211,19 +212,122 @@ t.test('a broken new file keeps the old credentials and says why (file named, co
   tt.same(n.transitions.filter((e) => e.to !== 'up'), []);
 });
 
-t.test('exec and auth-provider users are refused by name, in check-config and run alike (exit 2)', async (tt) => {
+/**
+ * A client-go exec plugin stand-in: prints an ExecCredential with the token (and expiry) in `state`, and appends a
+ * line to `runs` per run. It also checks KUBERNETES_EXEC_INFO and prints a secret on stderr when told to fail.
+ */
+function execPlugin(dir: string): { kubeconfigUser: Record<string, unknown>; set(state: { token: string; expires?: string; fail?: boolean }): void; runs(): number } {
+  const script = join(dir, 'plugin.mjs');
+  const state = join(dir, 'plugin-state.json');
+  const runs = join(dir, 'plugin-runs');
+  writeFileSync(runs, '');
+  writeFileSync(script, `
+import { appendFileSync, readFileSync } from 'node:fs';
+const s = JSON.parse(readFileSync(process.env.PLUGIN_STATE, 'utf8'));
+appendFileSync(${JSON.stringify(runs)}, 'run\\n');
+const info = JSON.parse(process.env.KUBERNETES_EXEC_INFO);
+if (info.kind !== 'ExecCredential' || info.spec.interactive !== false) process.exit(3);
+if (s.fail) { process.stderr.write('error: refresh token sk-secret-in-stderr expired\\n'); process.exit(1); }
+process.stdout.write(JSON.stringify({ apiVersion: info.apiVersion, kind: 'ExecCredential',
+  status: { token: s.token, ...(s.expires ? { expirationTimestamp: s.expires } : {}) } }));
+`);
+  return {
+    kubeconfigUser: { apiVersion: 'client.authentication.k8s.io/v1', command: process.execPath, args: [script], env: [{ name: 'PLUGIN_STATE', value: state }], interactiveMode: 'Never' },
+    set: (st) => writeFileSync(state, JSON.stringify(st)),
+    runs: () => readFileSync(runs, 'utf8').split('\n').filter(Boolean).length,
+  };
+}
+
+function execKubeconfig(dir: string, user: Record<string, unknown>): string {
+  const kc = join(dir, `exec-${Math.random().toString(36).slice(2)}.conf`);
+  writeFileSync(kc, kubeconfig({}).replace('user: {}', `user: {exec: ${JSON.stringify(user)}}`));
+  return kc;
+}
+
+t.test('exec plugin: its token is used, and it runs again when an API server answers 401', async (tt) => {
   const dir = tmp(tt);
-  const exec = join(dir, 'exec.conf');
-  writeFileSync(exec, kubeconfig({}).replace('user: {}', 'user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: aws-iam-authenticator}}'));
+  const plugin = execPlugin(dir);
+  plugin.set({ token: 'exec-token-1' });
+  const kc = execKubeconfig(dir, plugin.kubeconfigUser);
+  const n = await node(tt, { kubeconfig: kc }, { tokens: ['exec-token-1'] });
+  await n.allAnswered(200, 'checks with the plugin\'s token');
+  tt.equal(plugin.runs(), 1, 'run once at start (validation and daemon share the result)');
+
+  // The token is revoked: the API servers refuse it, the plugin now hands out another one.
+  plugin.set({ token: 'exec-token-2' });
+  for (const s of n.servers) s.requireCredentials({ tokens: ['exec-token-2'] });
+  const ms = await n.allAnswered(200, 'checks with the re-run plugin\'s token');
+  tt.comment(`every backend answered 200 with the new exec token ${ms} ms after the old one was refused`);
+  tt.equal(plugin.runs(), 2, 'the 401 made it run once more (rate-limited)');
+  tt.same(n.transitions.filter((e) => e.to !== 'up'), []);
+  tt.notOk(n.logs.some((l) => l.includes('exec-token-')), 'tokens never logged');
+});
+
+t.test('exec plugin: a credential is refreshed before its expirationTimestamp; a failing plugin keeps the old one', async (tt) => {
+  const dir = tmp(tt);
+  const plugin = execPlugin(dir);
+  const clock = new FakeClock(Date.now());
+  plugin.set({ token: 'tok-a', expires: new Date(clock.now() + 300_000).toISOString() });
+  const kc = execKubeconfig(dir, plugin.kubeconfigUser);
+  const w = new CredentialWatcher({ config: { kubeconfig: kc, healthCheckInsecure: false }, clock, pollInterval: 0, watch: () => ({ close() {} }) });
+  tt.teardown(() => w.close());
+  const events: string[][] = [];
+  const rejected: string[] = [];
+  w.on('reloaded', (ev) => events.push(ev.changed));
+  w.on('rejected', (ev) => rejected.push(ev.error));
+  w.start();
+  tt.equal(w.material.token, 'tok-a');
+  tt.match(w.summary.join('\n'), /exec credential expires at/);
+  plugin.set({ token: 'tok-b', expires: new Date(clock.now() + 600_000).toISOString() });
+  clock.advance(239_000);
+  tt.equal(plugin.runs(), 1, 'cached until shortly before it expires');
+  clock.advance(1000); // 4 min: a fifth of the remaining 5 min before expiry
+  await waitFor(() => events.length === 1, { what: 'the refreshed credential' });
+  tt.same(events, [['token']]);
+  tt.equal(w.material.token, 'tok-b');
+  plugin.set({ token: 'tok-c', fail: true });
+  w.refreshExec();
+  await waitFor(() => rejected.length === 1, { what: 'the failed run' });
+  tt.match(rejected[0], `exec plugin "${process.execPath}" failed (exit code 1); the previous credentials stay in use`);
+  tt.notOk(rejected[0]!.includes('sk-secret'), 'the plugin\'s stderr is not echoed');
+  tt.equal(w.material.token, 'tok-b');
+});
+
+t.test('exec problems and auth-provider users are refused by name, in check-config and run alike (exit 2)', async (tt) => {
+  const dir = tmp(tt);
+  const plugin = execPlugin(dir);
+  plugin.set({ token: 'x', fail: true });
+  const failing = execKubeconfig(dir, plugin.kubeconfigUser);
+  const interactive = execKubeconfig(dir, { ...plugin.kubeconfigUser, interactiveMode: 'Always' });
+  const missing = execKubeconfig(dir, { ...plugin.kubeconfigUser, command: join(dir, 'no-such-plugin'), args: [] });
   const provider = join(dir, 'provider.conf');
   writeFileSync(provider, kubeconfig({}).replace('user: {}', 'user: {auth-provider: {name: oidc}}'));
-  for (const [file, word] of [[exec, 'an exec credential plugin (exec)'], [provider, 'an auth-provider plugin (auth-provider)']] as const) {
+  const rows: [string, string][] = [
+    [failing, `--kubeconfig: kubeconfig "${failing}": exec plugin "${process.execPath}" failed (exit code 1)`],
+    [interactive, `--kubeconfig: kubeconfig "${interactive}": user "u": exec.interactiveMode is Always: apilb runs without a terminal (use Never or IfAvailable)`],
+    [missing, `--kubeconfig: kubeconfig "${missing}": exec plugin "${join(dir, 'no-such-plugin')}" was not found`],
+    [provider, `--kubeconfig: kubeconfig "${provider}": user "u" uses an auth-provider plugin (auth-provider), which apilb does not support`],
+  ];
+  for (const [file, message] of rows) {
     for (const cmd of ['check-config', 'run']) {
       const r = await runCli([cmd, '--backend', '10.0.0.1:6443', '--kubeconfig', file, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0']);
       tt.equal(r.code, 2, `${cmd}: exit 2`);
-      tt.match(r.stderr, `--kubeconfig: kubeconfig "${file}": user "u" uses ${word}`, `${cmd} names ${word}`);
+      tt.match(r.stderr, message, `${cmd}: ${message}`);
+      tt.notOk(r.stderr.includes('sk-secret'), 'plugin stderr never echoed');
     }
   }
+});
+
+t.test('check-config --print names the exec plugin and redacts its token', async (tt) => {
+  const dir = tmp(tt);
+  const plugin = execPlugin(dir);
+  plugin.set({ token: 'printed-never-1234', expires: '2099-01-01T00:00:00Z' });
+  const kc = execKubeconfig(dir, plugin.kubeconfigUser);
+  const r = await runCli(['check-config', '--print', '--backend', '10.0.0.1:6443', '--kubeconfig', kc]);
+  tt.equal(r.code, 0, r.stderr);
+  tt.match(r.stdout, `#   bearer token: from kubeconfig "${kc}" exec plugin "${process.execPath}" (18 characters, value redacted)`);
+  tt.match(r.stdout, '#   exec credential expires at 2099-01-01T00:00:00.000Z');
+  tt.notOk(r.stdout.includes('printed-never-1234'));
 });
 
 t.test('polling finds changes no watch reported (CA replaced by rename, file appearing in a directory created later)', async (tt) => {

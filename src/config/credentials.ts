@@ -21,6 +21,7 @@ import { dirname } from 'node:path';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { ApilbError, OptionError } from '../errors.js';
 import type { Config } from './config.js';
+import { execKey, runExecPlugin, runExecPluginSync, type ExecResult, type ExecSpec } from './exec-credential.js';
 import { loadKubeconfigCredentials, type KubeconfigCredentials } from './kubeconfig.js';
 import { FileReadError, readBoundedFile } from './read-file.js';
 import type { TlsMaterial } from './tls.js';
@@ -39,6 +40,8 @@ export interface LoadedCredentials {
   summary: string[];
   /** Why the client certificate will be refused (expired), if it will; see {@link checkClientIdentity}. */
   expired?: string;
+  /** The kubeconfig user's exec plugin and when its credential expires (undefined: until a 401). */
+  exec?: { spec: ExecSpec; expiresAt?: number };
 }
 
 /** Options of {@link loadCredentials}. */
@@ -47,7 +50,15 @@ export interface LoadCredentialsOptions {
   env?: NodeJS.ProcessEnv;
   /** Epoch ms certificates must be valid at. Default now. */
   now?: number;
+  /**
+   * Exec plugin results by {@link execKey}. A plugin without a result here is run at once, synchronously (startup,
+   * check-config, a kubeconfig naming a new plugin); the watcher refreshes results without blocking. Default: one
+   * cache shared by the process, so `run`'s validation and the daemon run the plugin once.
+   */
+  execCache?: Map<string, ExecResult>;
 }
+
+const EXEC_CACHE = new Map<string, ExecResult>();
 
 function tlsError(message: string): ApilbError {
   return new ApilbError('APILB_ERR_TLS_CONFIG', message);
@@ -123,6 +134,7 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
   const m: TlsMaterial = { insecure: cfg.healthCheckInsecure };
   const files: string[] = [];
   const missing: string[] = [];
+  let exec: LoadedCredentials['exec'];
   const src: { ca?: string; cert?: string; key?: string; token?: string } = {};
   if (cfg.kubeconfig) {
     files.push(cfg.kubeconfig);
@@ -140,6 +152,23 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
       if (k.cert && k.key) [m.cert, m.key, src.cert, src.key] = [k.cert, k.key, k.sources.cert, k.sources.key];
       if (k.token) [m.token, src.token] = [k.token, k.sources.token];
       if (k.serverName) m.serverName = k.serverName;
+      if (k.exec) {
+        const cache = opts.execCache ?? EXEC_CACHE;
+        const key = execKey(k.exec);
+        let r = cache.get(key);
+        if (!r) {
+          try {
+            r = runExecPluginSync(k.exec, opts.env);
+          } catch (e) {
+            throw tlsError(`kubeconfig "${cfg.kubeconfig}": ${(e as Error).message}`);
+          }
+          cache.set(key, r);
+        }
+        exec = { spec: k.exec, ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}) };
+        const source = `kubeconfig "${cfg.kubeconfig}" exec plugin "${k.exec.command}"`;
+        if (r.token && !m.token) [m.token, src.token] = [r.token, source];
+        if (r.cert && r.key && !m.cert) [m.cert, m.key, src.cert, src.key] = [r.cert, r.key, source, source];
+      }
     }
   }
   if (cfg.caFile) {
@@ -170,11 +199,15 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
     summary.push(`client certificate: ${shownSource(src.cert!)} (${leaf.subject.replace(/\n/g, ', ')}; valid until ${new Date(leaf.validTo).toISOString()}), key: ${shownSource(src.key!)}`);
   }
   if (m.token) summary.push(`bearer token: from ${shownSource(src.token!)} (${m.token.length} characters, value redacted)`);
+  if (exec?.expiresAt !== undefined) summary.push(`exec credential expires at ${new Date(exec.expiresAt).toISOString()} (run again before, and on a 401)`);
   if (!m.cert && !m.token) summary.push('client identity: none (anonymous health checks)');
   const absent = [...new Set(missing)];
   for (const f of absent) summary.push(`not there yet: "${f}" (used once it appears)`);
-  return { material: m, files: [...new Set(files)], missing: absent, summary, ...(expired ? { expired } : {}) };
+  return { material: m, files: [...new Set(files)], missing: absent, summary, ...(expired ? { expired } : {}), ...(exec ? { exec } : {}) };
 }
+
+/** An exec plugin is run again on a 401 at most this often. */
+export const EXEC_RERUN_MS = 10_000;
 
 /** Emitted when the credentials in use changed. */
 export interface CredentialReload {
@@ -263,6 +296,9 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
   private started = false;
   private closed = false;
   private counts = { reloads: 0, rejected: 0 };
+  private execTimer: TimerHandle | undefined;
+  private execRunning = false;
+  private lastExecRun = Number.NEGATIVE_INFINITY;
   private lastError: string | null = null;
 
   /** Loads the credentials at once: throws like {@link loadCredentials} when they are unusable. */
@@ -309,6 +345,7 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
     this.started = true;
     this.rewatch();
     this.schedulePoll();
+    this.scheduleExecRefresh();
   }
 
   /**
@@ -339,11 +376,69 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
     try {
       next = this.load();
     } catch (e) {
-      this.counts.rejected++;
-      this.lastError = (e as Error).message;
-      this.emit('rejected', { error: this.lastError });
-      return;
+      return this.reject((e as Error).message);
     }
+    this.apply(next);
+  }
+
+  /**
+   * An API server answered 401/403: an exec credential may have been revoked or expired early, so the plugin is
+   * run again (at most once per {@link EXEC_RERUN_MS}). Nothing happens for other kinds of credentials: files are
+   * followed on their own.
+   */
+  onUnauthenticated(): void {
+    if (this.loaded.exec && this.clock.now() - this.lastExecRun >= EXEC_RERUN_MS) this.refreshExec();
+  }
+
+  /** Runs the exec plugin again without blocking; a good result replaces the credentials like a changed file. */
+  refreshExec(): void {
+    const exec = this.loaded.exec;
+    if (!exec || this.execRunning || this.closed) return;
+    this.execRunning = true;
+    this.lastExecRun = this.clock.now();
+    this.clock.clearTimeout(this.execTimer);
+    this.execTimer = undefined;
+    runExecPlugin(exec.spec, this.env).then(
+      (r) => {
+        this.execRunning = false;
+        if (this.closed) return;
+        EXEC_CACHE.set(execKey(exec.spec), r);
+        let next: LoadedCredentials;
+        try {
+          next = this.load();
+        } catch (e) {
+          return this.reject((e as Error).message);
+        }
+        this.apply(next);
+        this.scheduleExecRefresh();
+      },
+      (err: Error) => {
+        this.execRunning = false;
+        if (this.closed) return;
+        this.reject(`${err.message}; the previous credentials stay in use`);
+        this.scheduleExecRefresh(EXEC_RERUN_MS);
+      },
+    );
+  }
+
+  private reject(error: string): void {
+    this.counts.rejected++;
+    this.lastError = error;
+    this.emit('rejected', { error });
+  }
+
+  /** Refreshes an expiring exec credential a little before it expires (a fifth of its remaining life, ≤ 1 min). */
+  private scheduleExecRefresh(retryIn?: number): void {
+    this.clock.clearTimeout(this.execTimer);
+    this.execTimer = undefined;
+    const at = this.loaded.exec?.expiresAt;
+    if (!this.started || this.closed || (at === undefined && retryIn === undefined)) return;
+    const left = at === undefined ? Infinity : at - this.clock.now();
+    const delay = Math.max(1000, Math.min(retryIn ?? Infinity, left - Math.min(60_000, left / 5)));
+    this.execTimer = this.clock.setTimeout(() => this.refreshExec(), Math.min(delay, 2 ** 31 - 1));
+  }
+
+  private apply(next: LoadedCredentials): void {
     const prev = this.loaded;
     // A file that was there and is gone (deleted, or replaced by delete-then-write) must not drop the CA or the
     // identity in use: keep the previous credentials until it is back.
@@ -355,16 +450,12 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
         : next.expired && next.material.cert !== prev.material.cert
           ? `the new ${next.expired}; the previous certificate stays in use`
           : undefined;
-    if (refusal) {
-      this.counts.rejected++;
-      this.lastError = refusal;
-      this.emit('rejected', { error: refusal });
-      return;
-    }
+    if (refusal) return this.reject(refusal);
     this.loaded = next;
     // The kubeconfig may now name other files; the signature must cover them.
     this.lastSignature = signature(next.files);
     if (this.started) this.rewatch();
+    if (next.exec?.expiresAt !== prev.exec?.expiresAt) this.scheduleExecRefresh();
     const changed = changedParts(prev.material, next.material);
     if (sameMaterial(prev.material, next.material) && prev.missing.join('\n') === next.missing.join('\n')) return;
     this.counts.reloads++;
@@ -377,6 +468,7 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
     this.closed = true;
     this.clock.clearTimeout(this.pollTimer);
     this.clock.clearTimeout(this.settleTimer);
+    this.clock.clearTimeout(this.execTimer);
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
   }

@@ -1,12 +1,13 @@
 /**
  * Reading the CA and the user's credentials out of an existing kubeconfig (e.g. the kubelet's): client
  * certificate and key (file paths relative to the kubeconfig's directory, as kubectl resolves them, or inline
- * base64 `*-data`), `token` and `tokenFile`. `exec` and `auth-provider` users are refused by name: apilb never
- * runs a credential plugin, and never falls back to anonymous checks silently.
+ * base64 `*-data`), `token`, `tokenFile` and `exec` (parsed here, run by credentials.ts). `auth-provider` and basic
+ * auth users are refused by name: apilb never falls back to anonymous checks silently.
  */
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { ApilbError } from '../errors.js';
+import { parseExecSpec, type ExecSpec } from './exec-credential.js';
 import { FileReadError, looksLikeContent, readBoundedFile } from './read-file.js';
 
 /** Credentials found in a kubeconfig's current context. */
@@ -16,6 +17,8 @@ export interface KubeconfigCredentials {
   key?: string;
   /** Bearer token (`token`, or the trimmed contents of `tokenFile`). Never logged. */
   token?: string;
+  /** The user's exec plugin, when it has one (credentials.ts runs it). */
+  exec?: ExecSpec;
   /** Where each part came from, for messages: a file path, or `kubeconfig "P": client-key-data`. */
   sources: { ca?: string; cert?: string; key?: string; token?: string };
   /** The cluster entry's `tls-server-name`, if set. */
@@ -42,7 +45,6 @@ function fail(path: string, reason: string, cause?: unknown): never {
 
 /** User fields that name a way of authenticating apilb does not implement, and what to use instead. */
 const UNSUPPORTED_AUTH: Record<string, string> = {
-  exec: 'an exec credential plugin (exec), which apilb does not run',
   'auth-provider': 'an auth-provider plugin (auth-provider), which apilb does not support',
   username: 'basic authentication (username/password), which kube-apiserver no longer supports',
   password: 'basic authentication (username/password), which kube-apiserver no longer supports',
@@ -50,7 +52,8 @@ const UNSUPPORTED_AUTH: Record<string, string> = {
 
 /**
  * Loads the current context's cluster CA and user credentials. Throws APILB_ERR_KUBECONFIG_INVALID for a
- * kubeconfig that cannot be used (unparsable, no context, an `exec` user, a referenced path that is a directory),
+ * kubeconfig that cannot be used (unparsable, no context, an `auth-provider` user, a malformed `exec`, a
+ * referenced path that is a directory),
  * and FileReadError(ENOENT) when the kubeconfig itself does not exist. Referenced files that do not exist yet are
  * listed in `missing` and left out.
  *
@@ -84,7 +87,7 @@ export function loadKubeconfigCredentials(path: string, env: NodeJS.ProcessEnv =
   if (user) {
     for (const [field, what] of Object.entries(UNSUPPORTED_AUTH)) {
       if (user[field] !== undefined) {
-        fail(path, `user "${userName}" uses ${what}: give apilb a kubeconfig whose user has client-certificate/client-key (like kubelet.conf), token or tokenFile`);
+        fail(path, `user "${userName}" uses ${what}: give apilb a kubeconfig whose user has client-certificate/client-key (like kubelet.conf), token, tokenFile or exec`);
       }
     }
   }
@@ -152,6 +155,13 @@ export function loadKubeconfigCredentials(path: string, env: NodeJS.ProcessEnv =
       const token = text.trim();
       if (token === '' || /\s/.test(token)) fail(path, `token file "${p}" (tokenFile) ${token === '' ? 'is empty' : 'holds more than one word'}`);
       [out.token, out.sources.token] = [token, p];
+    }
+  }
+  if (user?.exec !== undefined) {
+    try {
+      out.exec = parseExecSpec(user.exec, path);
+    } catch (e) {
+      fail(path, `user "${userName}": ${(e as Error).message}`);
     }
   }
   if (typeof cluster['tls-server-name'] === 'string') out.serverName = cluster['tls-server-name'];

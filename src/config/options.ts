@@ -81,7 +81,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'clientKeyFile', flag: 'client-key-file', kind: 'file', group: G_TLS,
     describe: 'client key for health checks (read from $CREDENTIALS_DIRECTORY when given as a bare name there)' },
   { key: 'kubeconfig', flag: 'kubeconfig', kind: 'file', group: G_TLS,
-    describe: 'take the CA and the client identity (certificate/key, token or tokenFile; exec is refused) from this kubeconfig, e.g. /etc/kubernetes/kubelet.conf; followed as it changes, and may not exist yet at start' },
+    describe: 'take the CA and the client identity (certificate/key, token, tokenFile or an exec plugin) from this kubeconfig, e.g. /etc/kubernetes/kubelet.conf; followed as it changes, and may not exist yet at start' },
   { key: 'dnsRefresh', flag: 'dns-refresh', kind: 'duration', default: '30s', min: 1000, group: G_DISC,
     describe: 'how often DNS-named backends are re-resolved (jittered)' },
   { key: 'discoverEndpointslices', flag: 'discover-endpointslices', kind: 'bool', default: false, group: G_DISC,
