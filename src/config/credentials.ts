@@ -372,13 +372,19 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
     const sig = signature(this.loaded.files);
     if (sig === this.lastSignature) return;
     this.lastSignature = sig;
+    this.loadAndApply();
+  }
+
+  /** Loads the credentials again and applies them; false when they were refused (the previous ones stay). */
+  private loadAndApply(): boolean {
     let next: LoadedCredentials;
     try {
       next = this.load();
     } catch (e) {
-      return this.reject((e as Error).message);
+      this.reject((e as Error).message);
+      return false;
     }
-    this.apply(next);
+    return this.apply(next);
   }
 
   /**
@@ -403,14 +409,9 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
         this.execRunning = false;
         if (this.closed) return;
         EXEC_CACHE.set(execKey(exec.spec), r);
-        let next: LoadedCredentials;
-        try {
-          next = this.load();
-        } catch (e) {
-          return this.reject((e as Error).message);
-        }
-        this.apply(next);
-        this.scheduleExecRefresh();
+        // A refused result (e.g. an expired certificate) is retried like a failed run.
+        if (this.loadAndApply()) this.scheduleExecRefresh();
+        else this.scheduleExecRefresh(EXEC_RERUN_MS);
       },
       (err: Error) => {
         this.execRunning = false;
@@ -438,7 +439,8 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
     this.execTimer = this.clock.setTimeout(() => this.refreshExec(), Math.min(delay, 2 ** 31 - 1));
   }
 
-  private apply(next: LoadedCredentials): void {
+  /** Switches to `next` unless it would drop something that worked; false when refused. */
+  private apply(next: LoadedCredentials): boolean {
     const prev = this.loaded;
     // A file that was there and is gone (deleted, or replaced by delete-then-write) must not drop the CA or the
     // identity in use: keep the previous credentials until it is back.
@@ -450,17 +452,21 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
         : next.expired && next.material.cert !== prev.material.cert
           ? `the new ${next.expired}; the previous certificate stays in use`
           : undefined;
-    if (refusal) return this.reject(refusal);
+    if (refusal) {
+      this.reject(refusal);
+      return false;
+    }
     this.loaded = next;
     // The kubeconfig may now name other files; the signature must cover them.
     this.lastSignature = signature(next.files);
     if (this.started) this.rewatch();
     if (next.exec?.expiresAt !== prev.exec?.expiresAt) this.scheduleExecRefresh();
     const changed = changedParts(prev.material, next.material);
-    if (sameMaterial(prev.material, next.material) && prev.missing.join('\n') === next.missing.join('\n')) return;
+    if (sameMaterial(prev.material, next.material) && prev.missing.join('\n') === next.missing.join('\n')) return true;
     this.counts.reloads++;
     this.lastError = null;
     this.emit('reloaded', { material: next.material, missing: [...next.missing], changed });
+    return true;
   }
 
   /** Stops watching. Idempotent. */
