@@ -122,6 +122,22 @@ function readOptional(path: string, what: string, missing: string[]): string | u
   }
 }
 
+/** The cached result of an exec plugin, or a synchronous run when there is none yet (see `execCache`). */
+function execResult(spec: ExecSpec, kubeconfig: string, opts: LoadCredentialsOptions): ExecResult {
+  const cache = opts.execCache ?? EXEC_CACHE;
+  const key = execKey(spec);
+  let r = cache.get(key);
+  if (!r) {
+    try {
+      r = runExecPluginSync(spec, opts.env);
+    } catch (e) {
+      throw tlsError(`kubeconfig "${kubeconfig}": ${(e as Error).message}`);
+    }
+    cache.set(key, r);
+  }
+  return r;
+}
+
 /**
  * Loads and checks the credentials the configuration names. Explicit files win over the kubeconfig's entries,
  * so an operator can take the client identity from the kubelet's kubeconfig and still point at another CA.
@@ -153,17 +169,7 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
       if (k.token) [m.token, src.token] = [k.token, k.sources.token];
       if (k.serverName) m.serverName = k.serverName;
       if (k.exec) {
-        const cache = opts.execCache ?? EXEC_CACHE;
-        const key = execKey(k.exec);
-        let r = cache.get(key);
-        if (!r) {
-          try {
-            r = runExecPluginSync(k.exec, opts.env);
-          } catch (e) {
-            throw tlsError(`kubeconfig "${cfg.kubeconfig}": ${(e as Error).message}`);
-          }
-          cache.set(key, r);
-        }
+        const r = execResult(k.exec, cfg.kubeconfig, opts);
         exec = { spec: k.exec, ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}) };
         const source = `kubeconfig "${cfg.kubeconfig}" exec plugin "${k.exec.command}"`;
         if (r.token && !m.token) [m.token, src.token] = [r.token, source];
