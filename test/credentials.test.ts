@@ -425,6 +425,7 @@ t.test('loadCredentials: check-config parses every PEM and names the file', asyn
     ['CA corrupt', { caFile: f('corrupt-ca.crt', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n') }, `CA "${join(dir, 'corrupt-ca.crt')}": certificate 1 of 1 is corrupt (not a valid X.509 certificate)`],
     ['key and certificate swapped', { clientCertFile: good.clientKeyFile, clientKeyFile: good.clientCertFile }, `client certificate "${good.clientKeyFile}" holds no PEM certificate`],
     ['key of another certificate', { clientKeyFile: f('c2.key', c2.key) }, `client key "${join(dir, 'c2.key')}" does not belong to client certificate "${good.clientCertFile}" (swapped or stale files?)`],
+    ['CA empty', { caFile: f('empty-ca.crt', '') }, `CA "${join(dir, 'empty-ca.crt')}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`],
     ['CA is a directory', { caFile: dir }, `CA file "${dir}" is a directory, not a file`],
     ['CA is /dev/zero (bounded read)', { caFile: '/dev/zero' }, 'CA file "/dev/zero" is larger than 1024 KiB: is it the right file?'],
     ['CA missing', { caFile: join(dir, 'nope.crt') }, `CA file "${join(dir, 'nope.crt')}" does not exist`],

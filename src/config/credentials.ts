@@ -195,7 +195,8 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
   if (cfg.tlsServerName) m.serverName = cfg.tlsServerName;
   const summary: string[] = [];
   let expired: string | undefined;
-  if (m.ca) {
+  if (m.ca !== undefined) {
+    // An empty CA file too: "no CA" must never pass as "a CA that trusts nothing".
     const certs = parseCertificates(m.ca, 'CA', src.ca!);
     summary.push(`CA: ${shownSource(src.ca!)} (${certs.length} certificate${certs.length === 1 ? '' : 's'})`);
   }
