@@ -6,16 +6,15 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { fetchStatus, formatStatus } from './admin/status.js';
-import { resolveConfig, type Config, type Layer, type ResolveInput } from './config/config.js';
+import { formatConfig, resolveAdminListen, resolveConfig, type Config, type Layer, type ResolveInput } from './config/config.js';
+import { loadCredentials } from './config/credentials.js';
+import { formatAddress } from './config/values.js';
 import { OPTIONS } from './config/options.js';
 import { installSignalHandlers, startDaemon } from './daemon.js';
 import { listenFds, listenOnFds, splitListenFds } from './systemd/listen-fds.js';
-import { ApilbError, ConfigError } from './errors.js';
+import { ApilbError, ConfigError, EXIT_CODES, exitCodeOf } from './errors.js';
 import { VERSION } from './version.js';
 
-/** Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage. */
-const EXIT_RUNTIME = 1;
-const EXIT_CONFIG = 2;
 
 function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -63,17 +62,12 @@ function configFrom(argv: Record<string, unknown>, opts: { allowNoBackends?: boo
   return resolveConfig(resolveInputFrom(argv, opts));
 }
 
+/** Prints `err` and exits with its kind's code (errors.ts EXIT_CODES: the same in every subcommand). */
 function die(err: unknown): never {
-  if (err instanceof ConfigError) {
-    process.stderr.write(`apilb: ${err.message}\n`);
-    process.exit(EXIT_CONFIG);
-  }
-  if (err instanceof ApilbError) {
-    process.stderr.write(`apilb: ${err.message} [${err.code}]\n`);
-    process.exit(EXIT_RUNTIME);
-  }
-  process.stderr.write(`apilb: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exit(EXIT_RUNTIME);
+  if (err instanceof ConfigError) process.stderr.write(`apilb: ${err.message}\n`);
+  else if (err instanceof ApilbError) process.stderr.write(`apilb: ${err.message} [${err.code}]\n`);
+  else process.stderr.write(`apilb: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+  process.exit(exitCodeOf(err));
 }
 
 function onEarlyReloadSignal(): void {
@@ -106,17 +100,22 @@ async function run(argv: Record<string, unknown>): Promise<void> {
 }
 
 async function checkConfig(argv: Record<string, unknown>): Promise<void> {
+  let cfg: Config;
   try {
-    const cfg = configFrom(argv);
-    process.stdout.write(`configuration OK: ${cfg.backends.length} backends, listen ${cfg.listen.length} addresses\n`);
+    // The same resolution and validation as `run` (credentials and PEM files included): what passes here starts.
+    cfg = configFrom(argv);
   } catch (err) {
-    // check-config's contract (CI pipelines, ExecStartPre=) is exit 0 valid / 1 invalid.
-    if (err instanceof ConfigError) {
-      process.stderr.write(`apilb: ${err.message}\n`);
-      process.exit(1);
-    }
     die(err);
   }
+  for (const w of cfg.warnings) process.stderr.write(`apilb: warning: ${w}\n`);
+  if (argv.print) {
+    // Like `nginx -T`: the effective configuration after flags, environment, file and defaults; credential files
+    // are named and described, never printed.
+    const creds = loadCredentials(cfg).summary.map((l) => `#   ${l}`).join('\n');
+    process.stdout.write(`# effective configuration (flags > APILB_* environment > ${cfg.configFile ?? 'no config file'} > defaults)\n${formatConfig(cfg)}# credentials:\n${creds}\n`);
+    return;
+  }
+  process.stdout.write(`configuration OK: ${cfg.backends.length} backends, listen ${cfg.listen.length} addresses\n`);
 }
 
 /** `apilb status`: reads GET /status from a running daemon's admin endpoint; a table, or the JSON with --json. */
@@ -124,7 +123,13 @@ async function status(argv: Record<string, unknown>): Promise<void> {
   const timeout = Number(argv.timeout);
   if (!(timeout > 0 && Number.isFinite(timeout))) die(new ConfigError([{ path: 'timeout', reason: `must be a number of seconds > 0, got ${String(argv.timeout)}` }]));
   try {
-    const { doc, raw } = await fetchStatus(String(argv.adminListen), timeout * 1000);
+    const configFile = (argv.config as string | undefined) ?? process.env.APILB_CONFIG;
+    const admin = resolveAdminListen({
+      ...(argv.adminListen !== undefined ? { flag: String(argv.adminListen) } : {}),
+      env: process.env,
+      ...(configFile ? { configFile } : {}),
+    });
+    const { doc, raw } = await fetchStatus(formatAddress(admin), timeout * 1000);
     process.stdout.write(argv.json ? raw : formatStatus(doc, Date.now()));
   } catch (err) {
     die(err);
@@ -140,19 +145,43 @@ async function demo(argv: Record<string, unknown>): Promise<void> {
   }
 }
 
+/**
+ * Joins `--flag -1s` into `--flag=-1s` for options that take a value: yargs would read `-1s` as the short flags
+ * `-1` and `-s` ("Unknown arguments: 1, s"), hiding the real problem (a negative duration) from the operator.
+ */
+export function joinNegativeValues(args: readonly string[]): string[] {
+  const valued = new Set(['--config', '--admin-listen', '--timeout', ...OPTIONS.filter((o) => o.kind !== 'bool').map((o) => `--${o.flag}`)]);
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const next = args[i + 1];
+    if (valued.has(a) && next !== undefined && (/^-[\d.]/.test(next) || next.startsWith('-----'))) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
 /** Builds the yargs parser (exported for tests of help output). */
 export function buildCli(args: string[]): Argv {
-  return yargs(args)
+  return yargs(joinNegativeValues(args))
     .scriptName('apilb')
     .usage('$0 [run] --backend HOST:PORT [--backend HOST:PORT ...] [options]\n\nNode-local TCP/TLS-passthrough load balancer for the Kubernetes API server.')
     .command(['run', '$0'], 'run the load balancer (default command)', (y) => withOptions(y), (a) => run(a as Record<string, unknown>))
-    .command('check-config', 'validate flags, environment and --config without starting (exit 0 valid, 1 invalid)', (y) => withOptions(y), (a) => checkConfig(a as Record<string, unknown>))
+    .command(
+      'check-config',
+      'validate flags, environment and --config (credential files included) without starting, as run does (exit 0 valid, 2 invalid)',
+      (y) => withOptions(y).option('print', { type: 'boolean', default: false, describe: 'print the effective configuration (credential files named, never their contents)', group: 'Operations:' }),
+      (a) => checkConfig(a as Record<string, unknown>),
+    )
     .command(
       'status',
       'show backends, states and connections of the running apilb (reads GET /status from the admin endpoint)',
       (y) =>
         y
-          .option('admin-listen', { type: 'string', default: process.env.APILB_ADMIN_LISTEN ?? '127.0.0.1:9643', describe: "the daemon's admin address (also APILB_ADMIN_LISTEN)" })
+          .option('admin-listen', { type: 'string', describe: "the daemon's admin address (default: APILB_ADMIN_LISTEN, else adminListen in --config, else 127.0.0.1:9643)" })
+          .option('config', { type: 'string', describe: 'read adminListen from this YAML config file (also APILB_CONFIG)' })
           .option('json', { type: 'boolean', default: false, describe: 'print the raw /status JSON' })
           .option('timeout', { type: 'number', default: 3, describe: 'seconds to wait for an answer' }),
       (a) => status(a as Record<string, unknown>),
@@ -168,7 +197,7 @@ export function buildCli(args: string[]): Argv {
     .fail((msg, err) => {
       if (err) die(err);
       process.stderr.write(`apilb: ${msg}\nRun 'apilb --help' for usage.\n`);
-      process.exit(EXIT_CONFIG);
+      process.exit(EXIT_CODES.config);
     });
 }
 

@@ -17,9 +17,11 @@ import { AdminServer, type Readiness } from './admin/admin-server.js';
 import { MetricsServer } from './admin/metrics-server.js';
 import { buildStatus } from './admin/status.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
-import { createLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
-import { loadTlsMaterial } from './config/tls.js';
+import { createLogger, subscribeCredentialsLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
+import { CredentialWatcher, sameMaterial } from './config/credentials.js';
+import type { TlsMaterial } from './config/tls.js';
 import { HealthMonitor } from './health/health-monitor.js';
+import { isUnauthenticated } from './health/https-checker.js';
 import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
@@ -88,6 +90,8 @@ export class Daemon {
   readonly proxy: Proxy;
   /** Moves long-lived connections towards even shares (undefined with --rebalance=false); runs once started. */
   readonly rebalancer: Rebalancer | undefined;
+  /** Health-check credentials, followed as their files change (a change replaces every checker). */
+  readonly credentials: CredentialWatcher;
   /** Active health checks feeding the pool (started by start(), stopped first thing in close()). */
   readonly health: HealthMonitor;
   readonly admin: AdminServer;
@@ -176,14 +180,27 @@ export class Daemon {
         clock,
         onError: (err) => this.logger.warn({ event: 'systemd_notify_failed', err: err.message }, err.message),
       });
+    this.credentials = new CredentialWatcher({ config, clock });
+    this.unsubscribe.push(subscribeCredentialsLogger(this.logger, this.credentials));
     this.health = new HealthMonitor({
       pool: this.pool,
       mode: config.healthCheckMode,
       path: config.healthCheckPath,
       interval: config.healthCheckInterval,
       timeout: config.healthCheckTimeout,
-      tls: loadTlsMaterial(config),
+      tls: this.credentials.material,
       clock,
+    });
+    this.credentials.on('reloaded', (ev) => {
+      try {
+        this.health.update({ tls: ev.material });
+      } catch (err) {
+        this.logger.error({ event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: (err as Error).message }, `new credentials not applied: ${(err as Error).message}`);
+      }
+    });
+    // A 401/403 may mean an exec credential was revoked or expired early: the plugin runs again (rate-limited).
+    this.health.on('check', (ev) => {
+      if (isUnauthenticated(ev.result)) this.credentials.onUnauthenticated();
     });
     this.unsubscribe.push(subscribeHealthLogger(this.logger, this.health));
     this.admin = new AdminServer({ readiness: () => this.readiness() });
@@ -198,6 +215,7 @@ export class Daemon {
       readiness: () => this.readiness(),
       listeners: () => this.listeners.filter((s) => s.listening).length,
       ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
+      credentials: () => this.credentials.status(),
     });
     this.metricsServer = config.metricsListen ? new MetricsServer(this.metrics) : undefined;
     this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await this.metrics.render() }));
@@ -219,6 +237,7 @@ export class Daemon {
       admin: this.adminAddress,
       startedAt: this.startedAt,
       now: this.clock.now(),
+      credentials: this.credentials.status(),
     });
   }
 
@@ -291,11 +310,14 @@ export class Daemon {
       for (const s of this.listeners) this.proxy.serve(s);
       if (this.config.discoverEndpointslices) {
         // Discovery's requests go through our own listener (the balanced path), so it starts once that is bound.
+        const fromConfig = discoveryOptionsFromConfig(this.config, this.listeners);
         this.discovery = new EndpointSliceDiscovery({
           backendSet: this.backendSet,
           logger: this.logger,
           clock: this.clock,
-          ...discoveryOptionsFromConfig(this.config, this.listeners),
+          ...fromConfig,
+          // The bearer token follows its file like the health checks' credentials.
+          tls: { ...fromConfig.tls, token: () => this.credentials.material.token },
           ...this.discoveryTuning,
         });
         this.discovery.start();
@@ -304,6 +326,7 @@ export class Daemon {
       if (this.config.metricsListen) await this.metricsServer?.listen(this.config.metricsListen);
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
+      this.credentials.start();
       await this.health.firstRound(this.config.healthCheckTimeout + 500);
       // Under systemd, READY=1 (below) promises a backend to forward to. When none passed the first round, give
       // one the time a recovering API server needs to be confirmed (rise checks), then report ready anyway: a
@@ -316,6 +339,7 @@ export class Daemon {
     }
     this.started = true;
     this.rebalancer?.start();
+    for (const w of this.config.warnings ?? []) this.logger.warn({ event: 'config_warning' }, w);
     this.logger.info(
       {
         event: 'started',
@@ -368,7 +392,7 @@ export class Daemon {
     if (this.closing) return fail('shutting down');
     const prev = this.current;
     let next: Config;
-    let tls: ReturnType<typeof loadTlsMaterial> | undefined;
+    let tls: TlsMaterial | undefined;
     const changes = (() => {
       try {
         next = resolveConfig(this.resolveInput!);
@@ -385,11 +409,8 @@ export class Daemon {
     try {
       // Re-read the TLS material even when no option changed: a reload then also picks up rotated certificate
       // files. The server name is restart-only, so the active one stays inside the new material.
-      const fresh = loadTlsMaterial({ ...next!, tlsServerName: prev.tlsServerName });
-      const cur = this.health.options.tls;
-      if (fresh.ca !== cur.ca || fresh.cert !== cur.cert || fresh.key !== cur.key || fresh.serverName !== cur.serverName || fresh.insecure !== cur.insecure) {
-        tls = fresh;
-      }
+      const fresh = this.credentials.reconfigure({ ...next!, tlsServerName: prev.tlsServerName });
+      if (!sameMaterial(fresh, this.health.options.tls)) tls = fresh;
       const healthUpdate = {
         ...(changed('healthCheckMode') ? { mode: next!.healthCheckMode } : {}),
         ...(changed('healthCheckPath') ? { path: next!.healthCheckPath } : {}),
@@ -461,6 +482,7 @@ export class Daemon {
       // would hold the drain open, and no list may be applied while the pool is no longer checked.
       await this.discovery?.close();
       this.dns.close();
+      this.credentials.close();
       await this.health.close();
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
       await this.proxy.close(timeoutMs);

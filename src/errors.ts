@@ -13,7 +13,7 @@ export const ERROR_CODES = {
   APILB_ERR_DIAL_TIMEOUT: 'a backend did not complete the TCP handshake within --connect-timeout',
   APILB_ERR_FIRST_BYTE_TIMEOUT: 'a backend accepted but sent nothing within --first-byte-timeout',
   APILB_ERR_ALL_BACKENDS_FAILED: 'every eligible backend failed for one client connection',
-  APILB_ERR_TLS_CONFIG: 'TLS material (CA, client certificate or key) is missing or unreadable',
+  APILB_ERR_TLS_CONFIG: 'TLS material (CA, client certificate, key or token) is missing, unreadable or unusable',
   APILB_ERR_KUBECONFIG_INVALID: 'the kubeconfig cannot be used for health-check credentials',
   APILB_ERR_HEALTH_CHECK: 'an active health check failed',
   APILB_ERR_RELOAD_REJECTED: 'a reloaded configuration was rejected; the previous one stays active',
@@ -24,6 +24,39 @@ export const ERROR_CODES = {
 
 /** A stable error code string, e.g. `APILB_ERR_CONFIG_INVALID`. */
 export type ErrorCode = keyof typeof ERROR_CODES;
+
+/**
+ * Exit codes of the `apilb` command, one per kind of failure and the same for every subcommand (run,
+ * check-config, status, demo). Documented in docs/errors.md (a test keeps both in sync).
+ */
+export const EXIT_CODES = {
+  /** Success (check-config: the configuration is valid). */
+  ok: 0,
+  /** A failure while running (unexpected errors included). */
+  runtime: 1,
+  /** Invalid configuration, credentials or usage: fix the input, retrying will not help. */
+  config: 2,
+  /** A listen address (--listen, --admin-listen) cannot be bound. */
+  listen: 3,
+  /** `apilb status`: the admin endpoint did not answer. */
+  unreachable: 4,
+} as const;
+
+/** Which exit code each error code ends the process with (codes not listed: `runtime`). */
+const EXIT_BY_CODE: Partial<Record<ErrorCode, keyof typeof EXIT_CODES>> = {
+  APILB_ERR_CONFIG_INVALID: 'config',
+  APILB_ERR_NO_BACKENDS: 'config',
+  APILB_ERR_TLS_CONFIG: 'config',
+  APILB_ERR_KUBECONFIG_INVALID: 'config',
+  APILB_ERR_ADDRESS_IN_USE: 'listen',
+  APILB_ERR_LISTEN_FAILED: 'listen',
+  APILB_ERR_ADMIN_UNREACHABLE: 'unreachable',
+};
+
+/** The process exit code for `err` (see {@link EXIT_CODES}). */
+export function exitCodeOf(err: unknown): number {
+  return EXIT_CODES[(err instanceof ApilbError && EXIT_BY_CODE[err.code]) || 'runtime'];
+}
 
 /** One problem found while validating configuration: where it is and why it is wrong. */
 export interface ConfigIssue {

@@ -7,6 +7,8 @@ import pino, { type Logger } from 'pino';
 import type { Backend } from './pool/backend.js';
 import type { CheckResult, Pool, TransitionEvent } from './pool/pool.js';
 import { TLS_ERROR_PREFIX } from './health/checker.js';
+import { isUnauthenticated } from './health/https-checker.js';
+import type { CredentialReload } from './config/credentials.js';
 import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
 import type { Rebalancer } from './proxy/rebalancer.js';
 
@@ -187,16 +189,18 @@ export function subscribeHealthLogger(log: Logger, source: HealthLogSource, now:
   function onCheckLog(ev: { backend: Backend; result: CheckResult }): void {
     const { backend, result: r } = ev;
     if (debug) log.debug({ event: 'health_check', backend: backend.id, ok: r.ok, kind: r.ok ? 'ok' : r.kind, status: 'status' in r ? r.status : undefined, latencyMs: r.latencyMs, err: r.ok ? undefined : r.error }, 'health check');
-    if (r.ok) return;
-    if (r.kind === 'status' && (r.status === 401 || r.status === 403)) {
+    if (isUnauthenticated(r)) {
       if (!hint(`auth ${backend.id}`)) return;
-      const what = r.status === 401 ? 'rejected the anonymous health check (401 Unauthorized: anonymous auth is off)' : 'forbade the health check (403 Forbidden: the identity may not read the health path)';
+      const what = r.status === 401 ? 'refused apilb\'s credentials (401 Unauthorized: anonymous auth is off, or the certificate/token is not accepted)' : 'forbade the health check (403 Forbidden: the identity may not read the health path)';
       log.warn(
-        { event: 'health_check_auth', code: 'APILB_ERR_HEALTH_CHECK', backend: backend.id, status: r.status },
-        `backend ${backend.id} ${what}; it counts as not ready. Give apilb a client certificate allowed to GET the health path: ` +
-          '--client-cert-file and --client-key-file (e.g. the kubelet client certificate), or --kubeconfig (e.g. /etc/kubernetes/kubelet.conf)',
+        { event: 'health_check_unauthenticated', code: 'APILB_ERR_HEALTH_CHECK', backend: backend.id, status: r.status },
+        `backend ${backend.id} ${what}; it answered, so it counts as up, but apilb cannot see whether it is ready. Give apilb credentials allowed to GET the health path: ` +
+          '--kubeconfig (e.g. /etc/kubernetes/kubelet.conf), or --client-cert-file and --client-key-file (e.g. /var/lib/kubelet/pki/kubelet-client-current.pem)',
       );
-    } else if (r.kind === 'transport' && r.error.startsWith(TLS_ERROR_PREFIX)) {
+      return;
+    }
+    if (r.ok) return;
+    if (r.kind === 'transport' && r.error.startsWith(TLS_ERROR_PREFIX)) {
       if (!hint(`tls ${backend.id}`)) return;
       log.warn(
         { event: 'health_check_tls', code: 'APILB_ERR_HEALTH_CHECK', backend: backend.id, err: r.error },
@@ -208,5 +212,42 @@ export function subscribeHealthLogger(log: Logger, source: HealthLogSource, now:
   source.on('check', onCheckLog);
   return function unsubscribeHealthLogger() {
     source.off('check', onCheckLog);
+  };
+}
+
+/** What {@link subscribeCredentialsLogger} needs of the credential watcher. */
+export interface CredentialsLogSource {
+  readonly missing: readonly string[];
+  on(event: 'reloaded', listener: (ev: CredentialReload) => void): unknown;
+  on(event: 'rejected', listener: (ev: { error: string }) => void): unknown;
+  off(event: 'reloaded', listener: (ev: CredentialReload) => void): unknown;
+  off(event: 'rejected', listener: (ev: { error: string }) => void): unknown;
+}
+
+/**
+ * Subscribes `log` to credential changes: each reload (what changed, never a value), each refused file (the old
+ * credentials stay), and files that do not exist yet (at once for the current state, and after each reload).
+ */
+export function subscribeCredentialsLogger(log: Logger, source: CredentialsLogSource): () => void {
+  function logMissing(missing: readonly string[]): void {
+    if (missing.length === 0) return;
+    log.warn(
+      { event: 'credentials_missing', files: missing },
+      `credential files do not exist yet: ${missing.join(', ')}; running without them (health checks answered 401/403 count as up) and using them as soon as they appear`,
+    );
+  }
+  function onCredentialsReloaded(ev: CredentialReload): void {
+    log.info({ event: 'credentials_reloaded', changed: ev.changed, missing: ev.missing }, `credentials reloaded from disk${ev.changed.length ? `: ${ev.changed.join(', ')} changed` : ''}; new check connections use them, old ones are closed`);
+    logMissing(ev.missing);
+  }
+  function onCredentialsRejected(ev: { error: string }): void {
+    log.error({ event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: ev.error }, `a changed credential file was refused, the previous credentials stay in use: ${ev.error}`);
+  }
+  logMissing(source.missing);
+  source.on('reloaded', onCredentialsReloaded);
+  source.on('rejected', onCredentialsRejected);
+  return function unsubscribeCredentialsLogger() {
+    source.off('reloaded', onCredentialsReloaded);
+    source.off('rejected', onCredentialsRejected);
   };
 }

@@ -64,3 +64,10 @@ t.test('every APILB_ERR_* string in src/ is a defined code', async (tt) => {
   }
   tt.ok(seen > known.size, 'codes are referenced from the sources');
 });
+
+t.test('docs/errors.md lists every exit code of EXIT_CODES with its kind', async (tt) => {
+  const { EXIT_CODES } = await import('../src/errors.js');
+  const text = readFileSync(join(root, 'docs/errors.md'), 'utf8');
+  const rows = [...text.matchAll(/^\| `(\d+)` \| (\w+) \|/gm)].map((m) => [m[2], Number(m[1])]);
+  tt.same(Object.fromEntries(rows), EXIT_CODES);
+});

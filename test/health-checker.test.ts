@@ -6,14 +6,15 @@
 import t, { type Test } from 'tap';
 import { Writable } from 'node:stream';
 import { createLogger, subscribeHealthLogger } from '../src/logging.js';
-import { HttpsChecker } from '../src/health/https-checker.js';
+import { HttpsChecker, isUnauthenticated } from '../src/health/https-checker.js';
 import { TcpChecker } from '../src/health/tcp-checker.js';
 import { HealthMonitor } from '../src/health/health-monitor.js';
 import { TLS_ERROR_PREFIX } from '../src/health/checker.js';
 import { Pool } from '../src/pool/pool.js';
 import { hasCode } from '../src/errors.js';
 import type { CheckResult } from '../src/pool/pool.js';
-import { createTestCA, echoServer, FakeClock, waitFor } from './support/index.js';
+import { connect } from 'node:net';
+import { createTestCA, echoServer, FakeClock, startServer, waitFor } from './support/index.js';
 import { flush, handleCounts, monitor, recordChecks, recordStates, ScriptedChecker, standIn, tlsFor } from './support/health-fixtures.js';
 
 const ca = createTestCA();
@@ -72,10 +73,14 @@ t.test('https: 500 (not ready) is a status failure carrying the failed readyz ch
   tt.equal(s.connections, 1);
 });
 
-t.test('https: 401 without a client certificate is a status failure; with --client-cert-file it passes', async (tt) => {
+t.test('https: 401 without a client certificate passes as unauthenticated (alive, status kept); with --client-cert-file it is 200', async (tt) => {
   const s = await standIn(tt, { ca: serving, anonymousAuth: false });
   const anon = httpsFor(tt, s.port);
-  tt.match(await anon.checker.check(within(2000)), { ok: false, kind: 'status', status: 401 });
+  const r = await anon.checker.check(within(2000));
+  tt.match(r, { ok: true, status: 401 });
+  tt.ok(isUnauthenticated(r), 'marked unauthenticated');
+  anon.pool.reportCheck(anon.backend, r);
+  tt.equal(anon.backend.state, 'up', 'a backend that answers 401 stays in rotation');
   const withCert = httpsFor(tt, s.port, { tls: tlsFor(ca, { cert: node.cert, key: node.key }) });
   tt.match(await withCert.checker.check(within(2000)), { ok: true, status: 200 });
 });
@@ -121,6 +126,57 @@ t.test('https: a hung server is a transport timeout; the next check starts a fre
   s.resume();
   tt.match(await checker.check(within(2000)), { ok: true });
   tt.equal(checker.connects, 2, 'the timed-out connection was dropped and a new one made');
+});
+
+/**
+ * A TCP front for a stand-in whose first connection never gets through (a TLS handshake stuck on the network),
+ * while later connections are piped to the stand-in.
+ */
+async function slowFirstHandshake(tt: Test, port: number) {
+  const front = await startServer((s, srv) => {
+    if (srv.accepted === 1) return void s.pause();
+    const up = connect({ host: '127.0.0.1', port });
+    up.on('error', () => s.destroy());
+    s.pipe(up).pipe(s);
+    s.on('close', () => up.destroy());
+  });
+  tt.teardown(() => front.close());
+  return front;
+}
+
+t.test('https: one slow TLS handshake is one failure: the immediate re-check gets its own connection (fall 2 stays 2)', async (tt) => {
+  const s = await standIn(tt, { ca: serving });
+  const front = await slowFirstHandshake(tt, s.port);
+  // Checker level: the monitor aborts the slow check and starts the re-check at once.
+  const { checker } = httpsFor(tt, front.port);
+  const ac = new AbortController();
+  const first = checker.check(ac.signal);
+  await waitFor(() => front.accepted === 1, { what: 'the first connection opening' });
+  ac.abort();
+  const second = await checker.check(within(3000));
+  tt.match(await first, { ok: false, kind: 'transport' });
+  tt.match(second, { ok: true, status: 200 }, 'the re-check is not destroyed by the first check giving up');
+  tt.equal(front.accepted, 2, 'on a connection of its own');
+
+  // Monitor level, fall 2: the slow check counts once, the re-check passes, the backend never goes down.
+  const front2 = await slowFirstHandshake(tt, s.port);
+  const clock = new FakeClock();
+  const pool = new Pool({ fall: 2 });
+  const b = pool.add({ address: host(front2.port) });
+  pool.reportCheck(b, { ok: true, latencyMs: 1, status: 200 });
+  const states = recordStates(pool, b);
+  const m = monitor(tt, { pool, tls: tlsFor(ca), clock, interval: 2000, timeout: 1000 });
+  const results = recordChecks(m, b);
+  m.start();
+  clock.advance(0);
+  await waitFor(() => front2.accepted === 1, { what: 'the slow handshake' });
+  clock.advance(1000);
+  await waitFor(() => results.length === 1, { what: 'the timed-out check' });
+  clock.advance(0);
+  await waitFor(() => results.length === 2, { what: 'the re-check' });
+  tt.match(results, [{ ok: false, kind: 'transport', error: /timeout/ }, { ok: true, status: 200 }]);
+  tt.same(states, [], 'still up: one slow handshake is one failure');
+  tt.equal(b.state, 'up');
 });
 
 t.test('https: refused and reset are transport failures', async (tt) => {
@@ -391,7 +447,7 @@ t.test('monitor: update() applies a new interval, path and TLS without a restart
   tt.ok(results.some((r) => !r.ok && r.kind === 'transport') && results.at(-1)!.ok);
 });
 
-t.test('logging: 401 names the credential flags (rate-limited); TLS failures name --ca-file/--tls-server-name', async (tt) => {
+t.test('logging: 401/403 say "counts as up" and name the credential flags (rate-limited); TLS failures name --ca-file/--tls-server-name', async (tt) => {
   const lines: string[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -406,14 +462,15 @@ t.test('logging: 401 names the credential flags (rate-limited); TLS failures nam
   const src = new EventEmitter<{ check: [{ backend: typeof b; result: CheckResult }] }>();
   const off = subscribeHealthLogger(log, src);
   tt.teardown(off);
-  src.emit('check', { backend: b, result: { ok: false, kind: 'status', latencyMs: 1, status: 401 } });
-  src.emit('check', { backend: b, result: { ok: false, kind: 'status', latencyMs: 1, status: 401 } });
+  src.emit('check', { backend: b, result: { ok: true, latencyMs: 1, status: 401 } });
+  src.emit('check', { backend: b, result: { ok: true, latencyMs: 1, status: 401 } });
   src.emit('check', { backend: b, result: { ok: false, kind: 'transport', latencyMs: 1, error: 'tls: unable to verify the first certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE)' } });
   src.emit('check', { backend: b, result: { ok: false, kind: 'transport', latencyMs: 1, error: 'connection refused' } });
   await waitFor(() => lines.length >= 2, { what: 'log lines' });
   tt.equal(lines.length, 2, 'one auth hint (rate-limited), one TLS hint, nothing for refused');
   const [auth, tls] = lines.map((l) => JSON.parse(l) as { level: string; msg: string; event: string; code: string });
-  tt.match(auth, { level: 'warn', event: 'health_check_auth', code: 'APILB_ERR_HEALTH_CHECK' });
+  tt.match(auth, { level: 'warn', event: 'health_check_unauthenticated', code: 'APILB_ERR_HEALTH_CHECK' });
+  tt.match(auth!.msg, /counts as up/);
   tt.match(auth!.msg, /--client-cert-file and --client-key-file/);
   tt.match(auth!.msg, /--kubeconfig/);
   tt.match(tls, { level: 'warn', event: 'health_check_tls' });

@@ -254,7 +254,7 @@ t.test('a running daemon: /metrics values through a failover, /status, /readyz, 
   tt.equal(json.code, 0, json.stderr);
   tt.same((JSON.parse(json.stdout) as StatusDoc).backends.map((x) => x.address), [a!.address, b!.address]);
   const down = await runCli(['status', '--admin-listen', a!.address]);
-  tt.equal(down.code, 1, 'exit 1 when the admin endpoint is unreachable');
+  tt.equal(down.code, 4, 'exit 4 (unreachable) when the admin endpoint does not answer');
   tt.match(down.stderr, /cannot read http:\/\/127\.0\.0\.1:\d+\/status: connection refused .*\[APILB_ERR_ADMIN_UNREACHABLE\]/);
 
   // A leaves the configuration: no connection is left on it, so its series go at once.

@@ -137,7 +137,8 @@ t.test('apilb_backend_unauthenticated follows the latest check: 401/403 → 1, a
   const value = async () => parseExposition(await metrics.render()).get('apilb_backend_unauthenticated', { backend: b.id });
   tt.equal(await value(), 0, 'no check yet');
   for (const [status, want] of [[401, 1], [500, 0], [403, 1], [200, 0]] as const) {
-    pool.reportCheck(b, status === 200 ? { ok: true, latencyMs: 1, status } : { ok: false, kind: 'status', status, latencyMs: 1 });
+    // As the https checker reports them: 401/403 pass (the backend answered), 500 is a status failure.
+    pool.reportCheck(b, status === 500 ? { ok: false, kind: 'status', status, latencyMs: 1 } : { ok: true, latencyMs: 1, status });
     tt.equal(await value(), want, `after ${status}`);
   }
 });

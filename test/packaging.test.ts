@@ -212,7 +212,7 @@ t.test('the shipped configuration starts nothing: no backends, so check-config f
     return run(apilb, ['check-config', '--config', file], { env: { PATH: process.env.PATH ?? '' } });
   };
   const asShipped = check(conffile);
-  t.equal(asShipped.status, 1, 'as shipped (with a real CA file): invalid');
+  t.equal(asShipped.status, 2, 'as shipped (with a real CA file): invalid (exit 2, as for run)');
   t.match(asShipped.stderr, 'no backend configured');
   const uncommented = conffile.replace(/^# (backends:|\s+- )/gm, '$1');
   t.equal(check(uncommented).status, 0, 'with the example backends uncommented: valid, so the list is all that is missing');

@@ -137,7 +137,7 @@ t.test('invalid reload is rejected as a whole: the old configuration stays, the 
   rmSync(h.file);
   const missing = await h.d.reload();
   tt.equal(missing.ok, false);
-  tt.match(missing.error, `config: file "${h.file}" does not exist`);
+  tt.match(missing.error, `config: config file "${h.file}" does not exist`);
   tt.equal(h.d.reloads.get('failure'), 3);
   tt.ok(await echoes(s, 'unaffected'), 'traffic unaffected by rejected reloads');
 

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { resolveConfig } from '../src/config/config.js';
 import { fileKey, OPTIONS } from '../src/config/options.js';
+import { createTestCA } from '../src/demo/test-ca.js';
 
 const UNITS = fileURLToPath(new URL('../systemd/', import.meta.url));
 const SERVICE = join(UNITS, 'apilb.service');
@@ -120,9 +121,11 @@ t.test('the example apilb.yaml uses only known keys and resolves', async (t) => 
   const known = new Set(OPTIONS.map(fileKey));
   for (const k of Object.keys(doc)) t.ok(known.has(k), `${k} is a config key`);
   t.ok(Array.isArray(doc.backends) && Array.isArray(doc.listen), 'repeatable options use plural list keys');
-  // caFile must exist to validate; point it at a readable stand-in and resolve the rest as written.
+  // caFile must exist and hold a CA to validate; point it at a test CA and resolve the rest as written.
   const dir = tmp(t);
-  writeFileSync(join(dir, 'ca.crt'), '');
+  const ca = createTestCA();
+  t.teardown(() => ca.remove());
+  writeFileSync(join(dir, 'ca.crt'), ca.cert);
   writeFileSync(join(dir, 'apilb.yaml'), text.replace(/^caFile: .*$/m, `caFile: ${join(dir, 'ca.crt')}`));
   const config = resolveConfig({ configFile: join(dir, 'apilb.yaml'), env: {} });
   t.equal(config.backends.length, 3);

@@ -55,7 +55,7 @@ export class AdminServer {
 
   /** Binds to `address`. */
   async listen(address: Address): Promise<void> {
-    await bindListener(this.server as unknown as import('node:net').Server, address, 64);
+    await bindListener(this.server as unknown as import('node:net').Server, address, 64, '--admin-listen');
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {

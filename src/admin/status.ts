@@ -3,6 +3,7 @@
  * `apilb status`. Field names are a contract like metric names: add fields, never rename or remove them.
  */
 import { get as httpGet } from 'node:http';
+import type { CredentialStatus } from '../config/credentials.js';
 import { formatAddress, parseAddress, type Address } from '../config/values.js';
 import { ApilbError } from '../errors.js';
 import type { Backend, BackendSource, BackendState } from '../pool/backend.js';
@@ -74,6 +75,11 @@ export interface StatusDoc {
   activeConnections: number;
   acceptedConnections: number;
   backends: StatusBackend[];
+  /**
+   * Health-check credentials: what identity is presented, files that do not exist yet (a bootstrapping node),
+   * reloads from disk. Null when the caller gave none.
+   */
+  credentials: CredentialStatus | null;
 }
 
 /** Inputs of {@link buildStatus}. */
@@ -90,6 +96,8 @@ export interface StatusInput {
   now: number;
   /** Default `process.pid`. */
   pid?: number;
+  /** Credential watcher state; default null. */
+  credentials?: CredentialStatus;
 }
 
 function iso(ms: number): string {
@@ -133,6 +141,7 @@ export function buildStatus(input: StatusInput): StatusDoc {
     activeConnections: input.proxy.activeConnections,
     acceptedConnections: input.proxy.counters.accepted,
     backends: input.pool.backends.map((b) => backendStatus(b, input.proxy, input.pool.backends)),
+    credentials: input.credentials ?? null,
   };
 }
 
@@ -165,7 +174,8 @@ function table(rows: string[][]): string {
 function checkCell(c: StatusCheck | null): string {
   if (!c) return '-';
   const lat = `${c.latencyMs < 10 ? c.latencyMs.toFixed(1) : Math.round(c.latencyMs)}ms`;
-  if (c.result === 'ok') return `ok ${lat}`;
+  // 401/403 pass (the backend is alive), but the operator must see that apilb's credentials were refused.
+  if (c.result === 'ok') return c.status === 401 || c.status === 403 ? `ok ${c.status} unauthenticated ${lat}` : `ok ${lat}`;
   if (c.result === 'status') return `${c.status ?? 'status'} ${lat}`;
   return `error ${lat}`;
 }
@@ -177,6 +187,7 @@ export function formatStatus(doc: StatusDoc, now: number): string {
     `listeners: ${doc.listeners.join(', ') || '-'}   admin: ${doc.admin}   client connections: ${doc.activeConnections} open, ${doc.acceptedConnections} accepted`,
   ];
   if (doc.panic) head.push('PANIC: no backend is eligible; every backend is tried for each connection');
+  if (doc.credentials?.missing.length) head.push(`CREDENTIALS: not there yet (${doc.credentials.identity} in use): ${doc.credentials.missing.join(', ')}`);
   const rows: string[][] = [['BACKEND', 'STATE', 'FOR', 'CHECK', 'ACTIVE', 'TOTAL', 'FAILED', 'IN/OUT', 'REASON']];
   for (const b of doc.backends) {
     const failed = Object.values(b.connectFailures).reduce((a, n) => a + n, 0);

@@ -3,16 +3,18 @@
  * with zod so that every bad field is reported with its path and reason before anything is bound.
  * Precedence: flags > environment > file > defaults.
  */
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { loadKubeconfigCredentials } from './kubeconfig.js';
+import { loadCredentials, type LoadedCredentials } from './credentials.js';
+import { looksLikeContent, readBoundedFile } from './read-file.js';
 import { envName, fileKey, optionByKey, OPTIONS, type OptionSpec } from './options.js';
 import type { BalancePolicy } from '../pool/pool.js';
-import { formatDuration, parseAddress, parseDuration, type Address } from './values.js';
+import { formatAddress, formatDuration, MAX_DURATION_MS, negativeDuration, parseAddress, parseDuration, type Address } from './values.js';
 
 /** The fully resolved, validated configuration. Durations are milliseconds. */
 export interface Config {
@@ -76,6 +78,11 @@ export interface Config {
   rebalanceQuiet: number;
   /** The config file this came from, if any (reload re-reads it). */
   configFile?: string;
+  /**
+   * Things that are allowed but probably not what the operator wants (tcp checks without a CA, credential files
+   * that do not exist yet): check-config prints them, run logs them. Never secrets.
+   */
+  warnings: string[];
 }
 
 /** Raw values of one layer (strings from flags/env, anything from YAML). */
@@ -100,7 +107,8 @@ function shown(v: unknown): string {
   if (v === null || v === undefined) return 'nothing';
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a mapping';
-  if (typeof v === 'string') return JSON.stringify(v.length > 60 ? v.slice(0, 57) + '...' : v);
+  // A key or token pasted where a path or setting belongs must never be echoed (stderr, journal, POST /reload).
+  if (typeof v === 'string') return looksLikeContent(v) ? 'what looks like file contents or a secret (not shown)' : JSON.stringify(v.length > 60 ? v.slice(0, 57) + '...' : v);
   return String(v);
 }
 
@@ -119,11 +127,13 @@ function kindSchema(spec: OptionSpec): z.ZodTypeAny {
       return z.unknown().transform((v, ctx) => {
         const raw = v;
         if (typeof v === 'number') {
+          if (v < 0) return fail(ctx, negativeDuration(String(v)).message);
           // YAML `connectTimeout: 5` is ambiguous (seconds? milliseconds?): only a bare 0 is accepted.
           if (v !== 0) return fail(ctx, `must be a duration with a unit, like ${v}s or ${v}ms (a bare number is ambiguous)`);
           v = '0';
         }
-        if (typeof v !== 'string') return fail(ctx, `must be a duration like 250ms, 2s or 1m, got ${shown(v)}`);
+        if (typeof v !== 'string') return fail(ctx, `must be a duration like 250ms, 2s or 1m30s, got ${shown(v)}`);
+        if (looksLikeContent(v)) return fail(ctx, `must be a duration like 250ms, 2s or 1m30s, got ${shown(v)}`);
         let ms: number;
         try {
           ms = parseDuration(v);
@@ -131,7 +141,8 @@ function kindSchema(spec: OptionSpec): z.ZodTypeAny {
           return fail(ctx, (e as Error).message);
         }
         if (spec.min !== undefined && ms < spec.min) return fail(ctx, spec.min <= 1 ? `must be greater than zero, got ${shown(raw)}` : `must be at least ${formatDuration(spec.min)}, got ${shown(raw)}`);
-        if (spec.max !== undefined && ms > spec.max) return fail(ctx, `must be at most ${formatDuration(spec.max)}, got ${shown(raw)}`);
+        const max = Math.min(spec.max ?? MAX_DURATION_MS, MAX_DURATION_MS);
+        if (ms > max) return fail(ctx, `must be at most ${formatDuration(max)}, got ${shown(raw)}`);
         return ms;
       });
     case 'int':
@@ -159,24 +170,21 @@ function kindSchema(spec: OptionSpec): z.ZodTypeAny {
       return z.unknown().transform((v, ctx) => {
         if (typeof v !== 'string') return fail(ctx, `must be a string, got ${shown(v)}`);
         if (v.trim() === '') return fail(ctx, 'must not be empty');
+        if (looksLikeContent(v) || /[\x00-\x1f\x7f]/.test(v)) return fail(ctx, `must be one line of text, got ${shown(v)}`);
         return v;
       });
     case 'file':
       return z.unknown().transform((v, ctx) => {
         if (typeof v !== 'string') return fail(ctx, `must be a file path, got ${shown(v)}`);
         if (v.trim() === '') return fail(ctx, 'must not be empty');
-        const resolved = resolveCredentialPath(v);
-        try {
-          accessSync(resolved, constants.R_OK);
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          return fail(ctx, code === 'ENOENT' ? `file "${v}" does not exist` : `file "${v}" is not readable (${code})`);
-        }
-        return resolved;
+        if (looksLikeContent(v)) return fail(ctx, `must be a file path, got ${shown(v)}: put the PEM in a file and pass its path`);
+        // Whether the file exists and holds usable PEM is checked with the other credentials (loadCredentials):
+        // a kubeconfig or client certificate may legitimately not exist yet on a joining node.
+        return resolveCredentialPath(v);
       });
     case 'address':
       return z.unknown().transform((v, ctx) => {
-        if (typeof v !== 'string') return fail(ctx, `must be an address HOST:PORT, got ${shown(v)}`);
+        if (typeof v !== 'string' || looksLikeContent(v)) return fail(ctx, `must be an address HOST:PORT, got ${shown(v)}`);
         try {
           return parseAddress(v, { allowPortZero: spec.allowPortZero === true });
         } catch (e) {
@@ -188,16 +196,17 @@ function kindSchema(spec: OptionSpec): z.ZodTypeAny {
         // Flags and the environment give `a,b` or a list of strings; YAML gives a list (or one string).
         const items = typeof v === 'string' ? v.split(',').map((x) => x.trim()).filter(Boolean) : v;
         if (!Array.isArray(items)) return fail(ctx, `must be a list of HOST:PORT addresses, got ${shown(v)}`);
+        if (spec.max !== undefined && items.length > spec.max) return fail(ctx, `holds ${items.length} addresses; at most ${spec.max} are accepted`);
         const out: Address[] = [];
         let bad = false;
         items.forEach((item, i) => {
-          if (typeof item !== 'string') {
+          if (typeof item !== 'string' || looksLikeContent(item)) {
             bad = true;
             fail(ctx, `must be an address HOST:PORT, got ${shown(item)}`, [i]);
             return;
           }
           try {
-            out.push(parseAddress(item, { allowPortZero: spec.allowPortZero === true }));
+            out.push(parseAddress(item, { allowPortZero: spec.allowPortZero === true, allowHttpsUrl: spec.allowHttpsUrl === true }));
           } catch (e) {
             bad = true;
             fail(ctx, (e as Error).message, [i]);
@@ -276,10 +285,9 @@ function suggest(key: string): string {
 export function readConfigFile(path: string): Layer {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readBoundedFile(path, 'config file');
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError([{ path: 'config', reason: code === 'ENOENT' ? `file "${path}" does not exist` : `cannot read "${path}" (${code})` }]);
+    throw new ConfigError([{ path: 'config', reason: (e as Error).message }]);
   }
   let doc: unknown;
   try {
@@ -375,6 +383,7 @@ export function resolveConfig(input: ResolveInput = {}): Config {
     if (input.hasIPv6Loopback ?? detectIPv6Loopback()) cfg.listen.push({ host: '::1', port: 6443 });
   }
   cfg.backends ??= [];
+  cfg.warnings = [];
   if (input.configFile) cfg.configFile = input.configFile;
 
   // Cross-field issues are reported where the operator set the value: file key, environment variable or flag.
@@ -390,31 +399,109 @@ export function resolveConfig(input: ResolveInput = {}): Config {
   if (cfg.discoverEndpointslices && !cfg.kubeconfig) {
     issues.push({ path: where('discoverEndpointslices'), reason: 'needs --kubeconfig for the credentials to read EndpointSlices' });
   }
-  if (cfg.healthCheckMode === 'https' && !cfg.healthCheckInsecure && !cfg.caFile && !cfg.kubeconfig) {
-    issues.push({
-      path: 'caFile',
-      reason: 'https health checks verify the API server certificate: pass --ca-file (the cluster CA, e.g. /etc/kubernetes/pki/ca.crt), --kubeconfig, or --health-check-insecure to opt out of verification',
-    });
-  }
   if (Boolean(cfg.clientCertFile) !== Boolean(cfg.clientKeyFile)) {
-    issues.push({ path: cfg.clientCertFile ? 'clientKeyFile' : 'clientCertFile', reason: '--client-cert-file and --client-key-file go together' });
+    issues.push({ path: where(cfg.clientCertFile ? 'clientCertFile' : 'clientKeyFile'), reason: '--client-cert-file and --client-key-file go together' });
   }
   if (cfg.healthCheckTimeout > cfg.healthCheckInterval) {
-    issues.push({ path: where('healthCheckTimeout'), reason: `must not exceed healthCheckInterval (${cfg.healthCheckInterval}ms)` });
+    issues.push({ path: where('healthCheckTimeout'), reason: `must not exceed healthCheckInterval (${formatDuration(cfg.healthCheckInterval)})` });
   }
-  if (cfg.kubeconfig) {
-    // Read it now so a broken kubeconfig fails check-config and startup, not the first health check.
-    try {
-      const k = loadKubeconfigCredentials(cfg.kubeconfig);
-      if (!k.ca && !cfg.caFile && cfg.healthCheckMode === 'https' && !cfg.healthCheckInsecure) {
-        issues.push({ path: where('kubeconfig'), reason: 'has no certificate-authority or certificate-authority-data for its cluster: pass --ca-file too' });
-      }
-    } catch (e) {
-      issues.push({ path: where('kubeconfig'), reason: (e as Error).message });
-    }
+  if (!cfg.healthCheckPath.startsWith('/') || /\s/.test(cfg.healthCheckPath)) {
+    issues.push({ path: where('healthCheckPath'), reason: `must be an absolute path starting with /, like /readyz, got ${shown(cfg.healthCheckPath)}` });
+  }
+  cfg.backends.forEach((b, i) => {
+    const own = ownListenerOf(b, cfg);
+    if (own) issues.push({ path: `${where('backends')}.${i}`, reason: `${formatAddress(b)} is apilb's own ${own}: apilb would forward to itself` });
+  });
+  issues.push(...credentialIssues(cfg, where));
+  if (cfg.healthCheckMode === 'tcp' && !cfg.caFile && !cfg.kubeconfig) {
+    cfg.warnings.push('health-check-mode tcp without a CA (--ca-file or --kubeconfig) only connects: a hung API server that still accepts TCP looks healthy. Set --ca-file so checks complete a TLS handshake');
   }
   if (issues.length) throw new ConfigError(issues);
   return cfg;
+}
+
+/** Which of apilb's own listeners `b` is (`listener (--listen)`, `admin endpoint (--admin-listen)`), if any. */
+function ownListenerOf(b: Address, cfg: Config): string | undefined {
+  const canon = (h: string) => (h.toLowerCase().startsWith('::ffff:') && isIP(h.slice(7)) === 4 ? h.slice(7) : h.toLowerCase());
+  const loopback = (h: string) => /^127\./.test(h) || h === '::1';
+  const same = (l: Address) => {
+    if (l.port !== b.port || isIP(b.host) === 0) return false;
+    const lh = canon(l.host);
+    const bh = canon(b.host);
+    // A wildcard listener accepts on every local address; loopback is certainly one of them.
+    return lh === bh || ((lh === '0.0.0.0' || lh === '::') && loopback(bh));
+  };
+  if (cfg.listen.some(same)) return 'listener (--listen)';
+  if (same(cfg.adminListen)) return 'admin endpoint (--admin-listen)';
+  return undefined;
+}
+
+/**
+ * Loads every credential file once, as run will (one validation for check-config and run): parse errors, keys
+ * that do not match and `exec` users are issues; files that do not exist yet and expired certificates are warnings
+ * (a joining node), except the explicit CA, and an https check that would have no CA at all.
+ */
+function credentialIssues(cfg: Config, where: (key: string) => string): ConfigIssue[] {
+  let loaded: LoadedCredentials;
+  try {
+    loaded = loadCredentials(cfg);
+  } catch (e) {
+    const msg = (e as Error).message;
+    const key = (['caFile', 'clientCertFile', 'clientKeyFile'] as const).find((k) => cfg[k] && msg.includes(`"${cfg[k]}"`)) ?? 'kubeconfig';
+    return [{ path: where(key), reason: msg }];
+  }
+  if (loaded.expired) cfg.warnings.push(`${loaded.expired}; checks answered 401 count as up`);
+  cfg.warnings.push(...loaded.missing.map((f) => `"${f}" does not exist yet: running without it (anonymous or partial credentials; checks answered 401/403 count as up) and using it as soon as it appears`));
+  if (cfg.healthCheckMode === 'https' && !cfg.healthCheckInsecure && !loaded.material.ca) {
+    if (!cfg.caFile && !cfg.kubeconfig) {
+      return [{ path: 'caFile', reason: 'https health checks verify the API server certificate: pass --ca-file (the cluster CA, e.g. /etc/kubernetes/pki/ca.crt), --kubeconfig, or --health-check-insecure to opt out of verification' }];
+    }
+    const why = loaded.missing.includes(cfg.kubeconfig!)
+      ? 'does not exist yet'
+      : loaded.missing.length > 0
+        ? `gives no CA: ${loaded.missing.map((f) => `"${f}"`).join(', ')} does not exist yet`
+        : 'has no certificate-authority or certificate-authority-data for its cluster';
+    return [{ path: where('kubeconfig'), reason: `"${cfg.kubeconfig}" ${why}: pass --ca-file too (kubeadm join writes /etc/kubernetes/pki/ca.crt before kubelet.conf)` }];
+  }
+  return [];
+}
+
+/**
+ * The admin address `apilb status` talks to: `flag`, else APILB_ADMIN_LISTEN, else `adminListen` in the config
+ * file, else the default. Only that one key is read, so status works even when the rest of the file would not
+ * validate. Throws ConfigError naming where a bad value came from.
+ */
+export function resolveAdminListen(input: { flag?: string; env?: NodeJS.ProcessEnv; configFile?: string }): Address {
+  const spec = optionByKey('adminListen')!;
+  const fromEnv = input.env?.[envName(spec)];
+  let raw: unknown = spec.default;
+  let where = '--admin-listen';
+  if (input.flag !== undefined) raw = input.flag;
+  else if (fromEnv) [raw, where] = [fromEnv, envName(spec)];
+  else if (input.configFile) {
+    const doc = readConfigFile(input.configFile);
+    if (doc[fileKey(spec)] !== undefined) [raw, where] = [doc[fileKey(spec)], `${input.configFile}: ${fileKey(spec)}`];
+  }
+  const r = kindSchema(spec).safeParse(raw);
+  if (!r.success) throw new ConfigError(zodIssues(r.error, () => where));
+  return r.data as Address;
+}
+
+/** The effective configuration as YAML-style `key: value` lines (check-config --print): paths, never contents. */
+export function formatConfig(cfg: Config): string {
+  const lines: string[] = [];
+  for (const spec of OPTIONS) {
+    const v = (cfg as unknown as Record<string, unknown>)[spec.key];
+    if (v === undefined) continue;
+    const k = fileKey(spec);
+    if (spec.kind === 'address-list') {
+      const list = v as Address[];
+      lines.push(list.length ? `${k}:\n${list.map((a) => `  - ${JSON.stringify(formatAddress(a))}`).join('\n')}` : `${k}: []`);
+    } else if (spec.kind === 'address') lines.push(`${k}: ${JSON.stringify(formatAddress(v as Address))}`);
+    else if (spec.kind === 'duration') lines.push(`${k}: ${JSON.stringify(formatDuration(v as number))}`);
+    else lines.push(`${k}: ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 function fileToKey(k: string): string {

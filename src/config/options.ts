@@ -26,10 +26,15 @@ export interface OptionSpec {
   choices?: readonly string[];
   /** Smallest accepted value for `int` and `duration` (ms). */
   min?: number;
-  /** Largest accepted value for `int` and `duration` (ms). */
+  /**
+   * Largest accepted value for `int` and `duration` (ms; durations never exceed MAX_DURATION_MS, Node's timer
+   * limit); for `address-list`, the most entries.
+   */
   max?: number;
   /** Port 0 allowed (listeners only; lets tests bind a free port). */
   allowPortZero?: boolean;
+  /** `https://HOST[:PORT]` accepted too, scheme stripped (backends: a kubeconfig's `server:` pasted as is). */
+  allowHttpsUrl?: boolean;
   /** Help group. */
   group: string;
 }
@@ -45,8 +50,8 @@ const G_BAL = 'Balancing:';
 export const OPTIONS: readonly OptionSpec[] = [
   { key: 'listen', flag: 'listen', kind: 'address-list', allowPortZero: true, group: G_DATA,
     describe: 'address to accept clients on, repeatable (default 127.0.0.1:6443, plus [::1]:6443 when the host has IPv6 loopback)' },
-  { key: 'backends', flag: 'backend', kind: 'address-list', group: G_DATA,
-    describe: 'API server HOST:PORT, repeatable; a DNS name expands to every A/AAAA record' },
+  { key: 'backends', flag: 'backend', kind: 'address-list', allowHttpsUrl: true, max: 256, group: G_DATA,
+    describe: 'API server HOST:PORT or https://HOST:PORT, repeatable (at most 256); a DNS name expands to every A/AAAA record' },
   { key: 'connectTimeout', flag: 'connect-timeout', kind: 'duration', default: '1s', min: 1, group: G_DATA,
     describe: 'TCP connect timeout per backend attempt; the next backend is tried after it' },
   { key: 'firstByteTimeout', flag: 'first-byte-timeout', kind: 'duration', default: '1s', min: 0, group: G_DATA,
@@ -56,7 +61,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'healthCheckMode', flag: 'health-check-mode', kind: 'enum', choices: ['https', 'tcp'], default: 'https', group: G_HEALTH,
     describe: 'https: GET --health-check-path and expect 200; tcp: connect (and TLS handshake when a CA is set)' },
   { key: 'healthCheckPath', flag: 'health-check-path', kind: 'string', default: '/readyz', group: G_HEALTH,
-    describe: 'path requested by https checks' },
+    describe: 'path requested by https checks; starts with /' },
   { key: 'healthCheckInterval', flag: 'health-check-interval', kind: 'duration', default: '2s', min: 100, group: G_HEALTH,
     describe: 'time between checks of one backend (jittered ±10%)' },
   { key: 'healthCheckTimeout', flag: 'health-check-timeout', kind: 'duration', default: '1s', min: 10, group: G_HEALTH,
@@ -74,11 +79,11 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'tlsServerName', flag: 'tls-server-name', kind: 'string', group: G_TLS,
     describe: 'name checked against the API server certificate (e.g. kubernetes); default: the backend host' },
   { key: 'clientCertFile', flag: 'client-cert-file', kind: 'file', group: G_TLS,
-    describe: 'client certificate for health checks when anonymous auth is off' },
+    describe: 'client certificate for health checks when anonymous auth is off (followed as it rotates; may not exist yet at start)' },
   { key: 'clientKeyFile', flag: 'client-key-file', kind: 'file', group: G_TLS,
     describe: 'client key for health checks (read from $CREDENTIALS_DIRECTORY when given as a bare name there)' },
   { key: 'kubeconfig', flag: 'kubeconfig', kind: 'file', group: G_TLS,
-    describe: 'take the CA and client certificate/key from this kubeconfig (e.g. /etc/kubernetes/kubelet.conf)' },
+    describe: 'take the CA and the client identity (certificate/key, token, tokenFile or an exec plugin) from this kubeconfig, e.g. /etc/kubernetes/kubelet.conf; followed as it changes, and may not exist yet at start' },
   { key: 'dnsRefresh', flag: 'dns-refresh', kind: 'duration', default: '30s', min: 1000, group: G_DISC,
     describe: 'how often DNS-named backends are re-resolved (jittered)' },
   { key: 'discoverEndpointslices', flag: 'discover-endpointslices', kind: 'bool', default: false, group: G_DISC,

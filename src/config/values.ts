@@ -1,5 +1,5 @@
 /**
- * Parsers for the value types operators write: durations (`250ms`, `2s`, `1m`) and addresses (`HOST:PORT`,
+ * Parsers for the value types operators write: Go durations (`250ms`, `1.5s`, `1m30s`) and addresses (`HOST:PORT`,
  * `[v6]:PORT`). They return `undefined`-free results or throw a plain message; config/ turns that into a
  * ConfigError with the field's path.
  */
@@ -11,41 +11,89 @@ export interface Address {
   port: number;
 }
 
-const DURATION_RE = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+/** Go's duration units (time.ParseDuration), in milliseconds. */
+const UNIT_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, 'µs': 1e-3, 'μs': 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+/** One `<number><unit>` term of a Go duration; a duration is one or more of them (`1h2m3.5s`). */
+const TERM_RE = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
+/**
+ * Largest duration apilb accepts: Node's timers hold at most 2³¹−1 ms (about 24.8 days); a longer one fires
+ * after 1 ms instead, so `1000h` would mean "at once".
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+/** The examples every duration message names. */
+const DURATION_EXAMPLES = 'like 500ms, 2s, 1.5s or 1m30s';
 
 /**
- * Parses a duration like `250ms`, `2s`, `1.5s`, `1m`, `1h` into milliseconds. `0` (bare) means zero.
- * Throws a message naming the accepted forms on anything else (negative values included).
+ * Parses a Go-style duration (`time.ParseDuration`: `250ms`, `1.5s`, `1m30s`, `1h2m3.5s`; units ns, us/µs, ms,
+ * s, m, h) into whole milliseconds. `0` (bare) means zero. A positive value below 1 ms counts as 1 ms (never
+ * silently 0). Throws a message naming the accepted forms on anything else: negative values (`-1s`) get one
+ * message in every spelling, and values above {@link MAX_DURATION_MS} are refused rather than wrapped.
  */
 export function parseDuration(text: string): number {
   const s = String(text).trim();
-  if (s === '0') return 0;
-  if (s.startsWith('-')) throw new Error(`"${s}" is negative: a duration is 0 or more, like 250ms, 2s or 1m`);
-  const m = DURATION_RE.exec(s);
-  if (!m) throw new Error(`"${s}" is not a duration: write a number with a unit, like 250ms, 2s, 1m or 1h`);
-  const ms = Number(m[1]) * UNIT_MS[m[2]!]!;
-  if (!Number.isFinite(ms)) throw new Error(`"${s}" is too large`);
-  return Math.round(ms);
+  const negative = s.startsWith('-');
+  const body = s.startsWith('-') || s.startsWith('+') ? s.slice(1) : s;
+  if (body === '0') return 0;
+  // `-1s`, `-1`, `-1.5m`: any negative number gets the negative message, valid duration or not.
+  if (negative && /^[\d.]*[1-9]/.test(body)) throw negativeDuration(s);
+  const notDuration = () => new Error(`"${s}" is not a duration: write a number with a unit, ${DURATION_EXAMPLES} (units ns, us, ms, s, m, h)`);
+  if (body === '') throw notDuration();
+  let ms = 0;
+  let pos = 0;
+  while (pos < body.length) {
+    TERM_RE.lastIndex = pos;
+    const m = TERM_RE.exec(body);
+    if (!m) throw notDuration();
+    ms += Number(m[1]) * UNIT_MS[m[2]!]!;
+    pos = TERM_RE.lastIndex;
+  }
+  if (negative && ms > 0) throw negativeDuration(s);
+  if (!Number.isFinite(ms) || ms > MAX_DURATION_MS) throw tooLongDuration(s);
+  return ms > 0 && ms < 0.5 ? 1 : Math.round(ms);
 }
 
-/** Formats milliseconds back into the shortest exact duration string (`1500` → `1500ms`, `2000` → `2s`). */
+/** The one message for a negative duration, whatever its spelling (`-1s`, `-0.5m`, YAML `-3`). */
+export function negativeDuration(shown: string): Error {
+  return new Error(`"${shown}" is negative: a duration is 0 or more, ${DURATION_EXAMPLES}`);
+}
+
+function tooLongDuration(shown: string): Error {
+  return new Error(`"${shown}" is too long: the longest duration is ${formatDuration(MAX_DURATION_MS)} (Node's timer limit, about 24.8 days)`);
+}
+
+/**
+ * Formats milliseconds as the shortest Go-style duration that parses back to the same value
+ * (`1500` → `1.5s`, `90000` → `1m30s`, `250` → `250ms`, `0` → `0`).
+ */
 export function formatDuration(ms: number): string {
   if (ms === 0) return '0';
-  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
-  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
+  if (ms < 1000) return `${ms}ms`;
+  const h = Math.floor(ms / 3_600_000);
+  const m = Math.floor((ms % 3_600_000) / 60_000);
+  const rest = ms % 60_000;
+  return (h ? `${h}h` : '') + (m ? `${m}m` : '') + (rest ? `${rest / 1000}s` : '');
 }
 
 const HOSTNAME_RE = /^(?=.{1,253}$)([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*\.?$/;
 
 /**
  * Parses `HOST:PORT` or `[IPv6]:PORT`. HOST is an IPv4 literal, a bracketed IPv6 literal or a DNS name.
- * `allowPortZero` lets listeners ask the kernel for a free port (tests); backends never allow it.
+ * `allowPortZero` lets listeners ask the kernel for a free port (tests); backends never allow it. `allowHttpsUrl`
+ * (backends) also accepts `https://HOST[:PORT]` (port 443 when absent); any other `scheme://` is refused.
  */
-export function parseAddress(text: string, opts: { allowPortZero?: boolean } = {}): Address {
-  const s = String(text).trim();
+export function parseAddress(text: string, opts: { allowPortZero?: boolean; allowHttpsUrl?: boolean } = {}): Address {
+  let s = String(text).trim();
+  const scheme = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\//.exec(s);
+  if (scheme) {
+    // `https://10.0.0.1:6443` as pasted from a kubeconfig's `server:`; apilb forwards TCP, so only the address counts.
+    if (!opts.allowHttpsUrl || scheme[1]!.toLowerCase() !== 'https') {
+      throw new Error(`"${s}": scheme "${scheme[1]}" is not supported: write HOST:PORT${opts.allowHttpsUrl ? ' or https://HOST:PORT' : ''}`);
+    }
+    const rest = s.slice(scheme[0].length).replace(/\/+$/, '');
+    if (rest.includes('/') || rest.includes('?') || rest.includes('@')) throw new Error(`"${s}": only https://HOST:PORT is accepted (no path, query or user)`);
+    // A URL without a port means 443, as for kubectl.
+    s = /^\[.*\]$/.test(rest) || (!rest.includes(':') && rest !== '') ? `${rest}:443` : rest;
+  }
   let host: string;
   let portText: string;
   if (s.startsWith('[')) {

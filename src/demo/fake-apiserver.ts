@@ -17,6 +17,7 @@ import {
   type Http2Session,
 } from 'node:http2';
 import type { TLSSocket } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { OptionError } from '../errors.js';
 import { formatAddress } from '../config/values.js';
@@ -63,6 +64,17 @@ export interface FakeApiServerOptions {
   version?: string;
 }
 
+/**
+ * Which credentials a stand-in accepts, checked per request (a rotated-out certificate or token is refused on a
+ * connection that was opened while it was current). Anything else, anonymous included, gets 401.
+ */
+export interface CredentialPolicy {
+  /** PEM client certificates accepted (matched by SHA-256 fingerprint; they must also chain to the CA). */
+  certs?: readonly string[];
+  /** Bearer tokens accepted (`Authorization: Bearer <token>`). */
+  tokens?: readonly string[];
+}
+
 /** Options of {@link FakeApiServer.gracefulShutdown}. */
 export interface GracefulShutdownOptions {
   /**
@@ -100,6 +112,9 @@ interface User {
   cn?: string;
   o: string[];
 }
+
+/** Who a request authenticated by bearer token is (the stand-in does not map tokens to users). */
+const TOKEN_USER: User = { username: 'system:serviceaccount:kube-system:apilb', groups: ['system:serviceaccounts', 'system:authenticated'], o: [] };
 
 /** Per-TLS-connection state of an HTTP/1.1 connection (HTTP/2 sessions drain through session.close()). */
 interface Http1Conn {
@@ -191,6 +206,8 @@ export class FakeApiServer {
   requests = 0;
   /** TCP connections accepted since start (including ones accepted while hung). */
   connections = 0;
+  /** Requests answered 401 because of {@link requireCredentials}. */
+  refused = 0;
 
   private readonly opts: ReturnType<typeof validate>;
   private readonly tcp: TcpServer;
@@ -216,6 +233,7 @@ export class FakeApiServer {
   private shutdownPromise: Promise<void> | undefined;
   private closePromise: Promise<void> | undefined;
   private resourceVersion = 1000;
+  private policy: { fingerprints: Set<string>; tokens: Set<string> } | undefined;
 
   /** @internal use {@link startFakeApiServer}. */
   constructor(opts: FakeApiServerOptions) {
@@ -244,6 +262,17 @@ export class FakeApiServer {
   /** Port it listens on (the real one when started with port 0). */
   get port(): number {
     return this.boundPort;
+  }
+
+  /**
+   * Accepts only these credentials from now on, per request (see {@link CredentialPolicy}); `undefined` goes
+   * back to the `anonymousAuth` behaviour.
+   */
+  requireCredentials(policy: CredentialPolicy | undefined): void {
+    this.policy = policy && {
+      fingerprints: new Set((policy.certs ?? []).map((pem) => new X509Certificate(pem).fingerprint256)),
+      tokens: new Set(policy.tokens ?? []),
+    };
   }
 
   /** `HOST:PORT` (IPv6 in brackets), e.g. `127.0.0.1:40123`. */
@@ -518,6 +547,14 @@ export class FakeApiServer {
     return { username: cn ?? '', groups: [...o, 'system:authenticated'], o, ...(cn !== undefined ? { cn } : {}) };
   }
 
+  private allowedByPolicy(req: Request, policy: NonNullable<FakeApiServer['policy']>): boolean {
+    const auth = req.headers.authorization;
+    if (typeof auth === 'string' && auth.startsWith('Bearer ') && policy.tokens.has(auth.slice(7))) return true;
+    const socket = req.socket as unknown as TLSSocket;
+    const cert = socket.getPeerCertificate();
+    return Boolean(cert && socket.authorized && cert.fingerprint256 && policy.fingerprints.has(cert.fingerprint256));
+  }
+
   private send(res: Response, code: number, body: string | Buffer, type = 'application/json'): void {
     const buf = typeof body === 'string' ? Buffer.from(body) : body;
     const headers: Record<string, string | number> = { 'content-type': type, 'content-length': buf.length };
@@ -530,7 +567,12 @@ export class FakeApiServer {
     const url = new URL(req.url, 'https://apiserver.invalid');
     const path = url.pathname;
     const method = req.method;
-    const user = this.authenticate(req);
+    if (this.policy && !this.allowedByPolicy(req, this.policy)) {
+      this.refused++;
+      this.send(res, 401, status(401, 'Unauthorized', 'Unauthorized'));
+      return;
+    }
+    const user = this.authenticate(req) ?? (this.policy ? TOKEN_USER : undefined);
     if (user === 'invalid' || (user === undefined && !this.opts.anonymousAuth)) {
       this.send(res, 401, status(401, 'Unauthorized', 'Unauthorized'));
       return;

@@ -187,6 +187,11 @@ export interface DiscoveryTls {
   key?: string;
   /** Name the API server certificate is verified against. Default `kubernetes`. */
   serverName?: string;
+  /**
+   * Bearer token for each request, read per request so a rotated token file applies at once (the daemon passes
+   * its credential watcher's). Default none.
+   */
+  token?: () => string | undefined;
 }
 
 /** Tuning knobs (tests and the daemon's injection point). */
@@ -288,6 +293,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
   private wakeSleep: (() => void) | undefined;
   private lastRejectReason: string | undefined;
   private lastLoggedError: string | undefined;
+  private readonly token: (() => string | undefined) | undefined;
 
   constructor(options: EndpointSliceDiscoveryOptions) {
     super();
@@ -315,6 +321,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     this.minWatchMs = num('minWatchMs', options.minWatchMs ?? 1000, 0);
     this.maxBackends = num('maxBackends', options.maxBackends ?? 64, 1);
     this.fingerprints = caFingerprints(options.tls.ca);
+    this.token = options.tls.token;
     const connect: Record<string, unknown> = {
       ca: options.tls.ca,
       servername: options.tls.serverName || 'kubernetes',
@@ -453,6 +460,11 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     this.lastLoggedError = undefined;
   }
 
+  private requestHeaders(): Record<string, string> {
+    const token = this.token?.();
+    return { accept: 'application/json', 'user-agent': `apilb/${VERSION}`, ...(token ? { authorization: `Bearer ${token}` } : {}) };
+  }
+
   private async list(): Promise<Outcome> {
     this.stats.state = 'listing';
     const path = `${ENDPOINTSLICES_PATH}?labelSelector=${encodeURIComponent(KUBERNETES_SERVICE_SELECTOR)}`;
@@ -462,7 +474,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       const res = await this.client.request({
         method: 'GET',
         path,
-        headers: { accept: 'application/json', 'user-agent': `apilb/${VERSION}` },
+        headers: this.requestHeaders(),
         signal: this.abort.signal,
         headersTimeout: this.requestTimeoutMs,
         bodyTimeout: this.requestTimeoutMs,
@@ -507,7 +519,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       const res = await this.client.request({
         method: 'GET',
         path: `${ENDPOINTSLICES_PATH}?${q.join('&')}`,
-        headers: { accept: 'application/json', 'user-agent': `apilb/${VERSION}` },
+        headers: this.requestHeaders(),
         signal: this.abort.signal,
         headersTimeout: this.requestTimeoutMs,
         // The server ends the watch after timeoutSeconds; silence well beyond that means a dead path.

@@ -2,6 +2,11 @@
  * HTTPS check: `GET <path>` over one kept-alive undici connection per backend, verifying the server certificate
  * against the cluster CA. Thousands of nodes check every API server, so a check must be one request on an open
  * connection, not a TLS handshake each time.
+ *
+ * 401 and 403 count as passed (`ok` with the status kept): the API server answered, so it is alive; with the
+ * default RBAC /readyz is public, so a refusal means apilb's own credentials are wrong or missing (a node still
+ * bootstrapping), and that must never take every backend out of rotation. The logger and the
+ * `apilb_health_check_unauthenticated_total` metric make it loud (both read the monitor's `check` events).
  */
 import { Client, errors as undiciErrors } from 'undici';
 import { formatAddress } from '../config/values.js';
@@ -33,6 +38,14 @@ const ERROR_BODY_BYTES = 4096;
 /** Bodies are read to the end (keeps the connection reusable) up to this; past it the connection is dropped. */
 const MAX_BODY_BYTES = 64 * 1024;
 
+/** Answers that prove the backend alive although it refused apilb's credentials. */
+export const UNAUTHENTICATED_STATUSES: ReadonlySet<number> = new Set([401, 403]);
+
+/** True for a check that passed only because the backend refused apilb's credentials (401/403). */
+export function isUnauthenticated(r: CheckResult): r is { ok: true; latencyMs: number; status: number } {
+  return r.ok && r.status !== undefined && UNAUTHENTICATED_STATUSES.has(r.status);
+}
+
 /** The name the certificate is verified against: the override, the backend's DNS name, else none (IP SAN). */
 export function checkServerName(tls: TlsMaterial, backend: Backend): string | undefined {
   return tls.serverName ?? backend.serverName;
@@ -45,6 +58,7 @@ export class HttpsChecker implements Checker {
   readonly timeout: number;
   readonly interval: number;
   private readonly tls: TlsMaterial;
+  private readonly headers: Record<string, string>;
   private readonly origin: string;
   private client: Client | undefined;
   /** TCP/TLS connections opened so far (tests check keep-alive with it). */
@@ -63,6 +77,8 @@ export class HttpsChecker implements Checker {
     this.timeout = options.timeout;
     this.interval = interval;
     this.tls = options.tls;
+    this.headers = { accept: 'text/plain, */*', 'user-agent': `apilb/${VERSION} (health check)` };
+    if (options.tls.token) this.headers.authorization = `Bearer ${options.tls.token}`;
     this.origin = `https://${formatAddress(this.backend.address)}`;
   }
 
@@ -97,16 +113,18 @@ export class HttpsChecker implements Checker {
       this.client ??= this.createClient();
       const client = this.client;
       const reused = Boolean(client.stats.connected);
+      // On timeout the client is given up at once, not when this check's catch runs: the monitor starts the
+      // re-check right away, and it must get a fresh connection, not this one still opening (which the catch
+      // below would then destroy under it: two failures from one slow TLS handshake).
+      const onCheckTimeout = (): void => {
+        if (this.client === client) this.client = undefined;
+      };
+      signal.addEventListener('abort', onCheckTimeout, { once: true });
       try {
-        const res = await client.request({
-          path: this.path,
-          method: 'GET',
-          signal,
-          headers: { accept: 'text/plain, */*', 'user-agent': `apilb/${VERSION} (health check)` },
-        });
+        const res = await client.request({ path: this.path, method: 'GET', signal, headers: this.headers });
         const text = await readBody(res.body, res.statusCode === 200 ? 0 : ERROR_BODY_BYTES);
         const latencyMs = elapsed(start);
-        if (res.statusCode === 200) return { ok: true, latencyMs, status: 200 };
+        if (res.statusCode === 200 || UNAUTHENTICATED_STATUSES.has(res.statusCode)) return { ok: true, latencyMs, status: res.statusCode };
         const r: CheckResult = { ok: false, kind: 'status', latencyMs, status: res.statusCode };
         const detail = summarize(text);
         if (detail) r.error = detail;
@@ -120,6 +138,8 @@ export class HttpsChecker implements Checker {
         // A kept-alive connection the backend closed while idle is not the backend's fault: retry once, fresh.
         if (attempt === 0 && reused && isStaleConnectionError(err)) continue;
         return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err), ...(isLocalResourceError(err) ? { local: true } : {}) };
+      } finally {
+        signal.removeEventListener('abort', onCheckTimeout);
       }
     }
   }

@@ -14,6 +14,7 @@ import type { Proxy } from '../proxy/proxy.js';
 import { BACKENDLESS_CLOSE_REASONS, CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../proxy/reasons.js';
 import type { Rebalancer } from '../proxy/rebalancer.js';
 import { connectionShare, REBALANCE_OUTCOMES } from '../pool/rebalance.js';
+import { isUnauthenticated, UNAUTHENTICATED_STATUSES } from '../health/https-checker.js';
 import { DISCOVERY_STATES, type DiscoveryStats } from '../discovery/endpointslices.js';
 
 /** One active health check result, as the health monitor emits it (`check` event). */
@@ -38,8 +39,6 @@ export { CLOSE_REASONS, DIAL_FAILURE_REASONS as CONNECT_FAILURE_REASONS, REJECT_
 /** Close reasons exported per backend (the backendless ones are exported once, with `backend=""`). */
 const BACKEND_CLOSE_REASONS: readonly string[] = CLOSE_REASONS.filter((r) => !BACKENDLESS_CLOSE_REASONS.includes(r));
 
-/** HTTP statuses of a health check that mean apilb's credentials were refused (`apilb_backend_unauthenticated`). */
-const UNAUTHENTICATED_STATUSES: readonly number[] = [401, 403];
 
 /** Default buckets of `apilb_health_check_duration_seconds` (seconds; the default check timeout is 1 s). */
 export const HEALTH_CHECK_BUCKETS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -74,6 +73,11 @@ export interface MetricsOptions {
    * `apilb_discovery_*` metrics are not registered. Returning undefined (discovery not started yet) exports zeros.
    */
   discovery?: () => DiscoveryStats | undefined;
+  /**
+   * The credential watcher's counts (`CredentialWatcher.status`), read at scrape time. Default none: the
+   * `apilb_credential_*` metrics export zeros.
+   */
+  credentials?: () => { reloads: number; rejected: number; missing: readonly string[] };
   /** Histogram buckets in seconds. Default {@link HEALTH_CHECK_BUCKETS}. */
   healthCheckBuckets?: readonly number[];
 }
@@ -211,7 +215,8 @@ export function createMetrics(options: MetricsOptions): Metrics {
     [{}, (options.counters?.lastReloadSuccessful?.() ?? true) ? 1 : 0],
   ]);
   readGauge(registry, 'apilb_backend_unauthenticated', '1 when the backend\'s latest health check was refused for credentials (401/403), else 0.', ['backend'], () =>
-    perBackend((b) => (b.lastCheck?.status !== undefined && b.lastCheck.result === 'status' && UNAUTHENTICATED_STATUSES.includes(b.lastCheck.status) ? 1 : 0)),
+    // 401/403 checks pass (the backend answered), so the result is `ok`; the status tells them apart.
+    perBackend((b) => (b.lastCheck?.status !== undefined && UNAUTHENTICATED_STATUSES.has(b.lastCheck.status) ? 1 : 0)),
   );
   readCounter(registry, 'apilb_dns_failures_total', 'Failed or empty resolutions of a DNS-named backend (the last known addresses, or the name itself, stay in use).', ['name'], () =>
     byKey('name', [], options.counters?.dnsFailures),
@@ -235,6 +240,13 @@ export function createMetrics(options: MetricsOptions): Metrics {
   }
   // ---- end of EndpointSlice discovery ----
 
+  // ---- credentials (config/credentials.ts) ----
+  readCounter(registry, 'apilb_credential_reloads_total', 'Credential files (kubeconfig, CA, client certificate/key, token) re-read after they changed on disk, by result (success: in use; failure: refused, the previous credentials stay).', ['result'], () => {
+    const c = options.credentials?.();
+    return [[{ result: 'success' }, c?.reloads ?? 0], [{ result: 'failure' }, c?.rejected ?? 0]];
+  });
+  readGauge(registry, 'apilb_credential_files_missing', 'Credential files named by the configuration that do not exist yet (a node still bootstrapping); their part of the credentials is not in use.', [], () => [[{}, options.credentials?.().missing.length ?? 0]]);
+
   // Ids with histogram series; a backend that left the pool gets its series removed at the next scrape.
   const observed = new Set<string>();
   const latency = new Histogram({
@@ -248,16 +260,24 @@ export function createMetrics(options: MetricsOptions): Metrics {
       for (const id of observed) {
         if (!live.has(id)) {
           latency.remove({ backend: id });
+          unauthenticated.remove({ backend: id });
           observed.delete(id);
         }
       }
     },
+  });
+  const unauthenticated = new Counter({
+    name: 'apilb_health_check_unauthenticated_total',
+    help: 'Health checks answered 401 or 403: the backend is alive and counts as up, but it refused apilb\'s credentials, so its readiness is not known.',
+    labelNames: ['backend'],
+    registers: [registry],
   });
   function onCheck(ev: HealthCheckEvent): void {
     // A check that finishes after its backend left the pool must not bring the series back.
     if (!pool.backends.includes(ev.backend)) return;
     observed.add(ev.backend.id);
     latency.observe({ backend: ev.backend.id }, ev.result.latencyMs / 1000);
+    if (isUnauthenticated(ev.result)) unauthenticated.inc({ backend: ev.backend.id });
   }
 
   const unwatch = new Set<() => void>();

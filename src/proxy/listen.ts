@@ -17,15 +17,16 @@ export function createListener(): Server {
 
 /**
  * Binds `server` to `address` (backlog 4096: a reconnect storm after an API server dies should queue, not be
- * refused). Rejects with APILB_ERR_ADDRESS_IN_USE naming the address, or APILB_ERR_LISTEN_FAILED.
+ * refused). Rejects with APILB_ERR_ADDRESS_IN_USE naming the address and `flag` (the option that set it,
+ * default `--listen`), or APILB_ERR_LISTEN_FAILED.
  */
-export function bindListener(server: Server, address: Address, backlog = 4096): Promise<Server> {
+export function bindListener(server: Server, address: Address, backlog = 4096, flag = '--listen'): Promise<Server> {
   return new Promise((resolve, reject) => {
     function onListenError(err: NodeJS.ErrnoException): void {
       server.off('listening', onListening);
       const where = formatAddress(address);
       if (err.code === 'EADDRINUSE') {
-        reject(new ApilbError('APILB_ERR_ADDRESS_IN_USE', `cannot listen on ${where}: address already in use (is kube-apiserver or another apilb bound to it? use --listen to pick another port)`, { cause: err }));
+        reject(new ApilbError('APILB_ERR_ADDRESS_IN_USE', `cannot listen on ${where}: address already in use (is kube-apiserver or another apilb bound to it? use ${flag} to pick another port)`, { cause: err }));
       } else if (err.code === 'EADDRNOTAVAIL') {
         reject(new ApilbError('APILB_ERR_LISTEN_FAILED', `cannot listen on ${where}: no such local address`, { cause: err }));
       } else if (err.code === 'EACCES') {

@@ -11,7 +11,7 @@
 import { execFile } from 'node:child_process';
 import { request as httpsRequest } from 'node:https';
 import { connect as http2Connect, constants as h2c } from 'node:http2';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -25,9 +25,24 @@ export {
   type FakeApiServerOptions,
   type FakeApiServerTls,
   type GracefulShutdownOptions,
+  type CredentialPolicy,
 } from '../../src/demo/fake-apiserver.js';
 export { spawnFakeApiServer, type SpawnFakeApiServerOptions, type SpawnedFakeApiServer } from '../../src/demo/fake-apiserver-process.js';
 export { startDemoBackends, writeKubeconfig, type DemoBackends, type DemoOptions, type KubeconfigSpec } from '../../src/demo/demo.js';
+
+/** A temporary directory, removed at `t`'s teardown. */
+export function tempDir(t: { teardown(fn: () => void): void }, prefix = 'apilb-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Writes `text` to `dir/name` and returns the path. */
+export function writeIn(dir: string, name: string, text: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
 
 /** Options of {@link waitFor}. */
 export interface WaitForOptions {
