@@ -151,6 +151,8 @@ export class Daemon {
       maxConnections: config.maxConnections,
       drainTimeout: config.drainTimeout,
       closeSpread: config.closeSpread,
+      clientHelloTimeout: config.clientHelloTimeout,
+      replayBufferTotal: config.replayBufferTotal,
       clock,
     };
     if (deps.dial) proxyOpts.dial = deps.dial;
@@ -394,6 +396,8 @@ export class Daemon {
       maxConnections: effective.maxConnections,
       drainTimeout: effective.drainTimeout,
       closeSpread: effective.closeSpread,
+      clientHelloTimeout: effective.clientHelloTimeout,
+      replayBufferTotal: effective.replayBufferTotal,
     });
     if (changed('logLevel')) this.logger.level = effective.logLevel;
     const { literals, names } = splitBackends(effective.backends);
