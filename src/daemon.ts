@@ -4,7 +4,7 @@
  * clocks and dialers injected.
  */
 import type { Server } from 'node:net';
-import { systemClock, type Clock } from './clock.js';
+import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { resolveConfig, type Config, type ResolveInput } from './config/config.js';
 import { describeChange, diffConfig } from './config/config-diff.js';
 import { formatAddress, type Address } from './config/values.js';
@@ -15,6 +15,7 @@ import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './di
 import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
 import { AdminServer, type Readiness } from './admin/admin-server.js';
 import { MetricsServer } from './admin/metrics-server.js';
+import { canonicalHost, classifyHost } from './discovery/address-policy.js';
 import { buildStatus } from './admin/status.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
@@ -120,6 +121,9 @@ export class Daemon {
   private reloadError: string | undefined;
   /** systemd readiness/watchdog; a no-op outside systemd. */
   readonly notifier: Notifier;
+  /** Failed binds of the admin endpoint (it is retried; see bindAdmin). */
+  adminBindFailures = 0;
+  private adminRetry: TimerHandle | undefined;
 
   constructor(config: Config, deps: DaemonDeps = {}) {
     this.current = config;
@@ -184,6 +188,7 @@ export class Daemon {
       counters: { reloads: this.reloads, dnsFailures: this.dnsFailures, lastReloadSuccessful: () => this.reloadError === undefined },
       readiness: () => this.readiness(),
       listeners: () => this.listeners.filter((s) => s.listening).length,
+      admin: () => ({ listening: this.admin.server.listening, bindFailures: this.adminBindFailures }),
       ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
     });
     this.metricsServer = config.metricsListen ? new MetricsServer(this.metrics) : undefined;
@@ -287,7 +292,7 @@ export class Daemon {
         });
         this.discovery.start();
       }
-      await this.admin.listen(this.config.adminListen);
+      await this.bindAdmin(0);
       if (this.config.metricsListen) await this.metricsServer?.listen(this.config.metricsListen);
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
@@ -326,6 +331,34 @@ export class Daemon {
       this.pool.off('transition', onHealthChange);
       this.pool.off('panic', onHealthChange);
     });
+  }
+
+  /**
+   * Binds the admin endpoint. A failure never stops apilb: the data path must serve whatever happens to the admin
+   * port (any local user can hold 127.0.0.1:9643 first). It is logged as an error, counted
+   * (apilb_admin_bind_failures_total) and retried with backoff, 1 s doubling to 60 s, until it works or apilb stops.
+   */
+  private async bindAdmin(attempt: number): Promise<void> {
+    this.adminRetry = undefined;
+    if (this.closing) return;
+    const where = formatAddress(this.config.adminListen);
+    try {
+      await this.admin.listen(this.config.adminListen);
+    } catch (err) {
+      this.adminBindFailures++;
+      const delay = Math.min(60_000, 1000 * 2 ** Math.min(attempt, 6));
+      const e = err as Error & { code?: string };
+      this.logger.error({ event: 'admin_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
+        `admin endpoint NOT available (${e.message}); apilb keeps serving clients without /metrics, /status and /reload and retries in ${delay / 1000} s`);
+      this.adminRetry = this.clock.setTimeout(() => void this.bindAdmin(attempt + 1), delay);
+      return;
+    }
+    if (attempt > 0) this.logger.warn({ event: 'admin_bound', admin: this.adminAddress, failures: attempt }, `admin endpoint listening on ${this.adminAddress} after ${attempt} failed binds`);
+    this.discovery?.policy.addOwn({ host: this.config.adminListen.host, port: Number(this.adminAddress.slice(this.adminAddress.lastIndexOf(':') + 1)) });
+    if (classifyHost(canonicalHost(this.config.adminListen.host)) !== 'loopback') {
+      this.logger.warn({ event: 'admin_not_loopback', admin: where },
+        `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`);
+    }
   }
 
   /**
@@ -451,6 +484,7 @@ export class Daemon {
       await this.health.close();
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
       await this.proxy.close(timeoutMs);
+      this.clock.clearTimeout(this.adminRetry);
       await this.admin.close();
       await this.metricsServer?.close();
       this.metrics.close();
