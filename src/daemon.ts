@@ -13,7 +13,7 @@ import { BackendSet } from './discovery/backend-set.js';
 import { Notifier } from './systemd/notify.js';
 import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './discovery/dns.js';
 import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
-import { AdminServer, type Readiness } from './admin/admin-server.js';
+import { AdminServer, cachedRender, type Readiness } from './admin/admin-server.js';
 import { MetricsServer } from './admin/metrics-server.js';
 import { canonicalHost, classifyHost } from './discovery/address-policy.js';
 import { buildStatus } from './admin/status.js';
@@ -178,7 +178,7 @@ export class Daemon {
       clock,
     });
     this.unsubscribe.push(subscribeHealthLogger(this.logger, this.health));
-    this.admin = new AdminServer({ readiness: () => this.readiness() });
+    this.admin = new AdminServer({ readiness: () => this.readiness(), allowedHosts: (config.adminAllowedHosts ?? '').split(',') });
     if (deps.listeners) this.listeners.push(...deps.listeners);
     this.metrics = createMetrics({
       pool: this.pool,
@@ -191,8 +191,10 @@ export class Daemon {
       admin: () => ({ listening: this.admin.server.listening, bindFailures: this.adminBindFailures }),
       ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
     });
-    this.metricsServer = config.metricsListen ? new MetricsServer(this.metrics) : undefined;
-    this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await this.metrics.render() }));
+    // One shared, flood-bounded renderer for the admin /metrics and the metrics-only listener.
+    const renderMetrics = cachedRender(() => this.metrics.render());
+    this.metricsServer = config.metricsListen ? new MetricsServer({ contentType: this.metrics.contentType, render: renderMetrics }) : undefined;
+    this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await renderMetrics() }));
     this.admin.route('GET', '/status', () => ({ status: 200, body: this.status() }));
     this.admin.route('POST', '/reload', async () => {
       const r = await this.reload();

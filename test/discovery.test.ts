@@ -3,7 +3,6 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
-import { Writable } from 'node:stream';
 import { Client, request } from 'undici';
 import { resolveConfig } from '../src/config/config.js';
 import { formatAddress, parseAddress, type Address } from '../src/config/values.js';
@@ -29,6 +28,7 @@ import { parseExposition, promtool } from './support/prom-text.js';
 import { addApiStandIn, FakeCluster, startApiStandIns, type ApiStandIn } from './support/endpointslice-server.js';
 import { FakeClock } from './support/fake-clock.js';
 import { until } from './support/net.js';
+import { captureLogger } from './support/logs.js';
 
 let ca: TestCA;
 let serverCert: LeafCert;
@@ -51,18 +51,6 @@ function tmp(t: Test, prefix: string): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** A pino logger whose lines land in `lines` (parsed). */
-function captureLogger(): { logger: ReturnType<typeof createLogger>; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const dest = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
-      cb();
-    },
-  });
-  return { logger: createLogger('debug', dest), lines };
 }
 
 interface Rig {
