@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
@@ -859,4 +859,18 @@ t.test('daemon: EndpointSlices naming apilb itself in any spelling never reach t
   t.same([...new Set(dialed)].sort(), [...legit].sort(), 'only the two stand-ins were ever dialed');
   t.same(d.pool.backends.map((b) => b.id).sort(), [...legit].sort(), 'and only they are in the pool');
   t.ok(d.proxy.counters.accepted < 40, `no loop: ${d.proxy.counters.accepted} connections accepted for 10 requests and discovery`);
+});
+
+t.test('state file: a symlink planted at the temporary name is never followed (exclusive creation)', async (t) => {
+  const dir = tmp(t, 'apilb-state-');
+  const outside = tmp(t, 'apilb-victim-');
+  const victim = join(outside, 'victim');
+  writeFileSync(victim, 'precious\n');
+  // The temporary name is predictable (pid and a per-process sequence): plant links for the next 200 writes.
+  for (let seq = 1; seq <= 200; seq++) symlinkSync(victim, join(dir, `.endpoints.json.${process.pid}.${seq}.tmp`));
+  await saveStateFile(dir, [parseAddress('10.0.0.7:6443')], caFingerprints(ca.cert));
+  t.equal(readFileSync(victim, 'utf8'), 'precious\n', 'the symlink target is untouched');
+  const r = loadStateFile(dir, caFingerprints(ca.cert));
+  t.equal(r.result, 'loaded', 'the state file itself was written');
+  t.notOk(lstatSync(join(dir, 'endpoints.json')).isSymbolicLink(), 'endpoints.json is a regular file, not the planted link');
 });
