@@ -24,6 +24,7 @@ import { HealthMonitor } from './health/health-monitor.js';
 import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
+import { connectionsForFdLimit, readOpenFileLimit } from './proxy/fd-limit.js';
 import { VERSION } from './version.js';
 
 /**
@@ -58,6 +59,8 @@ export interface DaemonDeps {
   notifier?: Notifier;
   /** Resolver of DNS-named backends. Default `dns.promises.lookup(host, { all: true })`. */
   resolver?: Resolver;
+  /** This process's open-file limit (caps --max-connections, see proxy/fd-limit.ts). Default: read from /proc. */
+  openFileLimit?: number;
   /**
    * The flags, environment and file the configuration was resolved from; {@link Daemon.reload} resolves them
    * again (re-reading the file). Default: none, and reload is refused.
@@ -121,6 +124,8 @@ export class Daemon {
   private reloadError: string | undefined;
   /** systemd readiness/watchdog; a no-op outside systemd. */
   readonly notifier: Notifier;
+  /** Client connections the open-file limit allows (--max-connections is capped at it); undefined = no cap. */
+  readonly fdConnectionCap: number | undefined;
   /** Failed binds of the admin endpoint (it is retried; see bindAdmin). */
   adminBindFailures = 0;
   private adminRetry: TimerHandle | undefined;
@@ -148,11 +153,13 @@ export class Daemon {
       failures: this.dnsFailures,
     });
     this.unsubscribe.push(subscribeDnsLogger(this.logger, this.dns));
+    const fdLimit = deps.openFileLimit ?? readOpenFileLimit();
+    this.fdConnectionCap = fdLimit === undefined ? undefined : connectionsForFdLimit(fdLimit);
     const proxyOpts: ConstructorParameters<typeof Proxy>[0] = {
       pool: this.pool,
       connectTimeout: config.connectTimeout,
       firstByteTimeout: config.firstByteTimeout,
-      maxConnections: config.maxConnections,
+      maxConnections: this.maxConnections(config),
       drainTimeout: config.drainTimeout,
       closeSpread: config.closeSpread,
       clientHelloTimeout: config.clientHelloTimeout,
@@ -214,6 +221,18 @@ export class Daemon {
       startedAt: this.startedAt,
       now: this.clock.now(),
     });
+  }
+
+  /**
+   * --max-connections capped at what the open-file limit allows: past it accept() fails and libuv drops the
+   * clients silently, so apilb refuses the excess itself (counted, logged). Warns when it caps.
+   */
+  private maxConnections(config: Config): number {
+    const cap = this.fdConnectionCap;
+    if (cap === undefined || config.maxConnections <= cap) return config.maxConnections;
+    this.logger.warn({ event: 'max_connections_capped', requested: config.maxConnections, cap },
+      `--max-connections ${config.maxConnections} needs about ${2 * config.maxConnections} file descriptors, more than the open-file limit allows: capped at ${cap} (raise LimitNOFILE= to allow more)`);
+    return cap;
   }
 
   /** Ready once listeners are bound and at least one backend is eligible. */
@@ -428,7 +447,7 @@ export class Daemon {
     this.proxy.update({
       connectTimeout: effective.connectTimeout,
       firstByteTimeout: effective.firstByteTimeout,
-      maxConnections: effective.maxConnections,
+      maxConnections: this.maxConnections(effective),
       drainTimeout: effective.drainTimeout,
       closeSpread: effective.closeSpread,
       clientHelloTimeout: effective.clientHelloTimeout,

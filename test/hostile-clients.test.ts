@@ -6,13 +6,15 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { createServer as createTlsServer, connect as tlsConnect, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import type { AddressInfo, Socket } from 'node:net';
+import { spawn } from 'node:child_process';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
 import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
 import { ClientOpening } from '../src/proxy/client-opening.js';
 import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
-import { dial, ended, silentServer, until } from './support/net.js';
+import { dial, echoServer, ended, silentServer, until } from './support/net.js';
+import { CLI } from './support/cli.js';
 import { FakeClock } from './support/fake-clock.js';
 import { createTestCA, type TestCA } from './support/index.js';
 
@@ -201,4 +203,59 @@ t.test('finding 3: replay memory is bounded across connections; past the bound c
   for (const s of clients) s.destroy();
   await until(() => h.proxy.activeConnections === 0, 'all closed');
   tt.equal(h.proxy.replayBytesInUse, 0, 'every replay byte given back');
+});
+
+t.test('finding 3: out of file descriptors, every client is still accounted for (served, or refused and counted)', async (tt) => {
+  // libuv answers a failed accept() (EMFILE) by accepting and closing the pending connections itself, with no
+  // event to Node: they would vanish uncounted. apilb caps --max-connections at what its descriptors allow.
+  const backend = await echoServer();
+  tt.teardown(() => backend.close());
+  const child = spawn('bash', ['-c', 'ulimit -n 300 && exec "$0" "$@"', process.execPath, CLI, 'run', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
+    '--backend', backend.address, '--health-check-mode', 'tcp', '--max-connections', '10000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  tt.teardown(() => {
+    child.kill('SIGKILL');
+  });
+  const lines: Record<string, unknown>[] = [];
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => {
+    out += c.toString();
+    let nl: number;
+    while ((nl = out.indexOf('\n')) >= 0) {
+      const l = out.slice(0, nl);
+      out = out.slice(nl + 1);
+      try {
+        lines.push(JSON.parse(l) as Record<string, unknown>);
+      } catch {
+        // not a log line
+      }
+    }
+  });
+  const started = await until(() => lines.find((l) => l.event === 'started'), 'apilb started', 10_000);
+  const port = Number(String((started.listen as string[])[0]).split(':').pop());
+  const admin = String(started.admin);
+  const capped = lines.find((l) => l.event === 'max_connections_capped');
+  tt.ok(capped, 'the cap is logged at startup');
+  tt.equal(capped?.cap, 54, '(300 - 192) / 2 = 54 connections');
+  const n = 150;
+  const clients: Socket[] = [];
+  const settled = new Set<Socket>();
+  for (let i = 0; i < n; i++) {
+    const s = connect({ host: '127.0.0.1', port });
+    s.on('error', () => settled.add(s));
+    s.on('close', () => settled.add(s));
+    s.once('data', () => settled.add(s));
+    s.write('x');
+    clients.push(s);
+  }
+  tt.teardown(() => clients.forEach((s) => s.destroy()));
+  await until(() => settled.size === n, 'every client served or closed', 10_000);
+  const text = await (await fetch(`http://${admin}/metrics`)).text();
+  const metric = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
+  const accepted = metric(/^apilb_accepted_connections_total (\d+)$/m);
+  const refused = metric(/^apilb_rejected_connections_total\{reason="max_connections"\} (\d+)$/m);
+  const acceptErrors = metric(/^apilb_rejected_connections_total\{reason="accept_error"\} (\d+)$/m);
+  tt.equal(accepted, 54, 'accepted up to the cap');
+  tt.equal(accepted + refused + acceptErrors, n, `every one of ${n} clients counted: ${accepted} accepted + ${refused} refused + ${acceptErrors} accept errors`);
+  tt.equal(refused, n - 54, 'the rest refused by apilb, counted');
+  await until(() => lines.some((l) => l.event === 'connection_rejected' && l.reason === 'max_connections'), 'and logged');
 });
