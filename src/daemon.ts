@@ -15,7 +15,7 @@ import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './di
 import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
 import { AdminServer, cachedRender, type Readiness } from './admin/admin-server.js';
 import { MetricsServer } from './admin/metrics-server.js';
-import { canonicalHost, classifyHost } from './discovery/address-policy.js';
+import { AddressPolicy, canonicalHost, classifyHost } from './discovery/address-policy.js';
 import { buildStatus } from './admin/status.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
@@ -129,6 +129,8 @@ export class Daemon {
   /** Failed binds of the admin endpoint (it is retried; see bindAdmin). */
   adminBindFailures = 0;
   private adminRetry: TimerHandle | undefined;
+  /** apilb's own listeners, never backends (see guardOwnListeners). */
+  private readonly ownListeners = new AddressPolicy({ allowLocal: true });
 
   constructor(config: Config, deps: DaemonDeps = {}) {
     this.current = config;
@@ -302,6 +304,7 @@ export class Daemon {
         }
       }
       for (const s of this.listeners) this.proxy.serve(s);
+      this.guardOwnListeners();
       if (this.config.discoverEndpointslices) {
         // Discovery's requests go through our own listener (the balanced path), so it starts once that is bound.
         this.discovery = new EndpointSliceDiscovery({
@@ -355,6 +358,24 @@ export class Daemon {
   }
 
   /**
+   * No source (static seeds, DNS answers, discovery) may make apilb connect to itself: that loops, each
+   * connection opening another until descriptors run out. Own listeners: the bound data listeners and the admin
+   * endpoint (its configured port now, its bound one once bound). Refusals are logged once.
+   */
+  private guardOwnListeners(): void {
+    for (const s of this.listeners) {
+      const a = s.address();
+      if (a && typeof a === 'object') this.ownListeners.addOwn({ host: a.address, port: a.port });
+    }
+    this.ownListeners.addOwn(this.config.adminListen);
+    this.backendSet.guard(this.ownListeners);
+    if (this.backendSet.refused.length) {
+      this.logger.warn({ event: 'backend_is_self', code: 'APILB_ERR_CONFIG_INVALID', refused: this.backendSet.refused },
+        `left out backends that are apilb's own listeners (connecting would loop): ${this.backendSet.refused.join(', ')}`);
+    }
+  }
+
+  /**
    * Binds the admin endpoint. A failure never stops apilb: the data path must serve whatever happens to the admin
    * port (any local user can hold 127.0.0.1:9643 first). It is logged as an error, counted
    * (apilb_admin_bind_failures_total) and retried with backoff, 1 s doubling to 60 s, until it works or apilb stops.
@@ -375,7 +396,10 @@ export class Daemon {
       return;
     }
     if (attempt > 0) this.logger.warn({ event: 'admin_bound', admin: this.adminAddress, failures: attempt }, `admin endpoint listening on ${this.adminAddress} after ${attempt} failed binds`);
-    this.discovery?.policy.addOwn({ host: this.config.adminListen.host, port: Number(this.adminAddress.slice(this.adminAddress.lastIndexOf(':') + 1)) });
+    const bound = { host: this.config.adminListen.host, port: Number(this.adminAddress.slice(this.adminAddress.lastIndexOf(':') + 1)) };
+    this.discovery?.policy.addOwn(bound);
+    this.ownListeners.addOwn(bound);
+    this.backendSet.guard(this.ownListeners);
     if (classifyHost(canonicalHost(this.config.adminListen.host)) !== 'loopback') {
       this.logger.warn({ event: 'admin_not_loopback', admin: where },
         `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`);

@@ -27,7 +27,8 @@ import type { StatusDoc } from '../src/admin/status.js';
 import { parseExposition, promtool } from './support/prom-text.js';
 import { addApiStandIn, FakeCluster, startApiStandIns, type ApiStandIn } from './support/endpointslice-server.js';
 import { FakeClock } from './support/fake-clock.js';
-import { until } from './support/net.js';
+import { dial as dialPort, readBytes, until } from './support/net.js';
+import { bindListener, createListener } from '../src/proxy/listen.js';
 import { captureLogger } from './support/logs.js';
 
 let ca: TestCA;
@@ -874,3 +875,40 @@ t.test('state file: a symlink planted at the temporary name is never followed (e
   t.equal(r.result, 'loaded', 'the state file itself was written');
   t.notOk(lstatSync(join(dir, 'endpoints.json')).isSymbolicLink(), 'endpoints.json is a regular file, not the planted link');
 });
+
+t.test('daemon: a DNS name or seed naming apilb itself in another spelling is never dialed (no loop)', async (t) => {
+  const backend = createNetServer((s: Socket) => s.pipe(s));
+  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => backend.close(() => r())));
+  const good = `127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const listener = createListener();
+  await bindListener(listener, { host: '127.0.0.1', port: 0 });
+  const own = (listener.address() as { port: number }).port;
+  const dialed: string[] = [];
+  const dial: Dialer = (b, onread) => {
+    dialed.push(b.id);
+    if (b.id !== good) {
+      const s = new NetSocket();
+      process.nextTick(() => s.destroy(Object.assign(new Error('refused by the test dialer'), { code: 'ECONNREFUSED' })));
+      return s;
+    }
+    return netConnect({ host: b.address.host, port: b.address.port, allowHalfOpen: true, ...(onread ? { onread } : {}) });
+  };
+  const config = resolveConfig({
+    flags: { listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', backends: [good, `[::ffff:7f00:1]:${own}`, `self.example:${own}`], healthCheckMode: 'tcp', logLevel: 'silent' },
+    env: {},
+  });
+  const { logger, lines } = captureLogger('info');
+  const d = await startDaemon(config, { logger, dial, listeners: [listener], resolver: async () => [{ address: '::ffff:127.0.0.1', family: 6 }] });
+  t.teardown(() => d.close(0));
+  t.same(d.pool.backends.map((b) => b.id), [good], 'only the real backend is in the pool');
+  t.match(String(lines.find((l) => l.event === 'backend_is_self')?.msg), new RegExp(`127\\.0\\.0\\.1:${own}`), 'said so');
+  for (let i = 0; i < 5; i++) {
+    const c = await dialPort(own);
+    c.write('ping');
+    t.equal((await readBytes(c, 4)).toString(), 'ping');
+    c.destroy();
+  }
+  t.same([...new Set(dialed)], [good], 'only the real backend was ever dialed');
+});
+
