@@ -3,7 +3,7 @@
  * SIGHUP reload) and systemd readiness. The CLI calls {@link startDaemon}; tests call it too, with listeners,
  * clocks and dialers injected.
  */
-import type { Server } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { resolveConfig, type Config, type ResolveInput } from './config/config.js';
 import { describeChange, diffConfig } from './config/config-diff.js';
@@ -396,7 +396,7 @@ export class Daemon {
       return;
     }
     if (attempt > 0) this.logger.warn({ event: 'admin_bound', admin: this.adminAddress, failures: attempt }, `admin endpoint listening on ${this.adminAddress} after ${attempt} failed binds`);
-    const bound = { host: this.config.adminListen.host, port: Number(this.adminAddress.slice(this.adminAddress.lastIndexOf(':') + 1)) };
+    const bound = { host: this.config.adminListen.host, port: (this.admin.server.address() as AddressInfo).port };
     this.discovery?.policy.addOwn(bound);
     this.ownListeners.addOwn(bound);
     this.backendSet.guard(this.ownListeners);

@@ -9,12 +9,12 @@ import { createServer as createTlsServer, connect as tlsConnect, type Server as 
 import { spawn } from 'node:child_process';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
-import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
+import type { ProxyOptions } from '../src/proxy/proxy.js';
 import { ClientOpening } from '../src/proxy/client-opening.js';
-import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
 import { dial, echoServer, ended, silentServer, until } from './support/net.js';
 import { CLI } from './support/cli.js';
+import { serveProxy } from './support/proxy-harness.js';
 import { FakeClock } from './support/fake-clock.js';
 import { createTestCA, type TestCA } from './support/index.js';
 
@@ -43,14 +43,10 @@ async function harness(tt: Test, backends: string[], opts: Partial<ProxyOptions>
   for (const b of backends) pool.add({ address: parseAddress(b) });
   const rechecks: string[] = [];
   pool.on('recheck', (b) => rechecks.push(b.id));
-  const proxy = new Proxy({ pool, ...opts });
-  const server = createListener();
-  await bindListener(server, { host: '127.0.0.1', port: 0 });
-  proxy.serve(server);
-  tt.teardown(() => proxy.close(0));
+  const { proxy, port } = await serveProxy(tt, pool, opts);
   const closes: string[] = [];
   proxy.on('close', (e) => closes.push(e.reason));
-  return { pool, proxy, port: (server.address() as AddressInfo).port, rechecks, closes };
+  return { pool, proxy, port, rechecks, closes };
 }
 
 /** A syntactically valid TLS ClientHello record of `size` bytes (header lengths right, body random). */
