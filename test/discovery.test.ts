@@ -829,24 +829,32 @@ t.test('a 20 KB resourceVersion (431 on every watch) leads to a re-list with bac
   await until(() => r.d.stats.lists === 3 && r.cluster.openWatches === 1, 'watching once the resourceVersion is sane');
 });
 
-t.test('daemon: EndpointSlices naming apilb itself in any spelling never reach the dialer', async (t) => {
-  const cluster = new FakeCluster();
-  const standIns = await startApiStandIns(cluster, ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
-  t.teardown(() => Promise.all(standIns.map((s) => s.close())));
-  const p = standIns[0]!.port;
-  cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), p);
+/**
+ * A dialer that records every backend apilb dials and connects only to `allowed` ones; any other is refused
+ * without a connect, so a test can never reach an address it did not mean to (nor loop into apilb itself).
+ */
+function recordingDialer(allowed: ReadonlySet<string>): { dial: Dialer; dialed: string[] } {
   const dialed: string[] = [];
-  const legit = new Set([`127.0.0.2:${p}`, `127.0.0.3:${p}`]);
   const dial: Dialer = (backend, onread) => {
     dialed.push(backend.id);
-    // Only the stand-ins are ever connected to; anything else is recorded and refused without a connect.
-    if (!legit.has(backend.id)) {
+    if (!allowed.has(backend.id)) {
       const s = new NetSocket();
       process.nextTick(() => s.destroy(Object.assign(new Error('refused by the test dialer'), { code: 'ECONNREFUSED' })));
       return s;
     }
     return netConnect({ host: backend.address.host, port: backend.address.port, allowHalfOpen: true, ...(onread ? { onread } : {}) });
   };
+  return { dial, dialed };
+}
+
+t.test('daemon: EndpointSlices naming apilb itself in any spelling never reach the dialer', async (t) => {
+  const cluster = new FakeCluster();
+  const standIns = await startApiStandIns(cluster, ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
+  t.teardown(() => Promise.all(standIns.map((s) => s.close())));
+  const p = standIns[0]!.port;
+  cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), p);
+  const legit = new Set([`127.0.0.2:${p}`, `127.0.0.3:${p}`]);
+  const { dial, dialed } = recordingDialer(legit);
   const d = await daemon(t, [`127.0.0.2:${p}`], writeKubeconfig(t), tmp(t, 'apilb-state-'), { debounceMs: 0 }, { dial });
   const own = (d.listeners[0]!.address() as { port: number }).port;
   const admin = parseAddress(d.adminAddress).port;
@@ -884,16 +892,7 @@ t.test('daemon: a DNS name or seed naming apilb itself in another spelling is ne
   const listener = createListener();
   await bindListener(listener, { host: '127.0.0.1', port: 0 });
   const own = (listener.address() as { port: number }).port;
-  const dialed: string[] = [];
-  const dial: Dialer = (b, onread) => {
-    dialed.push(b.id);
-    if (b.id !== good) {
-      const s = new NetSocket();
-      process.nextTick(() => s.destroy(Object.assign(new Error('refused by the test dialer'), { code: 'ECONNREFUSED' })));
-      return s;
-    }
-    return netConnect({ host: b.address.host, port: b.address.port, allowHalfOpen: true, ...(onread ? { onread } : {}) });
-  };
+  const { dial, dialed } = recordingDialer(new Set([good]));
   const config = resolveConfig({
     flags: { listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', backends: [good, `[::ffff:7f00:1]:${own}`, `self.example:${own}`], healthCheckMode: 'tcp', logLevel: 'silent' },
     env: {},
