@@ -478,6 +478,7 @@ export class Daemon {
       replayBufferTotal: effective.replayBufferTotal,
     });
     if (changed('logLevel')) this.logger.level = effective.logLevel;
+    if (changed('adminAllowedHosts')) this.admin.allowHosts((effective.adminAllowedHosts ?? '').split(','));
     const { literals, names } = splitBackends(effective.backends);
     // Reconcile keeps unchanged backends (and their connections); removed ones drain like `draining`.
     if (changed('backends')) this.backendSet.set('static', literals);

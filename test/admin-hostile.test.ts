@@ -174,3 +174,11 @@ t.test('finding 4: a local process holding the admin port does not stop apilb; t
   tt.equal((await call(adminPort, 'GET', '/healthz')).status, 200, 'admin endpoint answers');
   tt.ok(lines.some((l) => l.event === 'admin_bound'), 'recovery logged');
 });
+
+t.test('finding 5: --admin-allowed-hosts is applied by a reload', async (tt) => {
+  const h = await admin(tt, { allowedHosts: ['old.example'] });
+  tt.equal((await call(h.port, 'GET', '/healthz', { host: 'new.example' })).status, 421);
+  h.a.allowHosts(['new.example', ' ']);
+  tt.equal((await call(h.port, 'GET', '/healthz', { host: 'New.Example' })).status, 200, 'the new name passes (case-insensitive)');
+  tt.equal((await call(h.port, 'GET', '/healthz', { host: 'old.example' })).status, 421, 'the old one no longer does');
+});

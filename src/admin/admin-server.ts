@@ -59,13 +59,13 @@ export class AdminServer {
   readonly server: Server;
   readonly maxConcurrent: number;
   private readonly routes = new Map<string, AdminHandler>();
-  private readonly allowedHosts: Set<string>;
+  private allowedHosts: Set<string>;
   private inFlight = 0;
 
   constructor(options: AdminServerOptions) {
     this.maxConcurrent = options.maxConcurrent ?? 8;
     if (!Number.isInteger(this.maxConcurrent) || this.maxConcurrent < 1) throw new OptionError('maxConcurrent', `must be an integer ≥ 1, got ${this.maxConcurrent}`);
-    this.allowedHosts = new Set((options.allowedHosts ?? []).map((h) => h.trim().toLowerCase()).filter((h) => h !== ''));
+    this.allowedHosts = hostSet(options.allowedHosts ?? []);
     this.route('GET', '/healthz', () => ({ status: 200, body: 'ok\n' }));
     this.route('GET', '/readyz', () => {
       const r = options.readiness();
@@ -87,6 +87,11 @@ export class AdminServer {
   /** Binds to `address`. */
   async listen(address: Address): Promise<void> {
     await bindListener(this.server as unknown as import('node:net').Server, address, 64);
+  }
+
+  /** Replaces the extra Host names (configuration reload). */
+  allowHosts(names: readonly string[]): void {
+    this.allowedHosts = hostSet(names);
   }
 
   /** True when the Host header names this endpoint (see the module comment); a missing Host passes (not a browser). */
@@ -183,6 +188,10 @@ export function cachedRender(render: () => Promise<string>, options: { ttlMs?: n
     );
     return pending;
   };
+}
+
+function hostSet(names: readonly string[]): Set<string> {
+  return new Set(names.map((h) => h.trim().toLowerCase()).filter((h) => h !== ''));
 }
 
 function send(res: ServerResponse, req: IncomingMessage, r: AdminResponse): void {
