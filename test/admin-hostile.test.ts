@@ -3,6 +3,7 @@
  * data path; DNS rebinding (foreign Host), browser-sendable reloads and request floods are refused or bounded.
  */
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { request as httpRequest } from 'node:http';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { AdminServer, cachedRender } from '../src/admin/admin-server.js';
@@ -11,6 +12,7 @@ import { startDaemon } from '../src/daemon.js';
 import { dial, echoServer, readBytes, until } from './support/net.js';
 import { FakeClock } from './support/fake-clock.js';
 import { captureLogger } from './support/logs.js';
+import { CLI } from './support/cli.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
@@ -173,6 +175,7 @@ t.test('finding 4: a local process holding the admin port does not stop apilb; t
   await until(() => d.admin.server.listening, 'bound on the next retry', 5000);
   tt.equal((await call(adminPort, 'GET', '/healthz')).status, 200, 'admin endpoint answers');
   tt.ok(lines.some((l) => l.event === 'admin_bound'), 'recovery logged');
+  tt.notOk(lines.some((l) => l.event === 'admin_not_loopback'), 'no exposure warning for 127.0.0.1');
 });
 
 t.test('finding 5: --admin-allowed-hosts is applied by a reload', async (tt) => {
@@ -181,4 +184,24 @@ t.test('finding 5: --admin-allowed-hosts is applied by a reload', async (tt) => 
   h.a.allowHosts(['new.example', ' ']);
   tt.equal((await call(h.port, 'GET', '/healthz', { host: 'New.Example' })).status, 200, 'the new name passes (case-insensitive)');
   tt.equal((await call(h.port, 'GET', '/healthz', { host: 'old.example' })).status, 421, 'the old one no longer does');
+});
+
+t.test('finding 5: an admin endpoint off loopback is warned about (in a network namespace of our own: only lo exists)', async (tt) => {
+  // 0.0.0.0 inside a fresh network namespace reaches nothing but that namespace's loopback: nothing is exposed.
+  const child = spawn('unshare', ['-n', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, CLI, 'run', '--listen', '127.0.0.1:0',
+    '--admin-listen', '0.0.0.0:0', '--backend', '127.0.0.1:1', '--health-check-mode', 'tcp'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  tt.teardown(() => {
+    child.kill('SIGKILL');
+    return exited;
+  });
+  await until(() => out.includes('"event":"started"') || child.exitCode !== null, 'apilb started in its namespace', 15_000);
+  tt.equal(child.exitCode, null, `running (stderr: ${err.trim()})`);
+  const warn = out.split('\n').filter((l) => l.includes('"event":"admin_not_loopback"'));
+  tt.equal(warn.length, 1, 'one warning');
+  tt.match(warn[0], /"level":"warn".*not on loopback/);
 });
