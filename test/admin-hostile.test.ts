@@ -4,7 +4,7 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type Agent } from 'node:http';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { AdminServer, cachedRender } from '../src/admin/admin-server.js';
 import { resolveConfig } from '../src/config/config.js';
@@ -16,9 +16,9 @@ import { CLI } from './support/cli.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
-function call(port: number, method: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+function call(port: number, method: string, path: string, headers: Record<string, string> = {}, agent: Agent | false = false): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port, path, method, headers, agent: false }, (res) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method, headers, agent }, (res) => {
       let body = '';
       res.on('data', (c: Buffer) => (body += c.toString()));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
@@ -210,33 +210,55 @@ t.test('finding 5: a /metrics flood does not delay the data path', async (tt) =>
   const backends = await Promise.all([echoServer(), echoServer(), echoServer()]);
   tt.teardown(() => Promise.all(backends.map((b) => b.close())));
   const config = resolveConfig({
-    flags: { listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', backends: backends.map((b) => b.address), healthCheckMode: 'tcp', logLevel: 'silent' },
+    // 60 more backends that refuse (loopback, port 1): a /metrics render with ~1,500 series, as on a big control plane.
+    flags: { listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', backends: [...backends.map((b) => b.address), ...Array.from({ length: 60 }, (_, i) => `127.0.1.${i + 1}:1`)], healthCheckMode: 'tcp', logLevel: 'silent' },
     env: {},
   });
   const d = await startDaemon(config);
   tt.teardown(() => d.close(0));
   const adminPort = (d.admin.server.address() as AddressInfo).port;
-  let stop = false;
-  const statuses = new Map<number, number>();
-  // 64 scrapers in a tight loop (more than the admin endpoint takes at once).
-  const flood = Array.from({ length: 64 }, async () => {
-    while (!stop) {
-      const r = await call(adminPort, 'GET', '/metrics').catch(() => ({ status: 0, body: '' }));
-      statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
-    }
+  // 64 keep-alive scrapers in a tight loop, in a process of their own (their client work must not share apilb's
+  // event loop, as on a node).
+  const flooder = spawn(process.execPath, ['--input-type=module', '-e', `
+    import { Agent, get } from 'node:http';
+    const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+    const counts = {};
+    let stop = false;
+    process.on('SIGTERM', () => { stop = true; });
+    const one = () => new Promise((r) => get({ host: '127.0.0.1', port: ${adminPort}, path: '/metrics', agent }, (res) => {
+      counts[res.statusCode] = (counts[res.statusCode] ?? 0) + 1;
+      res.resume();
+      res.on('end', r);
+    }).on('error', r));
+    await Promise.all(Array.from({ length: 64 }, async () => { while (!stop) await one(); }));
+    console.log(JSON.stringify(counts));
+    agent.destroy();
+  `], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let counts = '';
+  flooder.stdout.on('data', (c: Buffer) => (counts += c.toString()));
+  const flooderDone = new Promise<void>((r) => flooder.once('exit', () => r()));
+  tt.teardown(() => {
+    flooder.kill('SIGKILL');
   });
   const s = await dial((d.listeners[0]!.address() as AddressInfo).port);
+  // Let the flood build up first.
+  const adminSockets = () => new Promise<number>((r) => d.admin.server.getConnections((_e, n) => r(n)));
+  await until(async () => (await adminSockets()) >= 32, 'the flood running', 10_000);
   let worst = 0;
+  const rtts: number[] = [];
   for (let i = 0; i < 50; i++) {
     const t0 = performance.now();
     s.write('ping');
     await readBytes(s, 4);
+    rtts.push(performance.now() - t0);
     worst = Math.max(worst, performance.now() - t0);
   }
-  stop = true;
-  await Promise.all(flood);
+  flooder.kill('SIGTERM');
+  await flooderDone;
   s.destroy();
-  const served = statuses.get(200) ?? 0;
-  tt.ok(served > 0, `scrapes were served meanwhile (${[...statuses].map(([k, v]) => `${v}× ${k}`).join(', ')})`);
-  tt.ok(worst < 1000, `slowest of 50 data-path round trips during the flood: ${worst.toFixed(1)} ms (< 1 s; the issue measured 5–9 s)`);
+  rtts.sort((a, b) => a - b);
+  const byStatus = JSON.parse(counts.trim() || '{}') as Record<string, number>;
+  tt.ok((byStatus['200'] ?? 0) > 0, `scrapes were served meanwhile (${Object.entries(byStatus).map(([k, v]) => `${v}× ${k}`).join(', ')})`);
+  tt.comment(`data-path round trips during the flood: median ${rtts[25]!.toFixed(2)} ms, slowest ${worst.toFixed(1)} ms`);
+  tt.ok(worst < 2000, `slowest of 50 data-path round trips during the flood: ${worst.toFixed(1)} ms (< 2 s; the issue measured 5–9 s, and before the fix this test does not finish)`);
 });

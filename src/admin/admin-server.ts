@@ -8,8 +8,8 @@
  *   anything else gets 421.
  * - `POST /reload` needs a request no page can send without a CORS preflight (which this server never grants):
  *   the header `X-Apilb-Reload: 1` or `Content-Type: application/json`; anything else gets 403.
- * - At most `maxConcurrent` requests are handled at once (the rest get 503 at once) and at most 64 sockets are
- *   open; /metrics renders through {@link cachedRender}, so a scrape flood costs a few renders per second, not
+ * - At most `maxConcurrent` requests are handled at once and `maxPerSecond` per second (the rest get 503 at
+ *   once), and at most 64 sockets are open; /metrics renders through {@link cachedRender}, so a scrape flood costs a few renders per second, not
  *   one per request, and cannot starve the data path of CPU.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -52,12 +52,24 @@ export interface AdminServerOptions {
   allowedHosts?: readonly string[];
   /** Requests handled at once; more get 503 at once. Default 8; must be ≥ 1. */
   maxConcurrent?: number;
+  /**
+   * Requests handled per second (fixed one-second windows); more get 503 at once. Default 50: a scraper sends one
+   * every 15 s, an operator a few; a flood of cached-but-large /metrics answers must not fill the event loop
+   * with writes. Must be ≥ 1.
+   */
+  maxPerSecond?: number;
+  /** Default: the system clock (for the per-second window). */
+  clock?: Clock;
 }
 
 /** The admin HTTP server. */
 export class AdminServer {
   readonly server: Server;
   readonly maxConcurrent: number;
+  readonly maxPerSecond: number;
+  private readonly clock: Clock;
+  private windowStart = -Infinity;
+  private windowCount = 0;
   private readonly routes = new Map<string, AdminHandler>();
   private allowedHosts: Set<string>;
   private inFlight = 0;
@@ -65,6 +77,9 @@ export class AdminServer {
   constructor(options: AdminServerOptions) {
     this.maxConcurrent = options.maxConcurrent ?? 8;
     if (!Number.isInteger(this.maxConcurrent) || this.maxConcurrent < 1) throw new OptionError('maxConcurrent', `must be an integer ≥ 1, got ${this.maxConcurrent}`);
+    this.maxPerSecond = options.maxPerSecond ?? 50;
+    if (!Number.isInteger(this.maxPerSecond) || this.maxPerSecond < 1) throw new OptionError('maxPerSecond', `must be an integer ≥ 1, got ${this.maxPerSecond}`);
+    this.clock = options.clock ?? systemClock;
     this.allowedHosts = hostSet(options.allowedHosts ?? []);
     this.route('GET', '/healthz', () => ({ status: 200, body: 'ok\n' }));
     this.route('GET', '/readyz', () => {
@@ -127,9 +142,14 @@ export class AdminServer {
       send(res, req, { status: 403, body: `forbidden: send the header "${RELOAD_HEADER}: 1" (or Content-Type: application/json)\n` });
       return;
     }
-    if (this.inFlight >= this.maxConcurrent) {
+    const now = this.clock.now();
+    if (now - this.windowStart >= 1000) {
+      this.windowStart = now;
+      this.windowCount = 0;
+    }
+    if (this.inFlight >= this.maxConcurrent || ++this.windowCount > this.maxPerSecond) {
       res.setHeader('retry-after', '1');
-      send(res, req, { status: 503, body: 'busy: too many admin requests at once\n' });
+      send(res, req, { status: 503, body: 'busy: too many admin requests\n' });
       return;
     }
     this.inFlight++;
