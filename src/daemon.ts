@@ -3,8 +3,8 @@
  * SIGHUP reload) and systemd readiness. The CLI calls {@link startDaemon}; tests call it too, with listeners,
  * clocks and dialers injected.
  */
-import type { Server } from 'node:net';
-import { systemClock, type Clock } from './clock.js';
+import type { AddressInfo, Server } from 'node:net';
+import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { resolveConfig, type Config, type ResolveInput } from './config/config.js';
 import { describeChange, diffConfig } from './config/config-diff.js';
 import { formatAddress, type Address } from './config/values.js';
@@ -13,8 +13,9 @@ import { BackendSet } from './discovery/backend-set.js';
 import { Notifier } from './systemd/notify.js';
 import { DnsDiscovery, isDnsName, subscribeDnsLogger, type Resolver } from './discovery/dns.js';
 import { discoveryOptionsFromConfig, EndpointSliceDiscovery, type DiscoveryTuning } from './discovery/endpointslices.js';
-import { AdminServer, type Readiness } from './admin/admin-server.js';
+import { AdminServer, cachedRender, type Readiness } from './admin/admin-server.js';
 import { MetricsServer } from './admin/metrics-server.js';
+import { AddressPolicy, canonicalHost, classifyHost } from './discovery/address-policy.js';
 import { buildStatus } from './admin/status.js';
 import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeCredentialsLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
@@ -26,6 +27,7 @@ import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
 import { Proxy, type Dialer } from './proxy/proxy.js';
 import { Rebalancer } from './proxy/rebalancer.js';
+import { connectionsForFdLimit, readOpenFileLimit } from './proxy/fd-limit.js';
 import { VERSION } from './version.js';
 
 /**
@@ -60,6 +62,8 @@ export interface DaemonDeps {
   notifier?: Notifier;
   /** Resolver of DNS-named backends. Default `dns.promises.lookup(host, { all: true })`. */
   resolver?: Resolver;
+  /** This process's open-file limit (caps --max-connections, see proxy/fd-limit.ts). Default: read from /proc. */
+  openFileLimit?: number;
   /**
    * The flags, environment and file the configuration was resolved from; {@link Daemon.reload} resolves them
    * again (re-reading the file). Default: none, and reload is refused.
@@ -127,6 +131,13 @@ export class Daemon {
   private reloadError: string | undefined;
   /** systemd readiness/watchdog; a no-op outside systemd. */
   readonly notifier: Notifier;
+  /** Client connections the open-file limit allows (--max-connections is capped at it); undefined = no cap. */
+  readonly fdConnectionCap: number | undefined;
+  /** Failed binds of the admin endpoint (it is retried; see bindAdmin). */
+  adminBindFailures = 0;
+  private adminRetry: TimerHandle | undefined;
+  /** apilb's own listeners, never backends (see guardOwnListeners). */
+  private readonly ownListeners = new AddressPolicy({ allowLocal: true });
 
   constructor(config: Config, deps: DaemonDeps = {}) {
     this.current = config;
@@ -151,13 +162,17 @@ export class Daemon {
       failures: this.dnsFailures,
     });
     this.unsubscribe.push(subscribeDnsLogger(this.logger, this.dns));
+    const fdLimit = deps.openFileLimit ?? readOpenFileLimit();
+    this.fdConnectionCap = fdLimit === undefined ? undefined : connectionsForFdLimit(fdLimit);
     const proxyOpts: ConstructorParameters<typeof Proxy>[0] = {
       pool: this.pool,
       connectTimeout: config.connectTimeout,
       firstByteTimeout: config.firstByteTimeout,
-      maxConnections: config.maxConnections,
+      maxConnections: this.maxConnections(config),
       drainTimeout: config.drainTimeout,
       closeSpread: config.closeSpread,
+      clientHelloTimeout: config.clientHelloTimeout,
+      replayBufferTotal: config.replayBufferTotal,
       clock,
     };
     if (deps.dial) proxyOpts.dial = deps.dial;
@@ -203,7 +218,7 @@ export class Daemon {
       if (isUnauthenticated(ev.result)) this.credentials.onUnauthenticated();
     });
     this.unsubscribe.push(subscribeHealthLogger(this.logger, this.health));
-    this.admin = new AdminServer({ readiness: () => this.readiness() });
+    this.admin = new AdminServer({ readiness: () => this.readiness(), allowedHosts: (config.adminAllowedHosts ?? '').split(',') });
     if (deps.listeners) this.listeners.push(...deps.listeners);
     this.metrics = createMetrics({
       pool: this.pool,
@@ -214,11 +229,14 @@ export class Daemon {
       counters: { reloads: this.reloads, dnsFailures: this.dnsFailures, lastReloadSuccessful: () => this.reloadError === undefined },
       readiness: () => this.readiness(),
       listeners: () => this.listeners.filter((s) => s.listening).length,
+      admin: () => ({ listening: this.admin.server.listening, bindFailures: this.adminBindFailures }),
       ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
       credentials: () => this.credentials.status(),
     });
-    this.metricsServer = config.metricsListen ? new MetricsServer(this.metrics) : undefined;
-    this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await this.metrics.render() }));
+    // One shared, flood-bounded renderer for the admin /metrics and the metrics-only listener.
+    const renderMetrics = cachedRender(() => this.metrics.render());
+    this.metricsServer = config.metricsListen ? new MetricsServer({ contentType: this.metrics.contentType, render: renderMetrics }) : undefined;
+    this.admin.route('GET', '/metrics', async () => ({ status: 200, contentType: this.metrics.contentType, body: await renderMetrics() }));
     this.admin.route('GET', '/status', () => ({ status: 200, body: this.status() }));
     this.admin.route('POST', '/reload', async () => {
       const r = await this.reload();
@@ -239,6 +257,18 @@ export class Daemon {
       now: this.clock.now(),
       credentials: this.credentials.status(),
     });
+  }
+
+  /**
+   * --max-connections capped at what the open-file limit allows: past it accept() fails and libuv drops the
+   * clients silently, so apilb refuses the excess itself (counted, logged). Warns when it caps.
+   */
+  private maxConnections(config: Config): number {
+    const cap = this.fdConnectionCap;
+    if (cap === undefined || config.maxConnections <= cap) return config.maxConnections;
+    this.logger.warn({ event: 'max_connections_capped', requested: config.maxConnections, cap },
+      `--max-connections ${config.maxConnections} needs about ${2 * config.maxConnections} file descriptors, more than the open-file limit allows: capped at ${cap} (raise LimitNOFILE= to allow more)`);
+    return cap;
   }
 
   /** Ready once listeners are bound and at least one backend is eligible. */
@@ -308,6 +338,7 @@ export class Daemon {
         }
       }
       for (const s of this.listeners) this.proxy.serve(s);
+      this.guardOwnListeners();
       if (this.config.discoverEndpointslices) {
         // Discovery's requests go through our own listener (the balanced path), so it starts once that is bound.
         const fromConfig = discoveryOptionsFromConfig(this.config, this.listeners);
@@ -322,7 +353,7 @@ export class Daemon {
         });
         this.discovery.start();
       }
-      await this.admin.listen(this.config.adminListen);
+      await this.bindAdmin(0);
       if (this.config.metricsListen) await this.metricsServer?.listen(this.config.metricsListen);
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
@@ -364,6 +395,55 @@ export class Daemon {
       this.pool.off('transition', onHealthChange);
       this.pool.off('panic', onHealthChange);
     });
+  }
+
+  /**
+   * No source (static seeds, DNS answers, discovery) may make apilb connect to itself: that loops, each
+   * connection opening another until descriptors run out. Own listeners: the bound data listeners and the admin
+   * endpoint (its configured port now, its bound one once bound). Refusals are logged once.
+   */
+  private guardOwnListeners(): void {
+    for (const s of this.listeners) {
+      const a = s.address();
+      if (a && typeof a === 'object') this.ownListeners.addOwn({ host: a.address, port: a.port });
+    }
+    this.ownListeners.addOwn(this.config.adminListen);
+    this.backendSet.guard(this.ownListeners);
+    if (this.backendSet.refused.length) {
+      this.logger.warn({ event: 'backend_is_self', code: 'APILB_ERR_CONFIG_INVALID', refused: this.backendSet.refused },
+        `left out backends that are apilb's own listeners (connecting would loop): ${this.backendSet.refused.join(', ')}`);
+    }
+  }
+
+  /**
+   * Binds the admin endpoint. A failure never stops apilb: the data path must serve whatever happens to the admin
+   * port (any local user can hold 127.0.0.1:9643 first). It is logged as an error, counted
+   * (apilb_admin_bind_failures_total) and retried with backoff, 1 s doubling to 60 s, until it works or apilb stops.
+   */
+  private async bindAdmin(attempt: number): Promise<void> {
+    this.adminRetry = undefined;
+    if (this.closing) return;
+    const where = formatAddress(this.config.adminListen);
+    try {
+      await this.admin.listen(this.config.adminListen);
+    } catch (err) {
+      this.adminBindFailures++;
+      const delay = Math.min(60_000, 1000 * 2 ** Math.min(attempt, 6));
+      const e = err as Error & { code?: string };
+      this.logger.error({ event: 'admin_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
+        `admin endpoint NOT available (${e.message}); apilb keeps serving clients without /metrics, /status and /reload and retries in ${delay / 1000} s`);
+      this.adminRetry = this.clock.setTimeout(() => void this.bindAdmin(attempt + 1), delay);
+      return;
+    }
+    if (attempt > 0) this.logger.warn({ event: 'admin_bound', admin: this.adminAddress, failures: attempt }, `admin endpoint listening on ${this.adminAddress} after ${attempt} failed binds`);
+    const bound = { host: this.config.adminListen.host, port: (this.admin.server.address() as AddressInfo).port };
+    this.discovery?.policy.addOwn(bound);
+    this.ownListeners.addOwn(bound);
+    this.backendSet.guard(this.ownListeners);
+    if (classifyHost(canonicalHost(this.config.adminListen.host)) !== 'loopback') {
+      this.logger.warn({ event: 'admin_not_loopback', admin: where },
+        `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`);
+    }
   }
 
   /**
@@ -428,11 +508,14 @@ export class Daemon {
     this.proxy.update({
       connectTimeout: effective.connectTimeout,
       firstByteTimeout: effective.firstByteTimeout,
-      maxConnections: effective.maxConnections,
+      maxConnections: this.maxConnections(effective),
       drainTimeout: effective.drainTimeout,
       closeSpread: effective.closeSpread,
+      clientHelloTimeout: effective.clientHelloTimeout,
+      replayBufferTotal: effective.replayBufferTotal,
     });
     if (changed('logLevel')) this.logger.level = effective.logLevel;
+    if (changed('adminAllowedHosts')) this.admin.allowHosts((effective.adminAllowedHosts ?? '').split(','));
     const { literals, names } = splitBackends(effective.backends);
     // Reconcile keeps unchanged backends (and their connections); removed ones drain like `draining`.
     if (changed('backends')) this.backendSet.set('static', literals);
@@ -486,6 +569,7 @@ export class Daemon {
       await this.health.close();
       this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
       await this.proxy.close(timeoutMs);
+      this.clock.clearTimeout(this.adminRetry);
       await this.admin.close();
       await this.metricsServer?.close();
       this.metrics.close();

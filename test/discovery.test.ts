@@ -1,13 +1,12 @@
 import t, { type Test } from 'tap';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
-import { Writable } from 'node:stream';
 import { Client, request } from 'undici';
 import { resolveConfig } from '../src/config/config.js';
-import { formatAddress, parseAddress } from '../src/config/values.js';
-import { startDaemon, type Daemon } from '../src/daemon.js';
+import { formatAddress, parseAddress, type Address } from '../src/config/values.js';
+import { startDaemon, type Daemon, type DaemonDeps } from '../src/daemon.js';
 import { createTestCA, type LeafCert, type TestCA } from '../src/demo/test-ca.js';
 import { BackendSet } from '../src/discovery/backend-set.js';
 import {
@@ -21,11 +20,16 @@ import { caFingerprints, loadStateFile, saveStateFile } from '../src/discovery/s
 import { hasCode } from '../src/errors.js';
 import { createLogger } from '../src/logging.js';
 import { Pool } from '../src/pool/pool.js';
+import { AddressPolicy, canonicalHost } from '../src/discovery/address-policy.js';
+import type { Dialer } from '../src/proxy/proxy.js';
+import { connect as netConnect, Socket as NetSocket } from 'node:net';
 import type { StatusDoc } from '../src/admin/status.js';
 import { parseExposition, promtool } from './support/prom-text.js';
 import { addApiStandIn, FakeCluster, startApiStandIns, type ApiStandIn } from './support/endpointslice-server.js';
 import { FakeClock } from './support/fake-clock.js';
-import { until } from './support/net.js';
+import { dial as dialPort, readBytes, until } from './support/net.js';
+import { bindListener, createListener } from '../src/proxy/listen.js';
+import { captureLogger } from './support/logs.js';
 
 let ca: TestCA;
 let serverCert: LeafCert;
@@ -50,18 +54,6 @@ function tmp(t: Test, prefix: string): string {
   return dir;
 }
 
-/** A pino logger whose lines land in `lines` (parsed). */
-function captureLogger(): { logger: ReturnType<typeof createLogger>; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const dest = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
-      cb();
-    },
-  });
-  return { logger: createLogger('debug', dest), lines };
-}
-
 interface Rig {
   cluster: FakeCluster;
   standIns: ApiStandIn[];
@@ -83,7 +75,7 @@ interface Rig {
  * Discovery pointed straight at stand-in 0 (the data path is exercised by the daemon tests below), with a fake
  * clock driving debounce and backoff. `random` 0.5 makes every jittered delay exactly its nominal value.
  */
-async function rig(t: Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; stateDir?: string; seeds?: string[]; setup?: (c: FakeCluster, port: number) => void; start?: boolean } = {}): Promise<Rig> {
+async function rig(t: Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; stateDir?: string; seeds?: string[]; setup?: (c: FakeCluster, port: number) => void; start?: boolean; allowLocal?: boolean; exclude?: Address[] } = {}): Promise<Rig> {
   const cluster = new FakeCluster();
   const standIns = await startApiStandIns(cluster, opts.hosts ?? ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
   const port = standIns[0]!.port;
@@ -101,6 +93,9 @@ async function rig(t: Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; 
     clock,
     random: () => 0.5,
     logger,
+    // The stand-ins are on loopback, which discovered lists may only name with the operator's opt-in.
+    allowLocal: opts.allowLocal ?? true,
+    ...(opts.exclude ? { exclude: opts.exclude } : {}),
     ...(opts.stateDir ? { stateDir: opts.stateDir } : {}),
     ...opts.tuning,
   });
@@ -441,7 +436,7 @@ t.test('TLS: a server certificate from another CA is refused, nothing is applied
   const set = new BackendSet(new Pool());
   const clock = new FakeClock();
   const { logger, lines } = captureLogger();
-  const d = new EndpointSliceDiscovery({ backendSet: set, target: { host: s!.host, port: s!.port }, tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key }, clock, logger });
+  const d = new EndpointSliceDiscovery({ backendSet: set, target: { host: s!.host, port: s!.port }, tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key }, clock, logger, allowLocal: true });
   t.teardown(() => d.close());
   d.start();
   await until(() => d.stats.errors === 1, 'the TLS failure');
@@ -555,7 +550,7 @@ function writeKubeconfig(t: Test): string {
   return path;
 }
 
-async function daemon(t: Test, seeds: string[], kubeconfig: string, stateDir: string, tuning: DiscoveryTuning = {}): Promise<Daemon> {
+async function daemon(t: Test, seeds: string[], kubeconfig: string, stateDir: string, tuning: DiscoveryTuning = {}, deps: DaemonDeps = {}): Promise<Daemon> {
   const config = resolveConfig({
     flags: {
       listen: ['127.0.0.1:0'],
@@ -563,12 +558,13 @@ async function daemon(t: Test, seeds: string[], kubeconfig: string, stateDir: st
       backends: seeds,
       kubeconfig,
       discoverEndpointslices: true,
+      discoveryAllowLocal: true,
       stateDir,
       logLevel: 'silent',
     },
     env: {},
   });
-  const d = await startDaemon(config, { logger: createLogger('silent'), discovery: tuning });
+  const d = await startDaemon(config, { logger: createLogger('silent'), discovery: tuning, ...deps });
   t.teardown(() => d.close(0));
   return d;
 }
@@ -711,3 +707,207 @@ t.test('daemon: restart with the persisted list while every seed is down', async
   t.match(await c.whoami(), /^127\.0\.0\.[23]$/, 'clients reach an API server although every seed is down');
   await c.client.close();
 });
+
+// ---- Hostile discovery data (issue 19, finding 6) ----
+
+t.test('address policy: every spelling is canonicalised; own listeners, local, multicast, broadcast, unspecified refused', async (t) => {
+  const canon: Array<[string, string]> = [
+    ['::ffff:127.0.0.1', '127.0.0.1'],
+    ['::ffff:7f00:1', '127.0.0.1'],
+    ['0:0:0:0:0:ffff:7f00:1', '127.0.0.1'],
+    ['::FFFF:A9FE:A9FE', '169.254.169.254'],
+    ['FD00:0:0::1', 'fd00::1'],
+    ['fe80::1%eth0', 'fe80::1%eth0'],
+    ['10.0.0.1', '10.0.0.1'],
+    ['API.Example', 'api.example'],
+  ];
+  for (const [input, want] of canon) t.equal(canonicalHost(input), want, `${input} → ${want}`);
+  const own = [parseAddress('127.0.0.1:6443'), parseAddress('127.0.0.1:9643')];
+  const strict = new AddressPolicy({ own, localAddresses: () => ['10.1.2.3'] });
+  const local = new AddressPolicy({ own, allowLocal: true, localAddresses: () => ['10.1.2.3'] });
+  const wildcard = new AddressPolicy({ own: [parseAddress('0.0.0.0:6443')], allowLocal: true, localAddresses: () => ['10.1.2.3', '::ffff:10.1.2.4'] });
+  const cases: Array<{ addr: string; strict: RegExp | undefined; local: RegExp | undefined; wildcard?: RegExp | undefined }> = [
+    { addr: '10.0.0.1:6443', strict: undefined, local: undefined, wildcard: undefined },
+    { addr: '[fd00::1]:6443', strict: undefined, local: undefined },
+    { addr: '127.0.0.1:6443', strict: /own listener/, local: /own listener/, wildcard: /own listener/ },
+    { addr: '[::ffff:127.0.0.1]:6443', strict: /127\.0\.0\.1:6443 is apilb's own listener/, local: /own listener/, wildcard: /own listener/ },
+    { addr: '[::ffff:7f00:1]:6443', strict: /own listener/, local: /own listener/ },
+    { addr: '[::ffff:7f00:1]:9643', strict: /own listener/, local: /own listener/ },
+    { addr: '127.0.0.5:6443', strict: /loopback address \(allow with --discovery-allow-local\)/, local: undefined, wildcard: /own listener/ },
+    { addr: '127.0.0.1:2379', strict: /loopback/, local: undefined },
+    { addr: '[::1]:6443', strict: /loopback/, local: undefined, wildcard: /own listener/ },
+    { addr: '169.254.169.254:80', strict: /link-local/, local: undefined },
+    { addr: '[::ffff:a9fe:a9fe]:80', strict: /169\.254\.169\.254:80 is a link-local/, local: undefined },
+    { addr: '[fe80::1]:6443', strict: /link-local/, local: undefined },
+    { addr: '224.0.0.1:6443', strict: /multicast/, local: /multicast/ },
+    { addr: '[ff02::1]:6443', strict: /multicast/, local: /multicast/ },
+    { addr: '255.255.255.255:6443', strict: /broadcast/, local: /broadcast/ },
+    { addr: '0.0.0.0:6443', strict: /own listener|unspecified/, local: /own listener|unspecified/ },
+    { addr: '0.0.0.0:443', strict: /an unspecified address/, local: /unspecified/ },
+    { addr: '[::]:443', strict: /unspecified/, local: /unspecified/ },
+    { addr: '10.1.2.3:6443', strict: undefined, local: undefined, wildcard: /own listener/ },
+    { addr: '10.1.2.4:6443', strict: undefined, local: undefined, wildcard: /own listener/ },
+    { addr: '10.1.2.3:443', strict: undefined, local: undefined, wildcard: undefined },
+  ];
+  for (const c of cases) {
+    const a = parseAddress(c.addr);
+    const check = (p: AddressPolicy, want: RegExp | undefined, name: string) => {
+      const why = p.refusal(a);
+      if (want) t.match(why, want, `${c.addr} (${name}): refused: ${why}`);
+      else t.equal(why, undefined, `${c.addr} (${name}): accepted`);
+    };
+    check(strict, c.strict, 'strict');
+    check(local, c.local, 'allow-local');
+    if ('wildcard' in c) check(wildcard, c.wildcard, 'wildcard listener');
+  }
+});
+
+t.test('hostile EndpointSlices never reach the pool (the only source of dials): canonical spellings, metadata, multicast', async (t) => {
+  const own = parseAddress('127.0.0.1:6443');
+  const r = await rig(t, {
+    allowLocal: false,
+    exclude: [own, parseAddress('127.0.0.1:9643')],
+    setup: (c) => {
+      c.setSlice('kubernetes', eps('10.0.0.1'), 6443);
+      c.setSlice('metadata', eps('169.254.169.254', '127.0.0.5', '224.0.0.1', '255.255.255.255', '0.0.0.0'), 6443);
+      c.setSlice('self-v6', eps('::ffff:127.0.0.1', '::ffff:7f00:1', '0:0:0:0:0:ffff:7f00:1', 'fe80::1', 'ff02::1', '::'), 6443, 'IPv6');
+      c.setSlice('admin', eps('::ffff:7f00:1'), 9643, 'IPv6');
+    },
+  });
+  await until(() => r.d.stats.applied === 1, 'applied');
+  t.same(r.discovered(), ['10.0.0.1:6443'], 'only the ordinary address is used');
+  t.same(r.live(), ['10.0.0.1:6443', '10.99.0.1:6443'], 'the pool holds the seed and that one address, nothing else');
+  const warn = r.lines.find((l) => l.event === 'discovery_refused');
+  t.ok(warn, 'refusals are logged at warn');
+  const refused = (warn?.refused as string[]) ?? [];
+  for (const want of [/169\.254\.169\.254:6443 is a link-local/, /127\.0\.0\.5:6443 is a loopback/, /224\.0\.0\.1:6443 is a multicast/, /255\.255\.255\.255:6443 is a broadcast/,
+    /0\.0\.0\.0:6443 is an unspecified/, /^127\.0\.0\.1:6443 is apilb's own listener$/, /127\.0\.0\.1:9643 is apilb's own listener/, /\[fe80::1\]:6443 is a link-local/, /\[ff02::1\]:6443 is a multicast/, /\[::\]:6443 is an unspecified/]) {
+    t.ok(refused.some((x) => want.test(x)), `refused: ${want}`);
+  }
+});
+
+t.test('a watch answered 410 every time backs off exponentially instead of re-listing in a hot loop', async (t) => {
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2'), port) });
+  r.cluster.watchStatus = 410;
+  await until(() => r.d.stats.state === 'backoff', 'backing off after the second 410 in a row');
+  const count = () => r.cluster.requests.length;
+  t.equal(count(), 4, 'LIST, WATCH (410), LIST at once, WATCH (410): then wait');
+  t.equal(r.d.stats.relists, 2);
+  // backoffBaseMs 1000, random 0.5 (no jitter): 2 s, 4 s, 8 s ... capped at 30 s.
+  const delays = [2000, 4000, 8000, 16000, 30000, 30000];
+  for (const [i, ms] of delays.entries()) {
+    r.clock.advance(ms - 1);
+    await new Promise((res) => setImmediate(res));
+    t.equal(count(), 4 + 2 * i, `nothing before ${ms} ms`);
+    r.clock.advance(1);
+    await until(() => count() === 6 + 2 * i && r.d.stats.state === 'backoff', `re-list #${i + 3} after ${ms} ms`);
+  }
+  t.equal(r.cluster.requests.filter((q) => q.kind === 'list').length, 8, '8 LISTs in 92 s of 410s, not thousands');
+  // A working watch ends the streak: the next 410 re-lists at once again.
+  r.cluster.watchStatus = 0;
+  r.clock.advance(30_000);
+  await until(() => r.cluster.openWatches === 1, 'watching again');
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), r.port);
+  await r.caughtUp();
+  r.cluster.goneAsEvent = true;
+  r.cluster.expireWatches();
+  await until(() => r.cluster.openWatches === 1, 're-listed at once after a single 410');
+});
+
+t.test('a 20 KB resourceVersion (431 on every watch) leads to a re-list with backoff, not a watch retried forever', async (t) => {
+  const r = await rig(t, { setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2'), port) });
+  r.cluster.listResourceVersion = '9'.repeat(20_000);
+  await until(() => r.d.stats.state === 'backoff', 'backing off after the refused watch');
+  t.equal(r.d.stats.lists, 1);
+  t.match(r.d.stats.lastError, /WATCH: HTTP 431/);
+  t.same(r.discovered(), [`127.0.0.2:${r.port}`], 'the LIST itself was applied');
+  r.clock.advance(1000);
+  await until(() => r.d.stats.lists === 2, 'the next attempt is a LIST');
+  await until(() => r.d.stats.state === 'backoff', 'backing off again');
+  r.cluster.listResourceVersion = undefined;
+  r.clock.advance(2000);
+  await until(() => r.d.stats.lists === 3 && r.cluster.openWatches === 1, 'watching once the resourceVersion is sane');
+});
+
+/**
+ * A dialer that records every backend apilb dials and connects only to `allowed` ones; any other is refused
+ * without a connect, so a test can never reach an address it did not mean to (nor loop into apilb itself).
+ */
+function recordingDialer(allowed: ReadonlySet<string>): { dial: Dialer; dialed: string[] } {
+  const dialed: string[] = [];
+  const dial: Dialer = (backend, onread) => {
+    dialed.push(backend.id);
+    if (!allowed.has(backend.id)) {
+      const s = new NetSocket();
+      process.nextTick(() => s.destroy(Object.assign(new Error('refused by the test dialer'), { code: 'ECONNREFUSED' })));
+      return s;
+    }
+    return netConnect({ host: backend.address.host, port: backend.address.port, allowHalfOpen: true, ...(onread ? { onread } : {}) });
+  };
+  return { dial, dialed };
+}
+
+t.test('daemon: EndpointSlices naming apilb itself in any spelling never reach the dialer', async (t) => {
+  const cluster = new FakeCluster();
+  const standIns = await startApiStandIns(cluster, ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
+  t.teardown(() => Promise.all(standIns.map((s) => s.close())));
+  const p = standIns[0]!.port;
+  cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), p);
+  const legit = new Set([`127.0.0.2:${p}`, `127.0.0.3:${p}`]);
+  const { dial, dialed } = recordingDialer(legit);
+  const d = await daemon(t, [`127.0.0.2:${p}`], writeKubeconfig(t), tmp(t, 'apilb-state-'), { debounceMs: 0 }, { dial });
+  const own = (d.listeners[0]!.address() as { port: number }).port;
+  const admin = parseAddress(d.adminAddress).port;
+  await until(() => d.discovery!.stats.applied === 1 && cluster.openWatches === 1, 'watching');
+  cluster.setSlice('self-v4', eps('127.0.0.1'), own);
+  cluster.setSlice('self-v6', eps('::ffff:127.0.0.1', '::ffff:7f00:1', '0:0:0:0:0:ffff:7f00:1'), own, 'IPv6');
+  cluster.setSlice('admin', eps('::ffff:127.0.0.1'), admin, 'IPv6');
+  cluster.setSlice('wildcard', eps('0.0.0.0'), own);
+  await until(() => d.discovery!.stats.resourceVersion === cluster.resourceVersion, 'caught up');
+  for (let i = 0; i < 10; i++) t.match(await apiClient(t, d).whoami(), /127\.0\.0\.[23]/, 'answered by a stand-in');
+  t.same([...new Set(dialed)].sort(), [...legit].sort(), 'only the two stand-ins were ever dialed');
+  t.same(d.pool.backends.map((b) => b.id).sort(), [...legit].sort(), 'and only they are in the pool');
+  t.ok(d.proxy.counters.accepted < 40, `no loop: ${d.proxy.counters.accepted} connections accepted for 10 requests and discovery`);
+});
+
+t.test('state file: a symlink planted at the temporary name is never followed (exclusive creation)', async (t) => {
+  const dir = tmp(t, 'apilb-state-');
+  const outside = tmp(t, 'apilb-victim-');
+  const victim = join(outside, 'victim');
+  writeFileSync(victim, 'precious\n');
+  // The temporary name is predictable (pid and a per-process sequence): plant links for the next 200 writes.
+  for (let seq = 1; seq <= 200; seq++) symlinkSync(victim, join(dir, `.endpoints.json.${process.pid}.${seq}.tmp`));
+  await saveStateFile(dir, [parseAddress('10.0.0.7:6443')], caFingerprints(ca.cert));
+  t.equal(readFileSync(victim, 'utf8'), 'precious\n', 'the symlink target is untouched');
+  const r = loadStateFile(dir, caFingerprints(ca.cert));
+  t.equal(r.result, 'loaded', 'the state file itself was written');
+  t.notOk(lstatSync(join(dir, 'endpoints.json')).isSymbolicLink(), 'endpoints.json is a regular file, not the planted link');
+});
+
+t.test('daemon: a DNS name or seed naming apilb itself in another spelling is never dialed (no loop)', async (t) => {
+  const backend = createNetServer((s: Socket) => s.pipe(s));
+  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => backend.close(() => r())));
+  const good = `127.0.0.1:${(backend.address() as { port: number }).port}`;
+  const listener = createListener();
+  await bindListener(listener, { host: '127.0.0.1', port: 0 });
+  const own = (listener.address() as { port: number }).port;
+  const { dial, dialed } = recordingDialer(new Set([good]));
+  const config = resolveConfig({
+    flags: { listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', backends: [good, `[::ffff:7f00:1]:${own}`, `self.example:${own}`], healthCheckMode: 'tcp', logLevel: 'silent' },
+    env: {},
+  });
+  const { logger, lines } = captureLogger('info');
+  const d = await startDaemon(config, { logger, dial, listeners: [listener], resolver: async () => [{ address: '::ffff:127.0.0.1', family: 6 }] });
+  t.teardown(() => d.close(0));
+  t.same(d.pool.backends.map((b) => b.id), [good], 'only the real backend is in the pool');
+  t.match(String(lines.find((l) => l.event === 'backend_is_self')?.msg), new RegExp(`127\\.0\\.0\\.1:${own}`), 'said so');
+  for (let i = 0; i < 5; i++) {
+    const c = await dialPort(own);
+    c.write('ping');
+    t.equal((await readBytes(c, 4)).toString(), 'ping');
+    c.destroy();
+  }
+  t.same([...new Set(dialed)], [good], 'only the real backend was ever dialed');
+});
+

@@ -448,8 +448,9 @@ t.test('backend→client bytes stay exact with many concurrent streams, fast and
 });
 
 t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and serves again when fds are free', async (tt) => {
-  // A real apilb process with a file-descriptor limit of 64: 80 clients exhaust it, so accept() and every dial
-  // to the backend (client dials and health checks every 200 ms) fail with EMFILE for a while.
+  // A real apilb process with a file-descriptor limit of 64: 80 admin clients exhaust it, so accept() and every
+  // dial to the backend (client dials and health checks every 200 ms) fail with EMFILE for a while. (Data-path
+  // clients no longer can: --max-connections is capped below the descriptor limit, see hostile-clients.test.ts.)
   const [srv] = await servers(tt, echoServer());
   const { spawn } = await import('node:child_process');
   const { readdirSync } = await import('node:fs');
@@ -466,7 +467,7 @@ t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and
   const admin = started[2]!;
   const socks: Socket[] = [];
   for (let i = 0; i < 80; i++) {
-    const s = connect({ port, host: '127.0.0.1' });
+    const s = connect({ port: Number(admin.split(':').pop()), host: '127.0.0.1' });
     s.on('error', () => {});
     socks.push(s);
   }

@@ -6,7 +6,7 @@
 import t from 'tap';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { fetchStatus, formatAge, formatBytes, formatStatus, type StatusBackend, type StatusDoc } from '../src/admin/status.js';
+import { fetchStatus, formatAge, formatBytes, formatStatus, MAX_STATUS_BYTES, terminalSafe, type StatusBackend, type StatusDoc } from '../src/admin/status.js';
 import { hasCode } from '../src/errors.js';
 
 const NOW = Date.parse('2026-01-01T12:00:00.000Z');
@@ -123,4 +123,65 @@ t.test('fetchStatus: a server that never answers times out', async (tt) => {
   });
   const port = (server.address() as AddressInfo).port;
   await tt.rejects(fetchStatus(`127.0.0.1:${port}`, 200), { code: 'APILB_ERR_ADMIN_UNREACHABLE', message: /no answer within 200 ms/ });
+});
+
+// ---- Hostile input (issue 19, finding 7) ----
+
+const ESC = '\x1b';
+const HOSTILE: Array<{ name: string; text: string }> = [
+  { name: 'colour and clear-screen escapes', text: `${ESC}[2J${ESC}[31mREADY${ESC}[0m` },
+  { name: 'OSC 52 clipboard write', text: `${ESC}]52;c;cm0gLXJmIH4=\x07` },
+  { name: 'one-byte CSI (C1)', text: '\x9b2J' },
+  { name: 'carriage return overwriting the line', text: 'down\rup  ' },
+  { name: 'bidi override', text: 'ok \u202egnissap\u202c' },
+  { name: 'DEL and NUL', text: 'a\x7fb\x00c' },
+];
+
+t.test('formatStatus: control characters from backends (/readyz bodies, reasons, errors) are shown escaped, never sent', async (tt) => {
+  for (const h of HOSTILE) {
+    const out = formatStatus(
+      doc({
+        readyReason: h.text,
+        backends: [backend({ address: `10.0.0.1:6443${h.text}`, reason: h.text, lastCheck: { result: 'status', status: 500, latencyMs: 3, error: h.text, at: '2026-01-01T00:00:00.000Z' } })],
+      }),
+      Date.parse('2026-01-01T00:01:00.000Z'),
+    );
+    tt.notOk(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/.test(out), `${h.name}: no control character reaches the terminal`);
+    tt.ok(out.includes(terminalSafe(h.text)), `${h.name}: shown escaped (${terminalSafe(h.text)})`);
+  }
+});
+
+t.test('fetchStatus: --json output escapes them too; an endless answer is cut at MAX_STATUS_BYTES', async (tt) => {
+  const hostileDoc = doc({ readyReason: HOSTILE.map((h) => h.text).join(' '), backends: [] });
+  let sent = 0;
+  const server = createServer((req, res) => {
+    if (req.url !== '/status') return res.end();
+    res.writeHead(200, { 'content-type': 'application/json' });
+    if (endless) {
+      const chunk = Buffer.alloc(64 * 1024, 0x20);
+      const pump = () => {
+        while (!res.destroyed && sent < 64 * MAX_STATUS_BYTES && res.write(chunk)) sent += chunk.length;
+        if (!res.destroyed && sent < 64 * MAX_STATUS_BYTES) res.once('drain', pump);
+      };
+      res.write('{"backends": [');
+      pump();
+      return;
+    }
+    res.end(JSON.stringify(hostileDoc));
+  });
+  let endless = false;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  tt.teardown(() => {
+    server.closeAllConnections();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const port = (server.address() as AddressInfo).port;
+  const { raw, doc: got } = await fetchStatus(`127.0.0.1:${port}`);
+  tt.notOk(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/.test(raw), 'raw JSON holds no control character');
+  tt.equal(JSON.parse(raw).readyReason, got.readyReason, 'and is still the same document');
+  endless = true;
+  const err = await fetchStatus(`127.0.0.1:${port}`, 10_000).catch((e: unknown) => e);
+  tt.ok(hasCode(err, 'APILB_ERR_ADMIN_UNREACHABLE'));
+  tt.match((err as Error).message, /larger than 4194304 bytes/);
+  tt.ok(sent < 16 * MAX_STATUS_BYTES, `stopped reading: the server got to write ${sent} bytes, not 256 MiB`);
 });

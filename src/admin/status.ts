@@ -145,6 +145,30 @@ export function buildStatus(input: StatusInput): StatusDoc {
   };
 }
 
+/** Largest /status answer `apilb status` reads (a document for 64 backends is ~100 KiB). */
+export const MAX_STATUS_BYTES = 4 << 20;
+
+// C0 controls, DEL, C1 controls (0x9b is a one-byte CSI) and the bidirectional overrides that reorder text.
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+const UNSAFE_IN_JSON = /[\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * Makes text that came from elsewhere (a backend's /readyz body, an error message, a discovered address) safe to
+ * print on a terminal: every control character is shown escaped (`\x1b`, `\u202e`) instead of being sent raw.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(UNSAFE, (c) => {
+    const n = c.charCodeAt(0);
+    return n <= 0xff ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u${n.toString(16).padStart(4, '0')}`;
+  });
+}
+
+/** JSON of `doc` with every character {@link terminalSafe} escapes written as a `\uXXXX` escape (still valid JSON). */
+export function terminalSafeJson(doc: unknown): string {
+  // JSON.stringify already escapes C0 controls inside strings; the ones left are its own indentation newlines.
+  return JSON.stringify(doc, null, 2).replace(UNSAFE_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`) + '\n';
+}
+
 /** `1h02m`, `3m05s`, `42s`: an age for humans. Negative ages (clock skew) print as `0s`. */
 export function formatAge(seconds: number): string {
   const s = Math.max(0, Math.floor(seconds));
@@ -167,6 +191,7 @@ export function formatBytes(n: number): string {
 }
 
 function table(rows: string[][]): string {
+  rows = rows.map((r) => r.map(terminalSafe));
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
 }
@@ -188,6 +213,7 @@ export function formatStatus(doc: StatusDoc, now: number): string {
   ];
   if (doc.panic) head.push('PANIC: no backend is eligible; every backend is tried for each connection');
   if (doc.credentials?.missing.length) head.push(`CREDENTIALS: not there yet (${doc.credentials.identity} in use): ${doc.credentials.missing.join(', ')}`);
+  for (let i = 0; i < head.length; i++) head[i] = terminalSafe(head[i]!);
   const rows: string[][] = [['BACKEND', 'STATE', 'FOR', 'CHECK', 'ACTIVE', 'TOTAL', 'FAILED', 'IN/OUT', 'REASON']];
   for (const b of doc.backends) {
     const failed = Object.values(b.connectFailures).reduce((a, n) => a + n, 0);
@@ -209,8 +235,9 @@ export function formatStatus(doc: StatusDoc, now: number): string {
 
 /**
  * Reads GET /status from the admin endpoint at `admin` (`HOST:PORT`; a wildcard host is reached on loopback).
- * Rejects with APILB_ERR_ADMIN_UNREACHABLE when nothing answers within `timeoutMs` (default 3000; must be > 0)
- * or the answer is not a /status document.
+ * Rejects with APILB_ERR_ADMIN_UNREACHABLE when nothing answers within `timeoutMs` (default 3000; must be > 0),
+ * the answer is larger than {@link MAX_STATUS_BYTES} or is not a /status document. `raw` is the document as JSON
+ * with terminal control characters escaped (see {@link terminalSafeJson}), not the bytes received.
  */
 export function fetchStatus(admin: string, timeoutMs = 3000): Promise<{ doc: StatusDoc; raw: string }> {
   let address: Address;
@@ -227,7 +254,17 @@ export function fetchStatus(admin: string, timeoutMs = 3000): Promise<{ doc: Sta
     }
     const req = httpGet(url, { timeout: timeoutMs }, function onStatusResponse(res) {
       const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > MAX_STATUS_BYTES) {
+          res.destroy();
+          req.destroy();
+          unreachable(`the answer is larger than ${MAX_STATUS_BYTES} bytes`);
+          return;
+        }
+        chunks.push(c);
+      });
       res.on('error', (err) => unreachable(err.message));
       res.on('end', function onStatusEnd() {
         const raw = Buffer.concat(chunks).toString('utf8');
@@ -235,7 +272,7 @@ export function fetchStatus(admin: string, timeoutMs = 3000): Promise<{ doc: Sta
         try {
           const doc = JSON.parse(raw) as StatusDoc;
           if (!Array.isArray(doc.backends)) return unreachable('the answer is not an apilb /status document');
-          resolve({ doc, raw });
+          resolve({ doc, raw: terminalSafeJson(doc) });
         } catch {
           unreachable('the answer is not JSON');
         }

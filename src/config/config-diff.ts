@@ -10,10 +10,11 @@ import { formatAddress, formatDuration, type Address } from './values.js';
 /**
  * Options a running daemon cannot change: bound sockets (listen, adminListen), the pool's state-machine
  * thresholds (rise, fall), EndpointSlice discovery's wiring (discoverEndpointslices, kubeconfig's use there,
- * stateDir), the TLS server name already stamped on existing backends, and balancing (pick policy, rebalancer).
+ * stateDir, discoveryAllowLocal), the TLS server name already stamped on existing backends, and balancing (pick policy,
+ * rebalancer).
  */
 export const RESTART_REQUIRED: ReadonlySet<string> = new Set([
-  'listen', 'adminListen', 'metricsListen', 'rise', 'fall', 'discoverEndpointslices', 'stateDir', 'tlsServerName',
+  'listen', 'adminListen', 'metricsListen', 'rise', 'fall', 'discoverEndpointslices', 'stateDir', 'tlsServerName', 'discoveryAllowLocal',
   'balance', 'rebalance', 'rebalanceInterval', 'rebalanceTolerance', 'rebalanceMaxMovesPercent', 'rebalanceMinAge', 'rebalanceQuiet',
 ]);
 

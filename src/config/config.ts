@@ -76,6 +76,14 @@ export interface Config {
   rebalanceMinAge: number;
   /** Default 1000 ms. */
   rebalanceQuiet: number;
+  /** Default 10000 ms; 0 disables. */
+  clientHelloTimeout: number;
+  /** Default 16 MiB; 0 = no process-wide bound on replay bytes. */
+  replayBufferTotal: number;
+  /** Default false. */
+  discoveryAllowLocal: boolean;
+  /** Comma-separated extra Host names of admin requests. */
+  adminAllowedHosts?: string;
   /** The config file this came from, if any (reload re-reads it). */
   configFile?: string;
   /**

@@ -55,7 +55,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'connectTimeout', flag: 'connect-timeout', kind: 'duration', default: '1s', min: 1, group: G_DATA,
     describe: 'TCP connect timeout per backend attempt; the next backend is tried after it' },
   { key: 'firstByteTimeout', flag: 'first-byte-timeout', kind: 'duration', default: '1s', min: 0, group: G_DATA,
-    describe: 'time a backend has to send its first byte after the client spoke before apilb replays the client\'s opening bytes to the next backend; 0 disables' },
+    describe: 'time a backend has to send its first byte after the client\'s opening message (TLS ClientHello) is complete before apilb replays the client\'s opening bytes to the next backend; 0 disables' },
   { key: 'maxConnections', flag: 'max-connections', kind: 'int', default: 10000, min: 1, group: G_DATA,
     describe: 'client connections allowed at once; excess ones are closed at once and counted' },
   { key: 'healthCheckMode', flag: 'health-check-mode', kind: 'enum', choices: ['https', 'tcp'], default: 'https', group: G_HEALTH,
@@ -114,6 +114,14 @@ export const OPTIONS: readonly OptionSpec[] = [
     describe: 'a connection younger than this is never moved' },
   { key: 'rebalanceQuiet', flag: 'rebalance-quiet', kind: 'duration', default: '1s', min: 10, group: G_BAL,
     describe: 'a connection is moved only after this long without bytes either way, the last ones from the API server and sent at least this long after the client\'s' },
+  { key: 'clientHelloTimeout', flag: 'client-hello-timeout', kind: 'duration', default: '10s', min: 0, group: G_DATA,
+    describe: 'time a client has after connecting to send its complete opening message (TLS ClientHello); idle or stalled clients are closed so they cannot hold --max-connections slots; 0 disables' },
+  { key: 'replayBufferTotal', flag: 'replay-buffer-total', kind: 'int', default: 16777216, min: 0, group: G_DATA,
+    describe: 'bytes of client opening messages kept for first-byte replay by all connections together; past it new bytes are not kept and the connection commits to its backend without replay; 0 = no bound' },
+  { key: 'discoveryAllowLocal', flag: 'discovery-allow-local', kind: 'bool', default: false, group: G_DISC,
+    describe: 'accept loopback and link-local (169.254.0.0/16, fe80::/10) addresses from EndpointSlices; apilb\'s own listeners, multicast, broadcast and unspecified addresses are refused regardless' },
+  { key: 'adminAllowedHosts', flag: 'admin-allowed-hosts', kind: 'string', group: G_OPS,
+    describe: 'comma-separated extra names accepted in the Host header of admin requests (loopback names and the admin address are always accepted; anything else gets 421, against DNS rebinding)' },
 ];
 
 /** Looks up an option by its config key. */

@@ -21,6 +21,7 @@ import { loadTlsMaterial } from '../config/tls.js';
 import { formatAddress, type Address } from '../config/values.js';
 import { ApilbError, OptionError } from '../errors.js';
 import { createLogger, type Logger } from '../logging.js';
+import { AddressPolicy, canonicalAddress } from './address-policy.js';
 import type { BackendSet } from './backend-set.js';
 import { caFingerprints, loadStateFile, saveStateFile } from './state-file.js';
 import { VERSION } from '../version.js';
@@ -52,19 +53,24 @@ export interface SliceBackends {
   backends: Address[];
   /** Human-readable reasons for entries that were left out (not counting not-ready endpoints). */
   skipped: string[];
+  /** The part of `skipped` refused by the address policy (own listeners, loopback, link-local, multicast...). */
+  refused: string[];
   /** Endpoints left out because `conditions.ready` is false. */
   notReady: number;
 }
 
 /**
  * Turns EndpointSlices into backend addresses: every address of every endpoint whose `conditions.ready` is not
- * false (unset means ready, as the API defines), times every port named `https`. Addresses in `exclude`
- * (apilb's own listeners: following them would loop) and malformed entries are left out and reported.
+ * false (unset means ready, as the API defines), times every port named `https`, in canonical spelling.
+ * Addresses the `policy` refuses (apilb's own listeners: following them would loop; loopback, link-local,
+ * multicast... see address-policy.ts) and malformed entries are left out and reported. A list of addresses as
+ * `policy` means the strict policy with those as apilb's own listeners.
  */
-export function backendsFromSlices(slices: Iterable<EndpointSlice>, exclude: readonly Address[] = []): SliceBackends {
-  const excluded = new Set(exclude.map(formatAddress));
+export function backendsFromSlices(slices: Iterable<EndpointSlice>, policy: AddressPolicy | readonly Address[] = []): SliceBackends {
+  const guard = policy instanceof AddressPolicy ? policy : new AddressPolicy({ own: policy });
   const byId = new Map<string, Address>();
   const skipped: string[] = [];
+  const refused: string[] = [];
   let notReady = 0;
   for (const slice of slices) {
     const name = slice.metadata?.name ?? '(unnamed)';
@@ -93,28 +99,25 @@ export function backendsFromSlices(slices: Iterable<EndpointSlice>, exclude: rea
       }
       for (const host of ep.addresses ?? []) {
         const family = isIP(host);
-        if ((type === 'IPv4' && family !== 4) || (type === 'IPv6' && family !== 6) || isUnspecified(host)) {
+        if ((type === 'IPv4' && family !== 4) || (type === 'IPv6' && family !== 6)) {
           skipped.push(`slice ${name}: "${host}" is not a usable ${type} address`);
           continue;
         }
         for (const port of ports) {
-          const a = { host, port };
-          const id = formatAddress(a);
-          if (excluded.has(id)) {
-            skipped.push(`${id} is apilb's own listener`);
+          const a = canonicalAddress({ host, port });
+          const why = guard.refusal(a);
+          if (why) {
+            skipped.push(why);
+            refused.push(why);
             continue;
           }
-          byId.set(id, a);
+          byId.set(formatAddress(a), a);
         }
       }
     }
   }
   const backends = [...byId.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, a]) => a);
-  return { backends, skipped, notReady };
-}
-
-function isUnspecified(host: string): boolean {
-  return host === '0.0.0.0' || host === '::' || /^0*:(0*:)*0*$/.test(host);
+  return { backends, skipped, refused: [...new Set(refused)], notReady };
 }
 
 /**
@@ -226,13 +229,16 @@ export interface EndpointSliceDiscoveryOptions extends DiscoveryTuning {
   tls: DiscoveryTls;
   /** Directory of `endpoints.json`. Default none (nothing persisted or loaded). */
   stateDir?: string;
-  /** Addresses never used as backends (apilb's own listeners). Default none. */
+  /** apilb's own listeners (data and admin): never used as backends, in any spelling. Default none. */
   exclude?: readonly Address[];
+  /** Accept loopback and link-local addresses from the slices (`--discovery-allow-local`). Default false. */
+  allowLocal?: boolean;
   /** Default a silent logger. */
   logger?: Logger;
 }
 
-type Outcome = 'ok' | 'error' | 'gone';
+/** `gone`: 410, re-list. `relist`: the server refused the watch itself (4xx, e.g. 431 for a huge resourceVersion). */
+type Outcome = 'ok' | 'error' | 'gone' | 'relist';
 
 interface WatchEvent {
   type?: string;
@@ -272,7 +278,8 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
   readonly minWatchMs: number;
   readonly maxBackends: number;
   private readonly backendSet: BackendSet;
-  private readonly exclude: readonly Address[];
+  /** Which discovered addresses may become backends (own listeners never; loopback/link-local on opt-in). */
+  readonly policy: AddressPolicy;
   private readonly clock: Clock;
   private readonly random: () => number;
   private readonly log: Logger;
@@ -284,6 +291,8 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
   private loop: Promise<void> | undefined;
   private abort: AbortController | undefined;
   private failures = 0;
+  /** Re-lists forced since the last watch that delivered something (410 loops, refused watches). */
+  private relistStreak = 0;
   private debounceTimer: TimerHandle | undefined;
   private pendingSince: number | undefined;
   private appliedFromApi = false;
@@ -292,6 +301,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
   private persistChain: Promise<void> = Promise.resolve();
   private wakeSleep: (() => void) | undefined;
   private lastRejectReason: string | undefined;
+  private lastRefused = '';
   private lastLoggedError: string | undefined;
   private readonly token: (() => string | undefined) | undefined;
 
@@ -308,7 +318,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     this.backendSet = options.backendSet;
     this.target = options.target;
     this.stateDir = options.stateDir || undefined;
-    this.exclude = options.exclude ?? [];
+    this.policy = new AddressPolicy({ own: options.exclude ?? [], allowLocal: options.allowLocal ?? false });
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
     this.log = (options.logger ?? createLogger('silent')).child({ component: 'endpointslices' });
@@ -390,8 +400,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       this.log.warn({ event: 'discovery_state_ignored', file, reason: r.reason }, `ignoring ${file}: it ${r.reason}`);
       return;
     }
-    const excluded = new Set(this.exclude.map(formatAddress));
-    const list = r.backends.filter((a) => !excluded.has(formatAddress(a))).sort(byAddress);
+    const list = r.backends.map(canonicalAddress).filter((a) => this.policy.refusal(a) === undefined).sort(byAddress);
     const why = implausibleReason(list, this.maxBackends);
     if (why) {
       this.stats.stateFile = 'implausible';
@@ -414,16 +423,21 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       const outcome = this.stats.resourceVersion === '' ? await this.list() : await this.watch();
       if (this.closed) break;
       if (outcome === 'error') await this.backoff();
-      else if (outcome === 'gone') {
+      else if (outcome === 'gone' || outcome === 'relist') {
         this.stats.relists++;
         this.stats.resourceVersion = '';
+        this.relistStreak++;
+        // One 410 is routine (history compacted): re-list at once. 410 again and again without a useful watch in
+        // between, or a watch the server refuses outright, backs off exponentially instead of a hot loop.
+        if (outcome === 'relist' || this.relistStreak > 1) await this.backoff(this.relistStreak - 1);
       }
     }
   }
 
-  private async backoff(): Promise<void> {
-    const base = Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** Math.min(this.failures, 30));
-    this.failures++;
+  /** Sleeps `backoffBaseMs × 2^step` (default step: consecutive failures), capped at backoffMaxMs, jittered ±50%. */
+  private async backoff(step?: number): Promise<void> {
+    const n = step ?? this.failures++;
+    const base = Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** Math.min(n, 30));
     const delay = jitter(base, 0.5, this.random);
     this.stats.state = 'backoff';
     this.emit('failure', { error: this.stats.lastError, retryInMs: delay });
@@ -534,7 +548,10 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       if (res.statusCode !== 200) {
         const body = await readText(res.body, 4096).catch(() => '');
         this.stats.watchRestarts++;
-        return this.fail('WATCH', `HTTP ${res.statusCode}${statusMessage(body)}`, statusHint(res.statusCode));
+        this.fail('WATCH', `HTTP ${res.statusCode}${statusMessage(body)}`, statusHint(res.statusCode));
+        // A 4xx refuses this watch request itself (e.g. 431: a resourceVersion too large for the server's
+        // header limit): retrying it unchanged can never work, a fresh LIST can.
+        return res.statusCode >= 400 && res.statusCode < 500 ? 'relist' : 'error';
       }
       // Reachable, but the backoff only resets once the watch proves useful (an event, or a full-length watch):
       // a server that accepts watches and closes them at once must still back off exponentially.
@@ -572,6 +589,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       return this.fail('WATCH', 'the watch ended at once without an event');
     }
     this.succeeded();
+    this.relistStreak = 0;
     this.log.debug({ event: 'discovery_watch_ended', events: delivered, resourceVersion: this.stats.resourceVersion }, 'watch ended; resuming');
     return 'ok';
   }
@@ -599,6 +617,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     }
     if (!obj || typeof rv !== 'string' || rv === '') return this.fail('WATCH', `${ev.type} event without a resourceVersion`);
     this.succeeded();
+    this.relistStreak = 0;
     switch (ev.type) {
       case 'BOOKMARK':
         this.stats.resourceVersion = rv;
@@ -638,8 +657,14 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
   }
 
   private applyNow(): void {
-    const { backends, skipped, notReady } = backendsFromSlices(this.slices.values(), this.exclude);
+    const { backends, skipped, refused, notReady } = backendsFromSlices(this.slices.values(), this.policy);
     if (skipped.length) this.log.debug({ event: 'discovery_skipped', skipped }, `left out of the discovered list: ${skipped.join('; ')}`);
+    const refusedKey = refused.join('\n');
+    if (refused.length && refusedKey !== this.lastRefused) {
+      // Said loudly once per change: EndpointSlices naming loopback or the metadata service are misconfigured or hostile.
+      this.log.warn({ event: 'discovery_refused', code: 'APILB_ERR_DISCOVERY', refused }, `EndpointSlices name addresses apilb refuses as backends: ${refused.join('; ')}`);
+    }
+    this.lastRefused = refusedKey;
     const why = implausibleReason(backends, this.maxBackends);
     if (why) {
       this.stats.rejected++;
@@ -685,7 +710,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
 }
 
 /** What {@link discoveryOptionsFromConfig} derives from the configuration. */
-export type DiscoveryConfigOptions = Pick<EndpointSliceDiscoveryOptions, 'target' | 'tls' | 'stateDir' | 'exclude'>;
+export type DiscoveryConfigOptions = Pick<EndpointSliceDiscoveryOptions, 'target' | 'tls' | 'stateDir' | 'exclude' | 'allowLocal'>;
 
 /**
  * Derives target, TLS and state directory from the configuration and the bound listeners: the first listener
@@ -712,7 +737,8 @@ export function discoveryOptionsFromConfig(config: Config, listeners: readonly S
     tls.cert = m.cert;
     tls.key = m.key;
   }
-  const out: DiscoveryConfigOptions = { target: { host, port: first.port }, tls, exclude: bound };
+  // The admin address too: its configured port, since it may be bound only later (bind retries).
+  const out: DiscoveryConfigOptions = { target: { host, port: first.port }, tls, exclude: [...bound, config.adminListen], allowLocal: config.discoveryAllowLocal };
   const stateDir = config.stateDir ?? env.STATE_DIRECTORY?.split(':')[0];
   if (stateDir) out.stateDir = stateDir;
   return out;

@@ -107,7 +107,12 @@ export async function saveStateFile(dir: string, backends: readonly Address[], f
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const final = join(dir, STATE_FILE_NAME);
   const tmp = join(dir, `.${STATE_FILE_NAME}.${process.pid}.${++tmpSeq}.tmp`);
-  const fh = await open(tmp, 'w', 0o600);
+  // Exclusive creation: a temporary name planted in advance (a symlink to a file elsewhere) is removed, never
+  // followed; if something recreates it between the unlink and the open, the open fails instead of writing through it.
+  await unlink(tmp).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== 'ENOENT') throw e;
+  });
+  const fh = await open(tmp, 'wx', 0o600);
   try {
     await fh.writeFile(JSON.stringify(doc, null, 2) + '\n');
     await fh.sync();

@@ -62,6 +62,8 @@ export interface MetricsOptions {
    * applied (true before any). Default: none (reloads at 0, no DNS series, last reload successful).
    */
   counters?: { reloads?: ReadonlyMap<string, number>; dnsFailures?: ReadonlyMap<string, number>; lastReloadSuccessful?: () => boolean };
+  /** The admin endpoint: bound or not (its bind is retried), and failed binds so far. Default: not bound, 0. */
+  admin?: () => { listening: boolean; bindFailures: number };
   /** Readiness for `apilb_ready`. Default: always false. */
   readiness?: () => { ready: boolean };
   /** Number of bound client listeners for `apilb_listeners`. Default: 0. */
@@ -222,6 +224,9 @@ export function createMetrics(options: MetricsOptions): Metrics {
     byKey('name', [], options.counters?.dnsFailures),
   );
   readGauge(registry, 'apilb_listeners', 'Client listeners bound.', [], () => [[{}, options.listeners?.() ?? 0]]);
+  const admin = options.admin ?? (() => ({ listening: false, bindFailures: 0 }));
+  readGauge(registry, 'apilb_admin_listening', '1 when the admin endpoint is bound, 0 while its bind is being retried.', [], () => [[{}, admin().listening ? 1 : 0]]);
+  readCounter(registry, 'apilb_admin_bind_failures_total', 'Failed binds of the admin endpoint (retried with backoff; the data path serves regardless).', [], () => [[{}, admin().bindFailures]]);
   readGauge(registry, 'apilb_ready', '1 when /readyz answers 200.', [], () => [[{}, options.readiness?.().ready ? 1 : 0]]);
 
   // ---- EndpointSlice discovery (owner: src/discovery/endpointslices.ts; only with --discover-endpointslices) ----

@@ -232,6 +232,15 @@ export class Pool extends EventEmitter<PoolEvents> {
     this.emit('recheck', b);
   }
 
+  /**
+   * The data path suspects `b` without proof (a first-byte timeout: any client can make one look likely):
+   * counted under `reason` and an immediate re-check is asked for, but nothing counts toward `fall`.
+   */
+  reportSuspect(b: Backend, reason: string): void {
+    b.connectFailures.set(reason, (b.connectFailures.get(reason) ?? 0) + 1);
+    this.emit('recheck', b);
+  }
+
   /** Feeds one active check result into the state machine. */
   reportCheck(b: Backend, r: CheckResult): void {
     const rec: CheckRecord = { result: r.ok ? 'ok' : r.kind === 'status' ? 'status' : 'error', latencyMs: r.latencyMs, at: this.clock.now() };

@@ -13,6 +13,7 @@ import type { CloseReason, DialFailureReason } from './reasons.js';
 
 // The reason lists live in reasons.ts (one constant each: types and metric labels derive from it).
 export type { CloseReason, DialFailureReason } from './reasons.js';
+import { ClientOpening } from './client-opening.js';
 
 type Phase = 'dialing' | 'probing' | 'piping' | 'closed';
 
@@ -58,6 +59,10 @@ export class Connection {
   private readonly proxy: Proxy;
   private readonly tried = new Set<Backend>();
   private timer: TimerHandle | undefined;
+  /** Runs from the first backend connect until the client's opening message is complete (--client-hello-timeout). */
+  private helloTimer: TimerHandle | undefined;
+  /** Tracks the client's opening message; undefined once it is complete. */
+  private opening: ClientOpening | undefined = new ClientOpening();
   /** Client bytes kept for replay while probing; undefined once committed or past the bound. */
   private replay: Buffer[] | undefined = [];
   private replayBytes = 0;
@@ -97,6 +102,7 @@ export class Connection {
     this.onUpstreamDrain = this.onUpstreamDrain.bind(this);
     this.onUpstreamConnect = this.onUpstreamConnect.bind(this);
     this.onTimeout = this.onTimeout.bind(this);
+    this.onHelloTimeout = this.onHelloTimeout.bind(this);
     client.setNoDelay(true);
     client.setKeepAlive(true, proxy.keepAliveInitialDelay);
     client.on('error', this.onClientError);
@@ -153,6 +159,7 @@ export class Connection {
     up.on('drain', this.onUpstreamDrain);
     if (!this.clientAttached) {
       this.clientAttached = true;
+      if (this.proxy.clientHelloTimeout > 0) this.helloTimer = this.proxy.clock.setTimeout(this.onHelloTimeout, this.proxy.clientHelloTimeout);
       this.client.on('data', this.onClientData);
       this.client.on('end', this.onClientEnd);
       this.client.on('drain', this.onClientDrain);
@@ -161,12 +168,35 @@ export class Connection {
       this.commit();
     } else {
       this.phase = 'probing';
-      // Replay what an abandoned backend never answered; the timer restarts since the client has spoken.
+      // Replay what an abandoned backend never answered; the timer restarts once the client's opening is whole.
       for (const chunk of this.replay) up.write(chunk);
-      if (this.replayBytes > 0) this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.firstByteTimeout);
+      if (this.opening === undefined) this.startFirstByteTimer();
       if (this.clientEnded) up.end();
     }
     this.client.resume();
+  }
+
+  /**
+   * The first-byte timer runs only once the client's opening message is complete: a TLS server answers a
+   * ClientHello only when it has all of it, so silence before that is the client's doing, never the backend's.
+   */
+  private startFirstByteTimer(): void {
+    if (this.phase === 'probing' && this.replay !== undefined && this.timer === undefined) {
+      this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.firstByteTimeout);
+    }
+  }
+
+  /** The client did not complete its opening message in time: it holds a slot for nothing. */
+  private onHelloTimeout(): void {
+    this.helloTimer = undefined;
+    this.destroy('client_timeout');
+  }
+
+  private onOpeningComplete(): void {
+    this.opening = undefined;
+    this.proxy.clock.clearTimeout(this.helloTimer);
+    this.helloTimer = undefined;
+    this.startFirstByteTimer();
   }
 
   private onTimeout(): void {
@@ -204,10 +234,16 @@ export class Connection {
 
   private commit(): void {
     this.phase = 'piping';
-    this.replay = undefined;
-    this.replayBytes = 0;
+    this.dropReplay();
     this.proxy.clock.clearTimeout(this.timer);
     this.timer = undefined;
+  }
+
+  /** Releases the replay buffer and its share of the process-wide replay budget. */
+  private dropReplay(): void {
+    this.proxy.releaseReplay(this.replayBytes);
+    this.replay = undefined;
+    this.replayBytes = 0;
   }
 
   private onClientData(chunk: Buffer): void {
@@ -215,22 +251,28 @@ export class Connection {
     this.lastClientByteAt = this.proxy.clock.now();
     this.serverSpokeLast = false;
     if (this.phase === 'dialing') {
-      // Only reachable in the tick between a retry's pause() and the next dial: keep the bytes for replay.
-      this.replay?.push(chunk);
-      this.replayBytes += chunk.length;
+      // Only reachable in the tick between a retry's pause() and the next dial: keep the bytes for replay
+      // (taken from the budget unconditionally: the client cannot add more while paused).
+      if (this.replay !== undefined) {
+        this.replay.push(chunk);
+        this.replayBytes += chunk.length;
+        this.proxy.reserveReplay(chunk.length, true);
+      }
+      if (this.opening?.feed(chunk)) this.onOpeningComplete();
       this.client.pause();
       return;
     }
     if (this.phase === 'probing' && this.replay !== undefined) {
-      if (this.replayBytes + chunk.length <= this.proxy.firstByteBufferBytes) {
-        if (this.replayBytes === 0) this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.firstByteTimeout);
+      if (this.replayBytes + chunk.length <= this.proxy.firstByteBufferBytes && this.proxy.reserveReplay(chunk.length, false)) {
         this.replay.push(chunk);
         this.replayBytes += chunk.length;
       } else {
-        // Past the bound the connection can no longer be replayed: commit to this backend.
+        // Past the per-connection bound, or the process-wide one (--replay-buffer-total): the connection can no
+        // longer be replayed, so it commits to this backend.
         this.commit();
       }
     }
+    if (this.opening?.feed(chunk)) this.onOpeningComplete();
     if (up === undefined || this.upstreamClosed) return;
     if (!up.write(chunk)) this.client.pause();
   }
@@ -317,6 +359,8 @@ export class Connection {
 
   private onClientClose(): void {
     this.clientClosed = true;
+    // Nothing will be replayed for a client that is gone: give its bytes back to the budget now.
+    this.dropReplay();
     if (this.phase === 'dialing' && this.upstream) {
       // The client left while we were dialing: nothing to forward.
       this.upstream.destroy();
@@ -387,7 +431,9 @@ export class Connection {
     this.phase = 'closed';
     this.proxy.clock.clearTimeout(this.timer);
     this.timer = undefined;
-    this.replay = undefined;
+    this.proxy.clock.clearTimeout(this.helloTimer);
+    this.helloTimer = undefined;
+    this.dropReplay();
     this.proxy.finished(this, this.closeReason);
   }
 }

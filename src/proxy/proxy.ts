@@ -41,6 +41,18 @@ export interface ProxyOptions {
   firstByteTimeout?: number;
   /** Client bytes kept for replay before the backend's first byte. Default 16384; past it the connection commits. */
   firstByteBufferBytes?: number;
+  /**
+   * Replay bytes held by all connections together. Default 16 MiB (a real ClientHello is 0.5–2 KiB: room for
+   * thousands of handshakes at once); a connection whose next chunk would exceed it commits to its backend
+   * without replay (it keeps working, it just loses first-byte failover). 0 = no process-wide bound.
+   */
+  replayBufferTotal?: number;
+  /**
+   * Time a client has, from its first backend connect, to send its complete opening message (a TLS
+   * ClientHello); otherwise it is closed (reason `client_timeout`), so idle or stalled local sockets cannot hold
+   * `maxConnections` slots. Default 10000; 0 disables.
+   */
+  clientHelloTimeout?: number;
   /** Client connections at once; excess ones are closed at once. Default 10000; must be ≥ 1. */
   maxConnections?: number;
   /**
@@ -135,6 +147,12 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   firstByteTimeout: number;
   readonly firstByteBufferBytes: number;
   /** Changed only through {@link update}. */
+  replayBufferTotal: number;
+  /** Changed only through {@link update}. */
+  clientHelloTimeout: number;
+  /** Replay bytes held by all connections now (see {@link ProxyOptions.replayBufferTotal}). */
+  replayBytesInUse = 0;
+  /** Changed only through {@link update}. */
   maxConnections: number;
   /** Changed only through {@link update}. */
   drainTimeout: number;
@@ -160,6 +178,8 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.connectTimeout = num('connectTimeout', options.connectTimeout ?? 1000, 1);
     this.firstByteTimeout = num('firstByteTimeout', options.firstByteTimeout ?? 1000, 0);
     this.firstByteBufferBytes = num('firstByteBufferBytes', options.firstByteBufferBytes ?? 16384, 0);
+    this.replayBufferTotal = num('replayBufferTotal', options.replayBufferTotal ?? 16 << 20, 0);
+    this.clientHelloTimeout = num('clientHelloTimeout', options.clientHelloTimeout ?? 10_000, 0);
     this.maxConnections = num('maxConnections', options.maxConnections ?? 10000, 1);
     this.drainTimeout = num('drainTimeout', options.drainTimeout ?? 60000, 0);
     this.closeSpread = num('closeSpread', options.closeSpread ?? 30000, 0);
@@ -182,8 +202,10 @@ export class Proxy extends EventEmitter<ProxyEvents> {
    * OptionError and nothing changes. New values apply to the next dial, first-byte wait, accept and drain;
    * timers already running keep their old deadline, and open connections are never touched.
    */
-  update(options: Partial<Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread'>>): void {
+  update(options: Partial<Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread' | 'clientHelloTimeout' | 'replayBufferTotal'>>): void {
     const next = {
+      replayBufferTotal: num('replayBufferTotal', options.replayBufferTotal ?? this.replayBufferTotal, 0),
+      clientHelloTimeout: num('clientHelloTimeout', options.clientHelloTimeout ?? this.clientHelloTimeout, 0),
       connectTimeout: num('connectTimeout', options.connectTimeout ?? this.connectTimeout, 1),
       firstByteTimeout: num('firstByteTimeout', options.firstByteTimeout ?? this.firstByteTimeout, 0),
       maxConnections: num('maxConnections', options.maxConnections ?? this.maxConnections, 1),
@@ -195,6 +217,23 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.maxConnections = next.maxConnections;
     this.drainTimeout = next.drainTimeout;
     this.closeSpread = next.closeSpread;
+    this.clientHelloTimeout = next.clientHelloTimeout;
+    this.replayBufferTotal = next.replayBufferTotal;
+  }
+
+  /**
+   * @internal Takes `n` bytes from the process-wide replay budget; false (nothing taken) when it would exceed
+   * it. `force` takes them regardless (bytes already read that must not be lost).
+   */
+  reserveReplay(n: number, force: boolean): boolean {
+    if (!force && this.replayBufferTotal > 0 && this.replayBytesInUse + n > this.replayBufferTotal) return false;
+    this.replayBytesInUse += n;
+    return true;
+  }
+
+  /** @internal Gives replay bytes back to the budget. */
+  releaseReplay(n: number): void {
+    this.replayBytesInUse -= n;
   }
 
   /** Open client connections. */
@@ -287,7 +326,10 @@ export class Proxy extends EventEmitter<ProxyEvents> {
 
   /** @internal A dial attempt failed. */
   reportDialFailure(backend: Backend, reason: DialFailureReason, error: Error | undefined): void {
-    if (reason !== 'local_resources') this.pool.reportDialFailure(backend, reason);
+    // A first-byte timeout is a suspicion, not proof: the backend got a complete opening message and said
+    // nothing, which a busy API server can do too. It asks for a health check now; the check decides.
+    if (reason === 'first_byte_timeout') this.pool.reportSuspect(backend, reason);
+    else if (reason !== 'local_resources') this.pool.reportDialFailure(backend, reason);
     else inc(this.counters.localDialFailures, backend.id);
     const ev: DialFailureEvent = { backend, reason };
     if (error) ev.error = error;

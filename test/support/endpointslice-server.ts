@@ -63,6 +63,10 @@ export class FakeCluster {
   failLists = 0;
   /** Answer every LIST with this HTTP status (e.g. 403); 0 = normal. */
   listStatus = 0;
+  /** Answer every WATCH with this HTTP status (e.g. 410 forever); 0 = normal. */
+  watchStatus = 0;
+  /** resourceVersion LISTs report instead of the real one (e.g. 20 KB of digits); undefined = the real one. */
+  listResourceVersion: string | undefined;
 
   /** Current resourceVersion. */
   get resourceVersion(): string {
@@ -175,12 +179,13 @@ export class FakeCluster {
       const body = JSON.stringify({
         kind: 'EndpointSliceList',
         apiVersion: 'discovery.k8s.io/v1',
-        metadata: { resourceVersion: String(this.rv) },
+        metadata: { resourceVersion: this.listResourceVersion ?? String(this.rv) },
         items: [...this.slices.values()],
       });
       res.writeHead(200, { 'content-type': 'application/json' }).end(body);
       return;
     }
+    if (this.watchStatus) return sendStatus(res, this.watchStatus, 'Expired', 'injected watch status');
     if (this.failWatches > 0) {
       this.failWatches--;
       return sendStatus(res, 500, 'InternalError', 'injected watch failure');
