@@ -192,6 +192,15 @@ export class Connection {
     this.destroy('client_timeout');
   }
 
+  /**
+   * The backend spoke before the client's opening was complete (a server-speaks-first protocol, or an answer to a
+   * short plain-text opening): the conversation is under way, so the client is not idle.
+   */
+  private onServerSpoke(): void {
+    this.proxy.clock.clearTimeout(this.helloTimer);
+    this.helloTimer = undefined;
+  }
+
   private onOpeningComplete(): void {
     this.opening = undefined;
     this.proxy.clock.clearTimeout(this.helloTimer);
@@ -287,6 +296,7 @@ export class Connection {
 
   private onUpstreamData(chunk: Buffer): void {
     if (this.phase === 'probing') this.commit();
+    if (this.helloTimer !== undefined) this.onServerSpoke();
     this.lastServerByteAt = this.proxy.clock.now();
     this.serverSpokeLast = true;
     if (!this.client.write(chunk)) this.upstream!.pause();
@@ -299,6 +309,7 @@ export class Connection {
   /** Backend bytes read through onread; returning false stops reading until the client drains. */
   private onUpstreamRead(n: number, buf: Buffer): boolean {
     if (this.phase === 'probing') this.commit();
+    if (this.helloTimer !== undefined) this.onServerSpoke();
     this.lastServerByteAt = this.proxy.clock.now();
     this.serverSpokeLast = true;
     const c = this.client;
