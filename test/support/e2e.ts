@@ -40,7 +40,7 @@ export function requireBinary(tt: Test, name: string, debianPackage: string): st
   const p = findBinary(name);
   if (!p) {
     tt.fail(`!!! ${name} NOT FOUND${name.includes('/') ? '' : ` in PATH (${process.env.PATH ?? ''})`} — install the Debian package "${debianPackage}" ` +
-      `(.ci/run does); this end-to-end test cannot run without it !!!`);
+      `(npm test's pretest step, scripts/test-deps.sh, does as root); this end-to-end test cannot run without it !!!`);
   }
   return p;
 }
