@@ -17,7 +17,6 @@ import {
   type DiscoveryTuning,
 } from '../src/discovery/endpointslices.js';
 import { caFingerprints, loadStateFile, saveStateFile } from '../src/discovery/state-file.js';
-import { hasCode } from '../src/errors.js';
 import { createLogger } from '../src/logging.js';
 import { Pool } from '../src/pool/pool.js';
 import { AddressPolicy, canonicalHost } from '../src/discovery/address-policy.js';

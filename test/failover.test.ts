@@ -177,10 +177,11 @@ let netnsRun: Promise<Map<string, Outcome | Error>> | undefined;
 function netnsOutcome(name: string): Promise<Outcome> {
   netnsRun ??= (() => {
     const ns = `apilb-t-${process.pid}`;
-    createNetns(ns);
+    // Registered first: a namespace created by a half-failed createNetns is removed too.
     t.teardown(() => {
       spawnSync('ip', ['netns', 'del', ns]);
     });
+    createNetns(ns);
     return runInNetns(ns, SCENARIOS.filter((r) => r.netns).map((r) => r.scenario));
   })();
   return netnsRun.then((m) => {

@@ -19,7 +19,7 @@ import { Pool } from '../src/pool/pool.js';
 import { Proxy } from '../src/proxy/proxy.js';
 import { parseAddress } from '../src/config/values.js';
 import { VERSION } from '../src/version.js';
-import { closed, dial, echoServer, readBytes, until, type TestServer } from './support/net.js';
+import { dial, echoServer, readBytes, until, type TestServer } from './support/net.js';
 import { parseExposition, promtool } from './support/prom-text.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];

@@ -13,7 +13,7 @@
  *   one per request, and cannot starve the data path of CPU.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { isIP } from 'node:net';
+import { isIP, type Server as NetServer } from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
 import type { Address } from '../config/values.js';
 import { canonicalHost, classifyHost } from '../discovery/address-policy.js';
@@ -101,7 +101,7 @@ export class AdminServer {
 
   /** Binds to `address`. */
   async listen(address: Address): Promise<void> {
-    await bindListener(this.server as unknown as import('node:net').Server, address, 64, '--admin-listen');
+    await bindListener(this.server as unknown as NetServer, address, 64, '--admin-listen');
   }
 
   /** Replaces the extra Host names (configuration reload). */

@@ -28,7 +28,7 @@ export async function runDemo(input: ResolveInput, exit: (code: number) => void)
   }
   const d = daemon;
   installSignalHandlers(d, (code) => {
-    demo.close().finally(() => exit(code));
+    void demo.close().finally(() => exit(code));
   });
   // With --listen HOST:0 the kernel picks the port: point the kubeconfig at the address actually bound.
   const url = `https://${listenerAddress(d.listeners[0]!)}`;

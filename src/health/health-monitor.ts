@@ -94,7 +94,7 @@ function validate(o: HealthMonitorOptions | Settings, base?: Settings): Settings
     path: o.path ?? base?.path ?? '/readyz',
     interval: o.interval ?? base?.interval ?? 2000,
     timeout: o.timeout ?? base?.timeout ?? 1000,
-    tls: o.tls ?? base?.tls!,
+    tls: (o.tls ?? base?.tls)!,
     recheckDelay: o.recheckDelay ?? base?.recheckDelay ?? 300,
   };
   if (s.mode !== 'https' && s.mode !== 'tcp') throw new OptionError('mode', `must be https or tcp, got ${JSON.stringify(s.mode)}`);

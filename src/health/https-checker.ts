@@ -99,10 +99,10 @@ export class HttpsChecker implements Checker {
       bodyTimeout: this.timeout,
       pipelining: 1,
     });
-    const self = this;
-    client.on('connect', function onCheckConnect() {
-      self.connects++;
-    });
+    const onCheckConnect = (): void => {
+      this.connects++;
+    };
+    client.on('connect', onCheckConnect);
     return client;
   }
 
