@@ -53,7 +53,7 @@ t.test('property: IPv6 without brackets is refused with a bracketed suggestion',
           parseAddress(text);
         } catch (err) {
           const msg = (err as Error).message;
-          if (!/write it in brackets with a port, like \[/.test(msg)) throw new Error(`${text}: ${msg}`);
+          if (!/write it in brackets with a port, like \[/.test(msg)) throw new Error(`${text}: ${msg}`, { cause: err });
           return;
         }
         throw new Error(`${text} accepted`);
@@ -66,7 +66,11 @@ t.test('property: IPv6 without brackets is refused with a bracketed suggestion',
 t.test('property: any string parses to a valid address that round-trips, or throws a message quoting it', async (tt) => {
   // Strings over the alphabet addresses are made of, so that many of them come close to valid.
   const chars = fc.constantFrom(...'0123456789abcdefABCDEF.:[]-_ '.split(''));
-  const text = fc.oneof(fc.string(), fc.string({ unit: chars, maxLength: 30 }), fc.tuple(host, port).map(([h, p]) => `${h}:${p}`));
+  const text = fc.oneof(
+    fc.string(),
+    fc.string({ unit: chars, maxLength: 30 }),
+    fc.tuple(host, port).map(([h, p]) => `${h}:${p}`),
+  );
   tt.doesNotThrow(() =>
     fc.assert(
       fc.property(text, (s) => {
@@ -74,7 +78,8 @@ t.test('property: any string parses to a valid address that round-trips, or thro
         try {
           got = parseAddress(s);
         } catch (err) {
-          if (!(err instanceof Error) || !err.message.includes('"')) throw new Error(`unhelpful error for ${JSON.stringify(s)}: ${String(err)}`);
+          if (!(err instanceof Error) || !err.message.includes('"'))
+            throw new Error(`unhelpful error for ${JSON.stringify(s)}: ${String(err)}`, { cause: err });
           return;
         }
         if (!Number.isInteger(got.port) || got.port < 1 || got.port > 65535) throw new Error(`${JSON.stringify(s)}: port ${got.port}`);

@@ -137,7 +137,14 @@ type Op =
 
 const N = 6;
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 6, arbitrary: fc.record({ kind: fc.constant('check' as const), i: fc.nat(N), r: fc.constantFrom('ok' as const, 'err' as const, 'status' as const, 'local' as const) }) },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      kind: fc.constant('check' as const),
+      i: fc.nat(N),
+      r: fc.constantFrom('ok' as const, 'err' as const, 'status' as const, 'local' as const),
+    }),
+  },
   { weight: 3, arbitrary: fc.record({ kind: fc.constant('dial' as const), i: fc.nat(N), ok: fc.boolean() }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('conn' as const), i: fc.nat(N), open: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('remove' as const), i: fc.nat(N) }) },
@@ -303,7 +310,7 @@ t.test('property: reconcile keeps unchanged backends (same object, state, counte
             }
           } else {
             if (!s.b.removed || !removed.includes(s.b)) throw new Error(`${id} not removed`);
-            if ((s.conns > 0) !== pool.backends.includes(s.b)) throw new Error(`${id}: stays exactly while connections are open`);
+            if (s.conns > 0 !== pool.backends.includes(s.b)) throw new Error(`${id}: stays exactly while connections are open`);
           }
         }
         for (const b of added) if (snap.has(b.id) || b.state !== 'unknown') throw new Error(`${b.id} added although present, or not fresh`);
