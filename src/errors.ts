@@ -7,7 +7,6 @@
 export const ERROR_CODES = {
   APILB_ERR_CONFIG_INVALID: 'the configuration (flags, environment or file) is invalid',
   APILB_ERR_OPTION_INVALID: 'an options object passed to a component is invalid (a programming error)',
-  APILB_ERR_NO_BACKENDS: 'no backend is configured',
   APILB_ERR_ADDRESS_IN_USE: 'a listen address is already in use',
   APILB_ERR_LISTEN_FAILED: 'a listener could not be bound for another reason',
   APILB_ERR_DIAL_TIMEOUT: 'a backend did not complete the TCP handshake within --connect-timeout',
@@ -45,7 +44,6 @@ export const EXIT_CODES = {
 /** Which exit code each error code ends the process with (codes not listed: `runtime`). */
 const EXIT_BY_CODE: Partial<Record<ErrorCode, keyof typeof EXIT_CODES>> = {
   APILB_ERR_CONFIG_INVALID: 'config',
-  APILB_ERR_NO_BACKENDS: 'config',
   APILB_ERR_TLS_CONFIG: 'config',
   APILB_ERR_KUBECONFIG_INVALID: 'config',
   APILB_ERR_ADDRESS_IN_USE: 'listen',

@@ -11,8 +11,16 @@ import { isUnauthenticated } from './health/https-checker.js';
 import type { CredentialReload } from './config/credentials.js';
 import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
 import type { Rebalancer } from './proxy/rebalancer.js';
+import type { ErrorCode } from './errors.js';
 
 export type { Logger } from 'pino';
+
+/** The stable code (docs/errors.md) a dial failure or a close reason carries in its log line, where it has one. */
+const REASON_CODES: Partial<Record<string, ErrorCode>> = {
+  timeout: 'APILB_ERR_DIAL_TIMEOUT',
+  first_byte_timeout: 'APILB_ERR_FIRST_BYTE_TIMEOUT',
+  all_backends_failed: 'APILB_ERR_ALL_BACKENDS_FAILED',
+};
 
 /** syslog(3) priority of each pino level: what `journalctl -p` filters on. */
 export const SYSLOG_PRIORITY: Readonly<Record<string, number>> = { fatal: 2, error: 3, warn: 4, info: 6, debug: 7, trace: 7 };
@@ -90,7 +98,7 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalance
     log.info({ event: 'backend_removed', backend: b.id, activeConnections: b.activeConnections }, `backend ${b.id} removed; its ${b.activeConnections} connections drain`);
   }
   function onDialFailureLog(ev: DialFailureEvent): void {
-    log.warn({ event: 'dial_failure', backend: ev.backend.id, reason: ev.reason, err: ev.error?.message }, `connect to ${ev.backend.id} failed: ${ev.reason}`);
+    log.warn({ event: 'dial_failure', code: REASON_CODES[ev.reason], backend: ev.backend.id, reason: ev.reason, err: ev.error?.message }, `connect to ${ev.backend.id} failed: ${ev.reason}`);
   }
   function onDrainTimeoutLog(ev: { backend: Backend; connections: number; spreadMs: number }): void {
     log.info(
@@ -121,7 +129,7 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalance
     log.error({ event: 'accept_error', code: ev.error.code, err: ev.error.message }, `accepting a client connection failed: ${ev.error.message}${hint}`);
   }
   function onCloseLog(ev: CloseEvent): void {
-    log.debug({ event: 'connection_closed', backend: ev.backend?.id, reason: ev.reason, bytesFromClient: ev.bytesFromClient, bytesToClient: ev.bytesToClient, durationMs: ev.durationMs }, 'connection closed');
+    log.debug({ event: 'connection_closed', code: REASON_CODES[ev.reason], backend: ev.backend?.id, reason: ev.reason, bytesFromClient: ev.bytesFromClient, bytesToClient: ev.bytesToClient, durationMs: ev.durationMs }, 'connection closed');
   }
   function onClientErrorLog(ev: { error: Error }): void {
     log.debug({ event: 'client_error', err: ev.error.message }, 'client socket error');
