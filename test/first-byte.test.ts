@@ -5,29 +5,15 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { connect as tlsConnect } from 'node:tls';
-import { Pool } from '../src/pool/pool.js';
-import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
-import { bindListener, createListener } from '../src/proxy/listen.js';
-import { parseAddress } from '../src/config/values.js';
 import { resolveConfig } from '../src/config/config.js';
 import { startDaemon } from '../src/daemon.js';
 import { createLogger } from '../src/logging.js';
 import { bannerServer, dial, echoServer, readBytes, startServer, until, type TestServer } from './support/net.js';
 import { FakeClock } from './support/fake-clock.js';
+import { proxyOver as harness } from './support/proxy-harness.js';
 import { createTestCA, startFakeApiServer } from './support/index.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
-
-async function harness(tt: Test, backends: string[], opts: Partial<ProxyOptions> = {}) {
-  const pool = new Pool();
-  for (const b of backends) pool.add({ address: parseAddress(b) });
-  const proxy = new Proxy({ pool, ...opts });
-  const server = createListener();
-  await bindListener(server, { host: '127.0.0.1', port: 0 });
-  proxy.serve(server);
-  tt.teardown(() => proxy.close(0));
-  return { pool, proxy, port: (server.address() as { port: number }).port };
-}
 
 /** A backend that records every byte it receives and never answers (a stopped process, seen from TCP). */
 async function recordingHungServer(tt: Test): Promise<TestServer & { received: () => Buffer }> {

@@ -11,19 +11,12 @@ import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
 import { hasCode } from '../src/errors.js';
 import { FakeClock } from './support/fake-clock.js';
-import { serveProxy } from './support/proxy-harness.js';
+import { proxyOver } from './support/proxy-harness.js';
 import { closed, dial, echoServer, readAll, readBytes, silentServer, startServer, until, type TestServer } from './support/net.js';
 
-interface Harness {
-  pool: Pool;
-  proxy: Proxy;
-  port: number;
-}
-
-async function harness(tt: Tap.Test, backends: string[], opts: Partial<ProxyOptions> = {}): Promise<Harness> {
-  const pool = new Pool();
-  for (const b of backends) pool.add({ address: parseAddress(b) });
-  return { pool, ...(await serveProxy(tt, pool, { firstByteTimeout: 0, ...opts })) };
+/** The shared harness with first-byte failover off (test/first-byte.test.ts covers it). */
+function harness(tt: Tap.Test, backends: string[], opts: Partial<ProxyOptions> = {}): ReturnType<typeof proxyOver> {
+  return proxyOver(tt, backends, { firstByteTimeout: 0, ...opts });
 }
 
 async function servers(tt: Tap.Test, ...list: Promise<TestServer>[]): Promise<TestServer[]> {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Notifier, watchdogIntervalFrom } from '../src/systemd/notify.js';
 import { FakeClock } from './support/fake-clock.js';
+import { until } from './support/net.js';
 
 const RECEIVER = `
 import socket, sys, os, array, json
@@ -58,14 +59,7 @@ async function startReceiver(t: Tap.Test, address: string): Promise<Receiver> {
   return { messages, child };
 }
 
-/** Polls `cond` every 10 ms until true, failing after `timeout` ms. */
-async function waitFor(cond: () => boolean, timeout = 5000): Promise<void> {
-  const deadline = Date.now() + timeout;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const waitFor = (cond: () => boolean, timeoutMs = 5000): Promise<boolean> => until(cond, 'condition', timeoutMs);
 
 function tmp(t: Tap.Test): string {
   const dir = mkdtempSync(join(tmpdir(), 'apilb-notify-'));

@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { echoServer } from './support/net.js';
+import { echoServer, until } from './support/net.js';
 
 // The real CLI, as the unit's ExecStart runs it: it adopts the passed socket (src/systemd/listen-fds.ts) and
 // ignores --listen.
@@ -160,14 +160,7 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, limit]).finally(() => clearTimeout(timer));
 }
 
-/** Polls `cond` every 5 ms until true; fails after `timeout` ms. */
-async function waitFor(cond: () => boolean, timeout = 20_000): Promise<void> {
-  const deadline = Date.now() + timeout;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const waitFor = (cond: () => boolean, timeoutMs = 20_000): Promise<boolean> => until(cond, 'condition', timeoutMs, 5);
 
 t.test('restarting apilb under a held socket refuses no connection', async (t) => {
   const backend = await echoServer();

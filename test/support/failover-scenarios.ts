@@ -13,6 +13,7 @@ import { createLogger } from '../../src/logging.js';
 import { startFakeApiServer, type FakeApiServer } from '../../src/demo/fake-apiserver.js';
 import type { TestCA } from '../../src/demo/test-ca.js';
 import type { BackendState } from '../../src/pool/backend.js';
+import { until } from './net.js';
 
 /** One step of a fault script. */
 export type Step =
@@ -303,11 +304,5 @@ export function get(port: number, path: string, tls: ClientTls): Promise<{ statu
   });
 }
 
-/** Polls `fn` every 10 ms until true; rejects after `timeoutMs` naming `what`. */
-export async function until(fn: () => boolean, what: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+/** The one polling loop (support/net.ts), for the scenario files that import it from here. */
+export { until };

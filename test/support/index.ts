@@ -14,6 +14,7 @@ import { connect as http2Connect, constants as h2c } from 'node:http2';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { until } from './net.js';
 
 export * from './net.js';
 export * from './fake-clock.js';
@@ -59,22 +60,20 @@ export interface WaitForOptions {
  * counts as not yet; its last error is included in the timeout message.
  */
 export async function waitFor<T>(fn: () => T | Promise<T>, opts: WaitForOptions = {}): Promise<NonNullable<T>> {
-  const timeoutMs = opts.timeoutMs ?? 5000;
-  const intervalMs = opts.intervalMs ?? 10;
-  const deadline = Date.now() + timeoutMs;
   let lastErr: unknown;
-  for (;;) {
+  async function attempt(): Promise<T | undefined> {
     try {
-      const v = await fn();
-      if (v) return v as NonNullable<T>;
+      return await fn();
     } catch (err) {
       lastErr = err;
+      return undefined;
     }
-    if (Date.now() >= deadline) {
-      const why = lastErr ? ` (last error: ${(lastErr as Error).message ?? String(lastErr)})` : '';
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${opts.what ?? 'condition'}${why}`);
-    }
-    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  try {
+    return (await until(attempt, opts.what ?? 'condition', opts.timeoutMs, opts.intervalMs)) as NonNullable<T>;
+  } catch (err) {
+    if (!lastErr) throw err;
+    throw new Error(`${(err as Error).message} (last error: ${(lastErr as Error).message ?? String(lastErr)})`, { cause: err });
   }
 }
 

@@ -122,7 +122,10 @@ export function closed(s: Socket): Promise<boolean> {
   });
 }
 
-/** Polls `fn` until it returns truthy, at most `timeoutMs` (default 5000). Rejects with `what` on timeout. */
+/**
+ * The tests' one polling loop: polls `fn` until it returns truthy, at most `timeoutMs` (default 5000). Rejects with
+ * `what` on timeout; an error thrown by `fn` rejects at once (index.ts's waitFor retries through errors instead).
+ */
 export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 5000, intervalMs = 10): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {

@@ -3,7 +3,8 @@
  */
 import { Proxy, type ProxyOptions } from '../../src/proxy/proxy.js';
 import { bindListener, createListener } from '../../src/proxy/listen.js';
-import type { Pool } from '../../src/pool/pool.js';
+import { Pool } from '../../src/pool/pool.js';
+import { parseAddress } from '../../src/config/values.js';
 
 /** What {@link serveProxy} needs of a tap test. */
 export interface Teardown {
@@ -18,4 +19,11 @@ export async function serveProxy(tt: Teardown, pool: Pool, opts: Partial<ProxyOp
   proxy.serve(server);
   tt.teardown(() => proxy.close(0));
   return { proxy, port: (server.address() as { port: number }).port };
+}
+
+/** {@link serveProxy} over a new Pool of `backends` (`HOST:PORT`): the data-path tests' harness. */
+export async function proxyOver(tt: Teardown, backends: string[], opts: Partial<ProxyOptions> = {}): Promise<{ pool: Pool; proxy: Proxy; port: number }> {
+  const pool = new Pool();
+  for (const b of backends) pool.add({ address: parseAddress(b) });
+  return { pool, ...(await serveProxy(tt, pool, opts)) };
 }
