@@ -4,11 +4,12 @@
  * long watch, a large list), and fault controls an API server exhibits in production: not-ready, graceful
  * shutdown with `--shutdown-delay-duration`, a crash (RST on every socket) and a hang (nothing read or written).
  *
- * Connections are accepted by a plain TCP listener and handed to the TLS/HTTP server afterwards, so a hang can
- * keep accepting TCP (as the kernel does for a stopped process) while never reading a byte, and a crash can reset
- * the raw TCP sockets underneath TLS.
+ * Connections are accepted by a plain TCP listener and handed to the TLS/HTTP server through a {@link RawRelay}, so
+ * a hang can keep accepting TCP (as the kernel does for a stopped process) while never reading a byte, and a crash
+ * can reset the raw TCP sockets underneath TLS.
  */
 import { createServer as createTcpServer, isIP, type Server as TcpServer, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import {
   createSecureServer,
   type Http2SecureServer,
@@ -221,7 +222,8 @@ export class FakeApiServer {
   private hung = false;
   private crashed = false;
   private resumeWaiters: (() => void)[] = [];
-  private readonly raws = new Set<Socket>();
+  /** Accepted TCP sockets and the relay each one reaches TLS through. */
+  private readonly raws = new Map<Socket, RawRelay>();
   /** Raw sockets accepted while hung: never handed to TLS until resume(). */
   private readonly held = new Set<Socket>();
   private readonly sessions = new Set<Http2Session>();
@@ -337,7 +339,7 @@ export class FakeApiServer {
         for (const session of this.sessions) session.close();
         for (const [socket, conn] of this.http1) if (conn.active === 0) socket.end();
         this.after(drainTimeoutMs, () => {
-          for (const raw of this.raws) raw.destroy();
+          for (const raw of this.raws.keys()) raw.destroy();
         });
       });
     });
@@ -351,7 +353,7 @@ export class FakeApiServer {
   async crash(): Promise<void> {
     this.draining = true;
     this.closeListener();
-    for (const raw of this.raws) {
+    for (const raw of this.raws.keys()) {
       // The raw TCP socket under TLS still owns the TCP handle; resetting it aborts the connection with RST.
       if (raw.destroyed) continue;
       try {
@@ -375,19 +377,20 @@ export class FakeApiServer {
   hang(): void {
     if (this.hung) return;
     this.hung = true;
-    for (const raw of this.raws) readStop(raw);
+    for (const relay of this.raws.values()) relay.hold();
   }
 
   /** Ends a {@link hang}: reading restarts, stalled requests continue, held connections get their TLS handshake. */
   resume(): void {
     if (!this.hung) return;
     this.hung = false;
-    for (const raw of this.raws) if (!this.held.has(raw)) readStart(raw);
+    for (const [raw, relay] of this.raws) if (!this.held.has(raw)) relay.release();
     for (const raw of this.held) {
       this.held.delete(raw);
-      if (raw.destroyed) continue;
-      readStart(raw);
-      this.http.emit('connection', raw);
+      const relay = this.raws.get(raw);
+      if (raw.destroyed || !relay) continue;
+      relay.release();
+      this.http.emit('connection', relay);
     }
     this.releaseWaiters();
   }
@@ -404,7 +407,7 @@ export class FakeApiServer {
         res.destroy();
       }
       for (const session of this.sessions) session.destroy();
-      for (const raw of this.raws) raw.destroy();
+      for (const raw of this.raws.keys()) raw.destroy();
       this.releaseWaiters();
       await this.allClosed();
       this.listCache.clear();
@@ -416,7 +419,8 @@ export class FakeApiServer {
 
   private onConnection(raw: Socket): void {
     this.connections++;
-    this.raws.add(raw);
+    const relay = new RawRelay(raw, this.hung);
+    this.raws.set(raw, relay);
     raw.on('error', function onRawError() { /* resets are expected in fault tests */ });
     raw.once('close', () => {
       this.raws.delete(raw);
@@ -425,11 +429,10 @@ export class FakeApiServer {
     });
     if (this.hung) {
       // Accepted by the kernel, never read: the client's ClientHello sits in our receive buffer.
-      readStop(raw);
       this.held.add(raw);
       return;
     }
-    this.http.emit('connection', raw);
+    this.http.emit('connection', relay);
   }
 
   private onSecureConnection(socket: TLSSocket): void {
@@ -739,13 +742,62 @@ export class FakeApiServer {
   }
 }
 
-/** Stops libuv reading on a raw TCP socket even when TLS or HTTP/2 consume its handle natively. */
-function readStop(raw: Socket): void {
-  (raw as unknown as { _handle?: { readStop?: () => number } })._handle?.readStop?.();
-}
+/**
+ * The stream TLS reads and writes instead of the raw TCP socket. Handed a net.Socket, TLS and HTTP/2 would consume
+ * its handle natively (HTTP/2 PINGs answered in C++), and only Node internals could stop that. Through this relay a
+ * hang is public API: {@link hold} pauses the socket (Node stops reading once its buffer is full, so the TCP window
+ * closes as for a stopped process) and queues what the server writes; {@link release} sends the queue and reads
+ * again.
+ */
+class RawRelay extends Duplex {
+  private held: boolean;
+  private readonly queue: { chunk: Buffer; done: (err?: Error | null) => void }[] = [];
 
-function readStart(raw: Socket): void {
-  (raw as unknown as { _handle?: { readStart?: () => number } })._handle?.readStart?.();
+  constructor(
+    private readonly raw: Socket,
+    held: boolean,
+  ) {
+    super();
+    this.held = held;
+    this.on('error', function onRelayError() { /* the raw socket reports it */ });
+    if (held) raw.pause();
+    raw.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) raw.pause();
+    });
+    raw.on('end', () => this.push(null));
+    raw.on('close', () => this.destroy());
+  }
+
+  /** Stops reading and writing (a hang). */
+  hold(): void {
+    this.held = true;
+    this.raw.pause();
+  }
+
+  /** Ends a {@link hold}: queued writes go out, reading resumes. */
+  release(): void {
+    this.held = false;
+    for (const { chunk, done } of this.queue.splice(0)) this.raw.write(chunk, done);
+    this.raw.resume();
+  }
+
+  override _read(): void {
+    if (!this.held) this.raw.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: (err?: Error | null) => void): void {
+    if (this.held) this.queue.push({ chunk, done });
+    else this.raw.write(chunk, done);
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    this.raw.end(done);
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    this.raw.destroy();
+    done(err);
+  }
 }
 
 /**
