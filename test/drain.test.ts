@@ -117,7 +117,6 @@ t.test('one draining backend among healthy ones is drained after the timeout, sp
   let at = 0;
   for (const [i, d] of due.entries()) {
     h.clock.advance(d - 1 - at);
-    at = d - 1;
     const open = streams.slice(i);
     tt.ok(await allAlive(open), `${open.length} streams open just before ${d} ms`);
     tt.equal(drainClosed(h, a), i);

@@ -6,6 +6,7 @@
  * test/real-node.test.ts.
  */
 import t from 'tap';
+import type { networkInterfaces } from 'node:os';
 import { detectIPv6Loopback } from '../src/config/config.js';
 
 /** What libuv's failure looks like from JavaScript. */
@@ -21,7 +22,7 @@ const unreadable = (): string => {
   throw Object.assign(new Error('ENOENT'), { code: 'ENOENT' });
 };
 
-const cases: { name: string; interfaces: () => ReturnType<typeof import('node:os').networkInterfaces>; ifInet6: () => string; want: boolean }[] = [
+const cases: { name: string; interfaces: () => ReturnType<typeof networkInterfaces>; ifInet6: () => string; want: boolean }[] = [
   {
     name: 'netlink works, ::1 on lo',
     interfaces: () => ({ lo: [{ address: '::1', netmask: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', family: 'IPv6', mac: '00:00:00:00:00:00', internal: true, cidr: '::1/128', scopeid: 0 }] }),

@@ -4,6 +4,7 @@
  * else is 404 (405 for another method on /metrics): no admin route is reachable through it.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Server as NetServer } from 'node:net';
 import type { Address } from '../config/values.js';
 import { bindListener } from '../proxy/listen.js';
 
@@ -30,7 +31,7 @@ export class MetricsServer {
 
   /** Binds to `address`. */
   async listen(address: Address): Promise<void> {
-    await bindListener(this.server as unknown as import('node:net').Server, address, 64);
+    await bindListener(this.server as unknown as NetServer, address, 64);
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
