@@ -13,8 +13,8 @@
  * 6. a control-plane node (kube-apiserver stand-in on *:6443 + its static pod manifest): after a reboot the API
  *    server holds 6443 and apilb is skipped, not restart-looping; the documented override moves apilb to 6444.
  *
- * Needs root, systemd-nspawn and debootstrap (.ci/run installs them; there APILB_REQUIRE_REAL_NODE=1 turns a missing
- * prerequisite into a failure instead of a skip). The Debian root filesystem is cached in /var/cache/apilb-realnode.
+ * Needs root, systemd-nspawn and debootstrap (npm test's pretest installs them; in CI APILB_REQUIRE_REAL_NODE=1
+ * turns a missing prerequisite into a failure instead of a skip). The Debian root filesystem is cached in /var/cache/apilb-realnode.
  */
 import t from 'tap';
 import { readFileSync } from 'node:fs';

@@ -30,7 +30,7 @@ export function whyNoRealNode(): string | undefined {
   if (process.platform !== 'linux') return 'not Linux';
   if (process.getuid?.() !== 0) return 'not root (systemd-nspawn needs root)';
   const need: [string, string][] = [['systemd-nspawn', 'systemd-container'], ['debootstrap', 'debootstrap'], ['nsenter', 'util-linux']];
-  for (const [bin, pkg] of need) if (!findBinary(bin)) return `${bin} not found (apt-get install ${pkg}; .ci/run installs it)`;
+  for (const [bin, pkg] of need) if (!findBinary(bin)) return `${bin} not found (apt-get install ${pkg}; npm test's pretest step installs it as root)`;
   return undefined;
 }
 
