@@ -4,7 +4,7 @@
  * backend. Keeps plain counters for metrics/ and emits events; never touches metrics or the logger itself.
  */
 import { EventEmitter } from 'node:events';
-import { jitter, systemClock, type Clock, type TimerHandle } from '../clock.js';
+import { jitter, type Clock, type TimerHandle } from '../clock.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import { planRebalance, type RebalanceOutcome, type RebalancePlan, type RebalancePolicy } from '../pool/rebalance.js';
