@@ -12,9 +12,10 @@
  * persisted to `<stateDir>/endpoints.json` and reloaded at startup unless it belongs to another cluster.
  */
 import { EventEmitter } from 'node:events';
+import { createRequire } from 'node:module';
 import { isIP, type Server } from 'node:net';
 import { StringDecoder } from 'node:string_decoder';
-import { Client } from 'undici';
+import type { Client } from 'undici';
 import { jitter, systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Config } from '../config/config.js';
 import { loadTlsMaterial } from '../config/tls.js';
@@ -25,6 +26,14 @@ import { AddressPolicy, canonicalAddress } from './address-policy.js';
 import type { BackendSet } from './backend-set.js';
 import { caFingerprints, loadStateFile, saveStateFile } from './state-file.js';
 import { VERSION } from '../version.js';
+
+/**
+ * undici, loaded on first use: most nodes run without discovery, and undici costs them ~20 MB of RSS (issue 18).
+ * `require` keeps the constructor synchronous; undici is CommonJS.
+ */
+function loadUndiciClient(): typeof Client {
+  return (createRequire(import.meta.url)('undici') as typeof import('undici')).Client;
+}
 
 /** The BackendSet source name discovery owns. */
 export const ENDPOINTSLICES_SOURCE = 'endpointslices';
@@ -344,7 +353,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     const origin = `https://${formatAddress(this.target)}`;
     // One connection: a LIST, then a long watch on the same keep-alive socket; pipelining 1 keeps it strictly
     // sequential. The connect timeout covers TCP and TLS through apilb, including apilb's failover across backends.
-    this.client = new Client(origin, { connect, pipelining: 1, keepAliveTimeout: 30_000, connectTimeout: this.requestTimeoutMs });
+    this.client = new (loadUndiciClient())(origin, { connect, pipelining: 1, keepAliveTimeout: 30_000, connectTimeout: this.requestTimeoutMs });
   }
 
   /**

@@ -1,15 +1,18 @@
 /**
- * HTTPS check: `GET <path>` over one kept-alive undici connection per backend, verifying the server certificate
- * against the cluster CA. Thousands of nodes check every API server, so a check must be one request on an open
- * connection, not a TLS handshake each time.
+ * HTTPS check: `GET <path>` over one kept-alive connection per backend (node:https with a one-socket keep-alive
+ * agent), verifying the server certificate against the cluster CA. Thousands of nodes check every API server, so
+ * a check must be one request on an open connection, not a TLS handshake each time.
  *
  * 401 and 403 count as passed (`ok` with the status kept): the API server answered, so it is alive; with the
  * default RBAC /readyz is public, so a refusal means apilb's own credentials are wrong or missing (a node still
  * bootstrapping), and that must never take every backend out of rotation. The logger and the
  * `apilb_health_check_unauthenticated_total` metric make it loud (both read the monitor's `check` events).
+ *
+ * Why node:https and not undici: apilb runs on every node, and undici's import plus its WebAssembly HTTP parser
+ * cost 20-26 MB of RSS (bench/RESULTS.md, issue 18); node:https uses the parser built into Node.
  */
-import { Client, errors as undiciErrors } from 'undici';
-import { formatAddress } from '../config/values.js';
+import { Agent, request as httpsRequest, type AgentOptions } from 'node:https';
+import type { IncomingMessage } from 'node:http';
 import type { TlsMaterial } from '../config/tls.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
@@ -59,8 +62,7 @@ export class HttpsChecker implements Checker {
   readonly interval: number;
   private readonly tls: TlsMaterial;
   private readonly headers: Record<string, string>;
-  private readonly origin: string;
-  private client: Client | undefined;
+  private agent: Agent | undefined;
   /** TCP/TLS connections opened so far (tests check keep-alive with it). */
   connects = 0;
   private closed = false;
@@ -79,64 +81,57 @@ export class HttpsChecker implements Checker {
     this.tls = options.tls;
     this.headers = { accept: 'text/plain, */*', 'user-agent': `apilb/${VERSION} (health check)` };
     if (options.tls.token) this.headers.authorization = `Bearer ${options.tls.token}`;
-    this.origin = `https://${formatAddress(this.backend.address)}`;
   }
 
-  private createClient(): Client {
+  private createAgent(): Agent {
     const { tls } = this;
     const servername = checkServerName(tls, this.backend);
-    const connect: Record<string, unknown> = { rejectUnauthorized: !tls.insecure, timeout: this.timeout };
-    if (tls.ca) connect.ca = tls.ca;
-    if (tls.cert) connect.cert = tls.cert;
-    if (tls.key) connect.key = tls.key;
-    if (servername) connect.servername = servername;
-    const client = new Client(this.origin, {
-      connect,
-      // Outlive one jittered interval plus a check, so the next check finds the connection open.
-      keepAliveTimeout: Math.ceil(this.interval * 1.1 + this.timeout + 1000),
-      keepAliveMaxTimeout: Math.max(600_000, Math.ceil(this.interval * 1.1 + this.timeout + 1000)),
-      headersTimeout: this.timeout,
-      bodyTimeout: this.timeout,
-      pipelining: 1,
-    });
-    const onCheckConnect = (): void => {
-      this.connects++;
+    const opts: AgentOptions = {
+      keepAlive: true,
+      maxSockets: 1,
+      maxFreeSockets: 1,
+      // Idle timeout of the kept-alive socket: outlive one jittered interval plus a check, so the next check
+      // finds the connection open.
+      timeout: Math.ceil(this.interval * 1.1 + this.timeout + 1000),
+      rejectUnauthorized: !tls.insecure,
     };
-    client.on('connect', onCheckConnect);
-    return client;
+    if (tls.ca) opts.ca = tls.ca;
+    if (tls.cert) opts.cert = tls.cert;
+    if (tls.key) opts.key = tls.key;
+    // No name: Node sends no SNI for an IP literal and verifies the certificate's IP SAN.
+    if (servername) opts.servername = servername;
+    return new Agent(opts);
   }
 
   async check(signal: AbortSignal): Promise<CheckResult> {
     const start = performance.now();
     if (this.closed) return { ok: false, kind: 'transport', latencyMs: 0, error: 'checker closed' };
     for (let attempt = 0; ; attempt++) {
-      this.client ??= this.createClient();
-      const client = this.client;
-      const reused = Boolean(client.stats.connected);
-      // On timeout the client is given up at once, not when this check's catch runs: the monitor starts the
+      this.agent ??= this.createAgent();
+      const agent = this.agent;
+      const state = { reused: false };
+      // On timeout the agent is given up at once, not when this check's catch runs: the monitor starts the
       // re-check right away, and it must get a fresh connection, not this one still opening (which the catch
       // below would then destroy under it: two failures from one slow TLS handshake).
       const onCheckTimeout = (): void => {
-        if (this.client === client) this.client = undefined;
+        if (this.agent === agent) this.agent = undefined;
       };
       signal.addEventListener('abort', onCheckTimeout, { once: true });
       try {
-        const res = await client.request({ path: this.path, method: 'GET', signal, headers: this.headers });
-        const text = await readBody(res.body, res.statusCode === 200 ? 0 : ERROR_BODY_BYTES);
+        const res = await this.request(agent, signal, state);
+        const status = res.statusCode ?? 0;
+        const text = await readBody(res, status === 200 ? 0 : ERROR_BODY_BYTES);
         const latencyMs = elapsed(start);
-        if (res.statusCode === 200 || UNAUTHENTICATED_STATUSES.has(res.statusCode)) return { ok: true, latencyMs, status: res.statusCode };
-        const r: CheckResult = { ok: false, kind: 'status', latencyMs, status: res.statusCode };
+        if (status === 200 || UNAUTHENTICATED_STATUSES.has(status)) return { ok: true, latencyMs, status };
+        const r: CheckResult = { ok: false, kind: 'status', latencyMs, status };
         const detail = summarize(text);
         if (detail) r.error = detail;
         return r;
       } catch (err) {
-        if (signal.aborted) {
-          await this.dropClient(client);
-          return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: `timeout after ${this.timeout} ms` };
-        }
-        await this.dropClient(client);
+        this.dropAgent(agent);
+        if (signal.aborted) return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: `timeout after ${this.timeout} ms` };
         // A kept-alive connection the backend closed while idle is not the backend's fault: retry once, fresh.
-        if (attempt === 0 && reused && isStaleConnectionError(err)) continue;
+        if (attempt === 0 && state.reused && isStaleConnectionError(err)) continue;
         return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err), ...(isLocalResourceError(err) ? { local: true } : {}) };
       } finally {
         signal.removeEventListener('abort', onCheckTimeout);
@@ -144,17 +139,37 @@ export class HttpsChecker implements Checker {
     }
   }
 
-  private async dropClient(client: Client): Promise<void> {
-    if (this.client === client) this.client = undefined;
+  /** One GET; resolves with the response (headers read), rejects on any transport error, abort or timeout. */
+  private request(agent: Agent, signal: AbortSignal, state: { reused: boolean }): Promise<IncomingMessage> {
+    const { host, port } = this.backend.address;
+    return new Promise((resolve, reject) => {
+      // `timeout` bounds connect and every wait for bytes (the monitor's abort bounds the whole check).
+      const req = httpsRequest({ host, port, path: this.path, method: 'GET', agent, signal, timeout: this.timeout, headers: this.headers }, resolve);
+      const onCheckSocket = (): void => {
+        state.reused = req.reusedSocket;
+        if (!req.reusedSocket) this.connects++;
+      };
+      const onCheckSocketTimeout = (): void => {
+        req.destroy(Object.assign(new Error(`timeout: no answer within ${this.timeout} ms`), { code: 'ETIMEDOUT' }));
+      };
+      req.on('socket', onCheckSocket);
+      req.on('timeout', onCheckSocketTimeout);
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
+  private dropAgent(agent: Agent): void {
+    if (this.agent === agent) this.agent = undefined;
     // A transport failure leaves the connection in an unknown state: the next check starts a fresh one.
-    await client.destroy().catch(noop);
+    agent.destroy();
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    const c = this.client;
-    this.client = undefined;
-    if (c) await c.destroy().catch(noop);
+    const a = this.agent;
+    this.agent = undefined;
+    a?.destroy();
   }
 }
 
@@ -183,7 +198,5 @@ function summarize(text: string): string | undefined {
 
 function isStaleConnectionError(err: unknown): boolean {
   const code = (err as { code?: string })?.code;
-  return err instanceof undiciErrors.SocketError || code === 'ECONNRESET' || code === 'EPIPE';
+  return code === 'ECONNRESET' || code === 'EPIPE';
 }
-
-function noop(): void {}
