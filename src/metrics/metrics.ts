@@ -6,7 +6,7 @@
  * Series are rebuilt from the live objects on each scrape, so a backend that left the pool has no series.
  * Metric names and labels are a contract (docs/observability.md): add, never rename.
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from './prom.js';
 import type { Backend } from '../pool/backend.js';
 import { BACKEND_STATES } from '../pool/backend.js';
 import type { CheckResult, Pool } from '../pool/pool.js';
