@@ -7,8 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
+import { loadYaml } from './yaml.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { loadCredentials, type LoadedCredentials } from './credentials.js';
 import { looksLikeContent, readBoundedFile } from './read-file.js';
@@ -298,10 +298,11 @@ export function readConfigFile(path: string): Layer {
     throw new ConfigError([{ path: 'config', reason: (e as Error).message }]);
   }
   let doc: unknown;
+  const yaml = loadYaml();
   try {
-    doc = parseYaml(text, { prettyErrors: true });
+    doc = yaml.parse(text, { prettyErrors: true });
   } catch (e) {
-    const where = e instanceof YAMLParseError && e.linePos ? ` at line ${e.linePos[0].line}` : '';
+    const where = e instanceof yaml.YAMLParseError && e.linePos ? ` at line ${e.linePos[0].line}` : '';
     throw new ConfigError([{ path: 'config', reason: `"${path}" is not valid YAML${where}: ${(e as Error).message.split('\n')[0]}` }]);
   }
   if (doc === null || doc === undefined) return {};

@@ -5,10 +5,10 @@
  * auth users are refused by name: apilb never falls back to anonymous checks silently.
  */
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import { ApilbError } from '../errors.js';
 import { parseExecSpec, type ExecSpec } from './exec-credential.js';
 import { FileReadError, looksLikeContent, readBoundedFile } from './read-file.js';
+import { loadYaml } from './yaml.js';
 
 /** Credentials found in a kubeconfig's current context. */
 export interface KubeconfigCredentials {
@@ -70,7 +70,7 @@ export function loadKubeconfigCredentials(path: string, env: NodeJS.ProcessEnv =
   }
   let doc: KubeconfigDoc;
   try {
-    doc = parseYaml(text) as KubeconfigDoc;
+    doc = loadYaml().parse(text) as KubeconfigDoc;
   } catch (e) {
     // The first line of yaml's message names the position, never the contents.
     fail(path, `cannot be parsed: ${(e as Error).message.split('\n')[0]}`, e);

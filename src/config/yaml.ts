@@ -1,0 +1,12 @@
+/**
+ * The YAML parser, loaded on first use: a node run with flags or `APILB_*` variables only never reads YAML, and
+ * the module costs 5-10 MB of RSS (issue 18). `require` keeps config loading synchronous; yaml ships CommonJS.
+ */
+import { createRequire } from 'node:module';
+
+let yaml: typeof import('yaml') | undefined;
+
+/** The `yaml` module, required on the first call. */
+export function loadYaml(): typeof import('yaml') {
+  return (yaml ??= createRequire(import.meta.url)('yaml') as typeof import('yaml'));
+}
