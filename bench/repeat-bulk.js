@@ -1,21 +1,23 @@
 // Repeats bulk phases on one long-lived proxy process (paced ~200 MB/s, 4 full-speed streams, alternating) and
 // prints CPU s/GB and RSS after each, for apilb, its bare data path (bench/bare-dataproxy.js) and the Node pipe: shows how stable the per-byte cost
 // of one process is over time. PIN=N pins the proxies to CPU N (run the script itself with `taskset -c M`);
-// NODE_ARGS='...' adds node flags. Usage: node bench/repeat-bulk.js
+// NODE_ARGS='...' adds node flags; APILB_BENCH_NODE=host|bundled|PATH picks the runtime. Usage: node bench/repeat-bulk.js
 import { mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { ROOT, spawnTracked, readJsonLine, makeCA, sleep, cpuSeconds, rssMB, processTree } from './lib.js';
 import { startApilb, startNodePipe } from './targets.js';
+import { resolveNode } from './runtime.js';
 import { spawnSync } from 'node:child_process';
 const dir = mkdtempSync(join(tmpdir(), 'sq-'));
 const ca = await makeCA(); const server = ca.server();
 const backend = spawnTracked(process.execPath, [join(ROOT, 'bench/backend.js'), '--count=3', `--cert=${server.certFile}`, `--key=${server.keyFile}`], { stdio: ['pipe', 'pipe', 'inherit'] });
 const { ports } = await readJsonLine(backend, (j) => j.ports);
 const nodeArgs = (process.env.NODE_ARGS ?? '').split(' ').filter(Boolean);
+const node = resolveNode().bin;
 for (const name of (process.env.TARGETS ?? 'apilb,apilb-bare,node-pipe').split(',')) {
-  const t = name === 'apilb' ? await startApilb({ backends: ports, dir, caFile: ca.certFile, nodeArgs })
-    : await startNodePipe({ backends: ports, dir, nodeArgs, name, script: { 'apilb-bare': 'bench/bare-dataproxy.js', 'node-onread': 'bench/pipe-proxy-onread.js' }[name] ?? 'bench/pipe-proxy.js' });
+  const t = name === 'apilb' ? await startApilb({ backends: ports, dir, caFile: ca.certFile, nodeArgs, node })
+    : await startNodePipe({ backends: ports, dir, nodeArgs, node, name, script: { 'apilb-bare': 'bench/bare-dataproxy.js', 'node-onread': 'bench/pipe-proxy-onread.js' }[name] ?? 'bench/pipe-proxy.js' });
   await sleep(500);
   if (process.env.PIN) for (const p of processTree(t.pid)) spawnSync('taskset', ['-a', '-p', '-c', process.env.PIN, String(p)], { stdio: 'ignore' });
   const out = [];
