@@ -12,9 +12,10 @@
  *   once), and at most 64 sockets are open; /metrics renders through {@link cachedRender}, so a scrape flood costs a few renders per second, not
  *   one per request, and cannot starve the data path of CPU.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { isIP, type Server as NetServer } from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
+import { createServer } from '../node-http.js';
 import type { Address } from '../config/values.js';
 import { canonicalHost, classifyHost } from '../discovery/address-policy.js';
 import { OptionError } from '../errors.js';

@@ -2,7 +2,7 @@
  * GET /status: a JSON snapshot of the daemon for humans and scripts, and its rendering as a table for
  * `apilb status`. Field names are a contract like metric names: add fields, never rename or remove them.
  */
-import { get as httpGet } from 'node:http';
+import { get as httpGet } from '../node-http.js';
 import type { CredentialStatus } from '../config/credentials.js';
 import { formatAddress, parseAddress, type Address } from '../config/values.js';
 import { ApilbError } from '../errors.js';
