@@ -3,8 +3,9 @@
  * can scrape apilb on the node IP while the admin endpoint (POST /reload, /status) stays on loopback. Everything
  * else is 404 (405 for another method on /metrics): no admin route is reachable through it.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Server as NetServer } from 'node:net';
+import { createServer } from '../node-http.js';
 import type { Address } from '../config/values.js';
 import { bindListener } from '../proxy/listen.js';
 
