@@ -2,7 +2,8 @@
 // checks, and with N open connections, per runtime and per set of V8 flags. RSS is robust on a shared machine
 // (CPU rates are not), so this runs alone in a few seconds per configuration.
 //
-//   node bench/footprint.js [--node=host,bundled,/path/node] [--flags='--a=1;--b --c'] [--hold=9000] [--rounds=2]
+//   node bench/footprint.js [--node=host,bundled,/path/node (default: host,bundled)] [--flags='--a=1;--b --c']
+//                           [--hold=9000] [--rounds=2]
 //   node bench/footprint.js --modules [--node=...]   RSS after importing each dependency alone
 //
 // `--flags` is a ';'-separated list of node flag sets ('' = none); every (node, flags) pair is one column.
@@ -18,7 +19,7 @@ import { resolveNode } from './runtime.js';
 
 const argv = process.argv.slice(2);
 const val = (n, d) => { const a = argv.find((x) => x.startsWith(`--${n}=`)); return a ? a.slice(n.length + 3) : d; };
-const nodes = val('node', process.env.APILB_BENCH_NODE || 'host').split(',').map((c) => resolveNode(c));
+const nodes = val('node', process.env.APILB_BENCH_NODE || 'host,bundled').split(',').map((c) => resolveNode(c));
 const flagSets = val('flags', '').split(';').map((f) => f.split(' ').filter(Boolean));
 const rounds = Number(val('rounds', 2));
 const holdWanted = Number(val('hold', 9000));

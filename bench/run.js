@@ -6,8 +6,9 @@
 //          --hold N (open connections for the big RSS point; default 10000, capped by the fd limit)
 //          --cpu-prof (run apilb with --cpu-prof; profiles land in bench/profiles/)
 //          --node-args='--flag ...' (extra node flags for apilb and the Node pipe proxies; experiments)
-//          --node host|bundled|PATH (runtime of apilb and the Node pipe proxies: the host's node (default), the
-//          Node.js 24 LTS apilb ships with (fetched once, bench/runtime.js), or a binary; env APILB_BENCH_NODE)
+//          --node bundled|host|PATH (runtime of apilb and the Node pipe proxies: the Node.js 24 LTS apilb ships
+//          with (default; fetched once, bench/runtime.js; the host's node if that fails, with a warning), the
+//          host's node for comparison, or a binary; env APILB_BENCH_NODE)
 //          targets: direct, apilb, haproxy, nginx, node-pipe (default) and node-onread (experiment)
 //
 // Load generators: bulk and open-connection tests use bench/loadgen.js (own process); HTTPS tests use wrk
@@ -133,7 +134,13 @@ const backend = spawnTracked(process.execPath, [join(ROOT, 'bench/backend.js'), 
   { stdio: ['pipe', 'pipe', 'inherit'] });
 const { ports: backends } = await readJsonLine(backend, (j) => j.ports);
 
-const runtime = resolveNode(val('node', process.env.APILB_BENCH_NODE || 'host'));
+let runtime;
+try {
+  runtime = resolveNode(val('node', process.env.APILB_BENCH_NODE || 'bundled'));
+} catch (e) {
+  warn(`the requested Node.js runtime is not available (${e.message.split('\n')[0]}): apilb runs on the host's ${process.version}`);
+  runtime = resolveNode('host');
+}
 const node = runtime.bin;
 const realApilb = apilbAvailable();
 if (!realApilb) warn('dist/cli.js has no working `run` command: the "apilb" column is the Node pipe stand-in, NOT apilb');

