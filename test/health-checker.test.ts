@@ -5,6 +5,8 @@
  */
 import t, { type Test } from 'tap';
 import { Writable } from 'node:stream';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { createLogger, subscribeHealthLogger } from '../src/logging.js';
 import { HttpsChecker, isUnauthenticated } from '../src/health/https-checker.js';
 import { TcpChecker } from '../src/health/tcp-checker.js';
@@ -58,6 +60,18 @@ t.test('https: keep-alive, N checks are N requests over one TLS connection', asy
   tt.equal(s.requests, 8, '8 requests reached the server');
   tt.equal(s.connections, 1, 'over one TCP connection');
   tt.equal(checker.connects, 1, 'the client connected once');
+});
+
+t.test('https: a kept-alive connection the server closed while idle is replaced without a failed check', async (tt) => {
+  // API servers and proxies in front of them close idle connections; that must never count against the backend.
+  const srv = createHttpsServer({ cert: leaf.cert, key: leaf.key, keepAliveTimeout: 1 }, (_req, res) => res.end('ok'));
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  tt.teardown(() => srv.close());
+  const { checker } = httpsFor(tt, (srv.address() as AddressInfo).port);
+  tt.match(await checker.check(within(2000)), { ok: true });
+  await waitFor(() => new Promise<boolean>((resolve) => srv.getConnections((_e, n) => resolve(n === 0))));
+  tt.match(await checker.check(within(2000)), { ok: true });
+  tt.equal(checker.connects, 2, 'a new connection replaced the closed one');
 });
 
 t.test('https: 500 (not ready) is a status failure carrying the failed readyz checks', async (tt) => {
