@@ -27,10 +27,9 @@ const TLS_CODES = new Set([
 
 /** Describes a transport failure in a few words: `connection refused`, `tls: ... (CODE)`, ... */
 export function describeTransportError(err: unknown): string {
-  const e = err as (Error & { code?: string; cause?: unknown }) | undefined;
+  const e = err as (Error & { code?: string }) | undefined;
   if (!e || typeof e !== 'object') return String(err);
-  // undici wraps some socket errors; the cause carries the errno.
-  const code = e.code && e.code.startsWith('UND_ERR') && e.cause ? ((e.cause as { code?: string }).code ?? e.code) : e.code;
+  const code = e.code;
   switch (code) {
     case 'ECONNREFUSED':
       return 'connection refused';
@@ -41,12 +40,8 @@ export function describeTransportError(err: unknown): string {
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
       return 'host unreachable';
-    case 'UND_ERR_SOCKET':
-      return `connection closed by the backend (${e.message})`;
-    case 'UND_ERR_CONNECT_TIMEOUT':
-    case 'UND_ERR_HEADERS_TIMEOUT':
-    case 'UND_ERR_BODY_TIMEOUT':
-      return `timeout (${e.message})`;
+    case 'ETIMEDOUT':
+      return e.message.startsWith('timeout') ? e.message : `timeout (${e.message})`;
   }
   if (code && (TLS_CODES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_'))) return `${TLS_ERROR_PREFIX}${e.message} (${code})`;
   return code ? `${e.message} (${code})` : e.message;
