@@ -1,6 +1,6 @@
 // npm run bench:footprint — apilb's memory (issue 18): RSS idle with 3 TLS API servers and the default HTTPS
 // checks, and with N open connections, per runtime and per set of V8 flags. RSS is robust on a shared machine
-// (CPU rates are not), so this runs alone in a few seconds per configuration.
+// (CPU rates are not); about 35 s per configuration and round.
 //
 //   node bench/footprint.js [--node=host,bundled,/path/node (default: host,bundled)] [--flags='--a=1;--b --c']
 //                           [--hold=9000] [--rounds=2]
@@ -35,7 +35,7 @@ function rss(pid) {
 const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '–');
 
 if (argv.includes('--modules')) {
-  // One fresh process per module: RSS after the import (and a settle), minus nothing; bare node is the baseline.
+  // One fresh process per module, RSS read 0.5 s after the import; the first row (bare node) is the baseline.
   const mods = ['', 'zod', 'yaml', 'yargs', 'pino', 'prom-client', 'undici', 'undici/lib/dispatcher/client.js',
     join(ROOT, 'dist/daemon.js')];
   const script = `const m = process.argv[1]; if (m) await import(m.startsWith('/') ? 'file://' + m : m);
@@ -83,6 +83,9 @@ for (const node of nodes) {
     for (let r = 0; r < rounds; r++) {
       const t = await startApilb({ backends, dir, caFile: ca.certFile, nodeArgs: flags, node: node.bin, name: `apilb-${results.length}-${r}` });
       await sleep(10_000);
+      // The idle figure is meant with all three backends checked and up: say so when they are not.
+      const ready = await fetch(`http://127.0.0.1:${t.admin}/readyz`).then((r) => r.text(), (e) => e.message);
+      if (!/3\/3 backends up/.test(ready)) console.error(`warning: ${node.version} ${flags.join(' ')}: /readyz says ${ready.trim()}`);
       const i = rss(t.pid);
       m.idle.push(i.rss); m.anonIdle.push(i.anon); m.fileIdle.push(i.file);
       const h = await hold(t.port, holdN);
