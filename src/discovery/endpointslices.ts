@@ -15,6 +15,7 @@ import { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
 import { isIP, type Server } from 'node:net';
 import { StringDecoder } from 'node:string_decoder';
+import type * as Undici from 'undici';
 import type { Client } from 'undici';
 import { jitter, systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Config } from '../config/config.js';
@@ -32,7 +33,7 @@ import { VERSION } from '../version.js';
  * `require` keeps the constructor synchronous; undici is CommonJS.
  */
 function loadUndiciClient(): typeof Client {
-  return (createRequire(import.meta.url)('undici') as typeof import('undici')).Client;
+  return (createRequire(import.meta.url)('undici') as typeof Undici).Client;
 }
 
 /** The BackendSet source name discovery owns. */

@@ -69,7 +69,8 @@ export class HttpsChecker implements Checker {
 
   constructor(options: HttpsCheckerOptions) {
     if (!options?.backend) throw new OptionError('backend', 'is required');
-    if (typeof options.path !== 'string' || !options.path.startsWith('/')) throw new OptionError('path', `must start with "/", got ${JSON.stringify(options.path)}`);
+    if (typeof options.path !== 'string' || !options.path.startsWith('/'))
+      throw new OptionError('path', `must start with "/", got ${JSON.stringify(options.path)}`);
     if (!(options.timeout > 0)) throw new OptionError('timeout', `must be > 0, got ${options.timeout}`);
     const interval = options.interval ?? 2000;
     if (!(interval > 0)) throw new OptionError('interval', `must be > 0, got ${interval}`);
@@ -132,7 +133,13 @@ export class HttpsChecker implements Checker {
         if (signal.aborted) return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: `timeout after ${this.timeout} ms` };
         // A kept-alive connection the backend closed while idle is not the backend's fault: retry once, fresh.
         if (attempt === 0 && state.reused && isStaleConnectionError(err)) continue;
-        return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err), ...(isLocalResourceError(err) ? { local: true } : {}) };
+        return {
+          ok: false,
+          kind: 'transport',
+          latencyMs: elapsed(start),
+          error: describeTransportError(err),
+          ...(isLocalResourceError(err) ? { local: true } : {}),
+        };
       } finally {
         signal.removeEventListener('abort', onCheckTimeout);
       }
@@ -190,7 +197,10 @@ async function readBody(body: AsyncIterable<Buffer> & { destroy(err?: Error): un
 
 /** kube-apiserver's /readyz lists failed checks as `[-]name failed: ...`; keep those, else the first line. */
 function summarize(text: string): string | undefined {
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   const failed = lines.filter((l) => l.startsWith('[-]'));
   const out = failed.length > 0 ? failed.join('; ') : lines[0];
   return out ? out.slice(0, 300) : undefined;

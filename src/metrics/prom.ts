@@ -23,8 +23,18 @@ type DefaultMetric = (registry: Registry, config: object) => void;
 
 /** prom-client's default metrics (its `collectDefaultMetrics` list) except the CPU one, replaced below. */
 const DEFAULT_METRICS = [
-  'processStartTime', 'osMemoryHeap', 'processOpenFileDescriptors', 'processMaxFileDescriptors', 'eventLoopLag',
-  'processResources', 'processHandles', 'processRequests', 'heapSizeAndUsed', 'heapSpacesSizeAndUsed', 'version', 'gc',
+  'processStartTime',
+  'osMemoryHeap',
+  'processOpenFileDescriptors',
+  'processMaxFileDescriptors',
+  'eventLoopLag',
+  'processResources',
+  'processHandles',
+  'processRequests',
+  'heapSizeAndUsed',
+  'heapSpacesSizeAndUsed',
+  'version',
+  'gc',
 ];
 
 /**
