@@ -209,7 +209,8 @@ export async function installApilb(node: RealNode, repo: string): Promise<Instal
   const version = (JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { version: string }).version;
   const out = mkdtempSync(join(tmpdir(), 'apilb-realnode-deb-'));
   try {
-    const r = await execFileResult('env', ['APILB_FAST=1', 'bash', join(repo, 'packaging/build.sh'), out], 10 * 60_000);
+    // build.sh's `npm ci` may fetch modules from the npm registry: exempt from test/support/loopback-guard.mjs.
+    const r = await execFileResult('env', ['APILB_FAST=1', 'LOOPBACK_GUARD=off', 'bash', join(repo, 'packaging/build.sh'), out], 10 * 60_000);
     if (r.code !== 0) throw new Error(`packaging/build.sh failed (${r.code}): ${r.stderr.slice(-2000)}`);
     node.writeFile('/root/apilb.deb', readFileSync(join(out, `apilb_${version}_amd64.deb`)));
   } finally {
