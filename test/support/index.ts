@@ -7,6 +7,9 @@
  * - h1Request / h2Request: one HTTPS request over HTTP/1.1 (node:https) or HTTP/2 (node:http2), optional client cert.
  * - runKubectl / runCurl: the real binaries, never a shell, with a bounded timeout.
  * - the kube-apiserver stand-in, its child-process variant, the demo environment and the test CA (re-exports).
+ *
+ * Not imported from here: loopback-guard.mjs, preloaded by tap (package.json `node-arg`) into every test process and
+ * its Node children, refuses and records any connect to a non-loopback address (test/loopback-guard.test.ts).
  */
 import { execFile } from 'node:child_process';
 import { request as httpsRequest } from 'node:https';
