@@ -95,7 +95,7 @@ function install() {
       options = typeof options === 'string' && !/^\d+$/.test(options) ? { path: options } : { port: options, host: typeof args[1] === 'string' ? args[1] : undefined };
     }
     if (!options.path && options.fd == null) {
-      const host = options.host ?? 'localhost';
+      const host = options.host || 'localhost'; // as net does: no (or an empty) host is localhost
       if (net.isIP(host) !== 0) {
         if (!isLoopback(host)) {
           const err = violation('connect', host, options.port);
