@@ -55,7 +55,7 @@ function currentNetns() {
 function violation(kind, address, port) {
   const err = new Error(
     `loopback guard: ${kind} to ${address}${port === undefined ? '' : ` port ${port}`} refused in pid ${process.pid} ` +
-      `(${process.argv.slice(1).join(' ').slice(0, 200)}): tests must never connect to a non-loopback address; ` +
+      `(${(process.argv.slice(1).join(' ') || process.execArgv.join(' ')).slice(0, 200)}): tests must never connect to a non-loopback address; ` +
       'use a loopback stand-in or inject a dialer/resolver',
   );
   err.code = GUARD_CODE;
