@@ -45,7 +45,7 @@ t.test('a connect to 192.0.2.1:9 is refused by the guard before a socket handle 
   const r = await outcome(s);
   tt.not(r, 'connected');
   const err = r as GuardError;
-  tt.equal(err.code, GUARD_CODE, 'the guard\'s error, not a network one');
+  tt.equal(err.code, GUARD_CODE, "the guard's error, not a network one");
   tt.match(err.message, /^loopback guard: connect to 192\.0\.2\.1 port 9 refused .*tests must never connect to a non-loopback address/);
   expectRecorded(tt, '192.0.2.1');
 });
@@ -53,7 +53,10 @@ t.test('a connect to 192.0.2.1:9 is refused by the guard before a socket handle 
 t.test('every client path is guarded: tls, fetch (undici), a host name resolving off this machine, UDP', async (tt) => {
   const tls = await outcome(tlsConnect({ host: '10.0.0.1', port: 6443, rejectUnauthorized: false }));
   tt.equal((tls as GuardError).code, GUARD_CODE, 'tls.connect 10.0.0.1:6443');
-  const f = await fetch('http://[2001:db8::1]:8080/').then(() => undefined, (e: Error) => e.cause as GuardError);
+  const f = await fetch('http://[2001:db8::1]:8080/').then(
+    () => undefined,
+    (e: Error) => e.cause as GuardError,
+  );
   tt.equal(f?.code, GUARD_CODE, 'fetch http://[2001:db8::1]:8080');
   // A name is resolved with the socket's own lookup, then checked: an injected lookup stands in for DNS.
   const lookup = (_h: string, _o: object, cb: (e: null, a: string, f: number) => void) => cb(null, '198.51.100.7', 4);
@@ -80,8 +83,18 @@ t.test('loopback, localhost and Unix sockets pass', async (tt) => {
   tt.teardown(() => new Promise<void>((r) => unix.close(() => r())));
   tt.equal(await outcome(connect(path)), 'connected', 'a Unix socket');
   const table: [string, boolean][] = [
-    ['127.0.0.1', true], ['127.255.0.9', true], ['::1', true], ['::ffff:127.0.0.2', true], ['0.0.0.0', true], ['::', true],
-    ['10.0.0.1', false], ['192.0.2.1', false], ['::ffff:10.0.0.1', false], ['2001:db8::1', false], ['fe80::1', false], ['localhost', false],
+    ['127.0.0.1', true],
+    ['127.255.0.9', true],
+    ['::1', true],
+    ['::ffff:127.0.0.2', true],
+    ['0.0.0.0', true],
+    ['::', true],
+    ['10.0.0.1', false],
+    ['192.0.2.1', false],
+    ['::ffff:10.0.0.1', false],
+    ['2001:db8::1', false],
+    ['fe80::1', false],
+    ['localhost', false],
   ];
   for (const [address, loopback] of table) tt.equal(isLoopback(address), loopback, `isLoopback(${address})`);
   tt.same(violations(), [], 'nothing recorded');

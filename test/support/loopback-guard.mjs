@@ -92,7 +92,8 @@ function install() {
     const normalized = Array.isArray(args[0]) ? args[0] : undefined;
     let options = normalized ? normalized[0] : args[0];
     if (typeof options !== 'object' || options === null) {
-      options = typeof options === 'string' && !/^\d+$/.test(options) ? { path: options } : { port: options, host: typeof args[1] === 'string' ? args[1] : undefined };
+      options =
+        typeof options === 'string' && !/^\d+$/.test(options) ? { path: options } : { port: options, host: typeof args[1] === 'string' ? args[1] : undefined };
     }
     if (!options.path && options.fd == null) {
       const host = options.host || 'localhost'; // as net does: no (or an empty) host is localhost
@@ -133,7 +134,9 @@ export function violations() {
   const log = process.env[LOG_ENV];
   if (!log) return [];
   try {
-    return readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('loopback guard: '));
+    return readFileSync(log, 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('loopback guard: '));
   } catch {
     return [];
   }
@@ -146,7 +149,7 @@ export function forgetViolations() {
 }
 
 /** True when the guard checks this process's connects. */
-export const active = ((globalThis[MARK] ??= setup()));
+export const active = (globalThis[MARK] ??= setup());
 
 function setup() {
   if (process.env.LOOPBACK_GUARD === 'off') return false;
