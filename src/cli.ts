@@ -15,7 +15,6 @@ import { listenFds, listenOnFds, splitListenFds } from './systemd/listen-fds.js'
 import { ApilbError, ConfigError, EXIT_CODES, exitCodeOf } from './errors.js';
 import { VERSION } from './version.js';
 
-
 function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
@@ -90,8 +89,13 @@ async function run(argv: Record<string, unknown>): Promise<void> {
     const passed = splitListenFds(listenFds());
     const listeners = passed.listeners.length > 0 ? (await listenOnFds(passed.listeners)).map((l) => l.server) : undefined;
     const daemon = await startDaemon(config, { resolveInput: resolveInputFrom(argv), ...(listeners ? { listeners, handoff: true } : {}) });
-    if (listeners) daemon.logger.info({ event: 'socket_activation', sockets: passed.listeners.map((f) => f.name) }, `serving on ${listeners.length} sockets passed by systemd (--listen ignored)`);
-    if (passed.admin.length > 0) daemon.logger.warn({ event: 'socket_activation' }, 'a passed admin socket is not used: the admin endpoint binds --admin-listen itself');
+    if (listeners)
+      daemon.logger.info(
+        { event: 'socket_activation', sockets: passed.listeners.map((f) => f.name) },
+        `serving on ${listeners.length} sockets passed by systemd (--listen ignored)`,
+      );
+    if (passed.admin.length > 0)
+      daemon.logger.warn({ event: 'socket_activation' }, 'a passed admin socket is not used: the admin endpoint binds --admin-listen itself');
     installSignalHandlers(daemon, (code) => process.exit(code));
     process.off('SIGHUP', onEarlyReloadSignal);
   } catch (err) {
@@ -111,8 +115,12 @@ async function checkConfig(argv: Record<string, unknown>): Promise<void> {
   if (argv.print) {
     // Like `nginx -T`: the effective configuration after flags, environment, file and defaults; credential files
     // are named and described, never printed.
-    const creds = loadCredentials(cfg).summary.map((l) => `#   ${l}`).join('\n');
-    process.stdout.write(`# effective configuration (flags > APILB_* environment > ${cfg.configFile ?? 'no config file'} > defaults)\n${formatConfig(cfg)}# credentials:\n${creds}\n`);
+    const creds = loadCredentials(cfg)
+      .summary.map((l) => `#   ${l}`)
+      .join('\n');
+    process.stdout.write(
+      `# effective configuration (flags > APILB_* environment > ${cfg.configFile ?? 'no config file'} > defaults)\n${formatConfig(cfg)}# credentials:\n${creds}\n`,
+    );
     return;
   }
   process.stdout.write(`configuration OK: ${cfg.backends.length} backends, listen ${cfg.listen.length} addresses\n`);
@@ -121,7 +129,8 @@ async function checkConfig(argv: Record<string, unknown>): Promise<void> {
 /** `apilb status`: reads GET /status from a running daemon's admin endpoint; a table, or the JSON with --json. */
 async function status(argv: Record<string, unknown>): Promise<void> {
   const timeout = Number(argv.timeout);
-  if (!(timeout > 0 && Number.isFinite(timeout))) die(new ConfigError([{ path: 'timeout', reason: `must be a number of seconds > 0, got ${String(argv.timeout)}` }]));
+  if (!(timeout > 0 && Number.isFinite(timeout)))
+    die(new ConfigError([{ path: 'timeout', reason: `must be a number of seconds > 0, got ${String(argv.timeout)}` }]));
   try {
     const configFile = (argv.config as string | undefined) ?? process.env.APILB_CONFIG;
     const admin = resolveAdminListen({
@@ -168,11 +177,22 @@ export function buildCli(args: string[]): Argv {
   return yargs(joinNegativeValues(args))
     .scriptName('apilb')
     .usage('$0 [run] --backend HOST:PORT [--backend HOST:PORT ...] [options]\n\nNode-local TCP/TLS-passthrough load balancer for the Kubernetes API server.')
-    .command(['run', '$0'], 'run the load balancer (default command)', (y) => withOptions(y), (a) => run(a as Record<string, unknown>))
+    .command(
+      ['run', '$0'],
+      'run the load balancer (default command)',
+      (y) => withOptions(y),
+      (a) => run(a as Record<string, unknown>),
+    )
     .command(
       'check-config',
       'validate flags, environment and --config (credential files included) without starting, as run does (exit 0 valid, 2 invalid)',
-      (y) => withOptions(y).option('print', { type: 'boolean', default: false, describe: 'print the effective configuration (credential files named, never their contents)', group: 'Operations:' }),
+      (y) =>
+        withOptions(y).option('print', {
+          type: 'boolean',
+          default: false,
+          describe: 'print the effective configuration (credential files named, never their contents)',
+          group: 'Operations:',
+        }),
       (a) => checkConfig(a as Record<string, unknown>),
     )
     .command(
@@ -180,16 +200,29 @@ export function buildCli(args: string[]): Argv {
       'show backends, states and connections of the running apilb (reads GET /status from the admin endpoint)',
       (y) =>
         y
-          .option('admin-listen', { type: 'string', describe: "the daemon's admin address (default: APILB_ADMIN_LISTEN, else adminListen in --config, else 127.0.0.1:9643)" })
+          .option('admin-listen', {
+            type: 'string',
+            describe: "the daemon's admin address (default: APILB_ADMIN_LISTEN, else adminListen in --config, else 127.0.0.1:9643)",
+          })
           .option('config', { type: 'string', describe: 'read adminListen from this YAML config file (also APILB_CONFIG)' })
           .option('json', { type: 'boolean', default: false, describe: 'print the raw /status JSON' })
           .option('timeout', { type: 'number', default: 3, describe: 'seconds to wait for an answer' }),
       (a) => status(a as Record<string, unknown>),
     )
-    .command('demo', 'run apilb in front of three local API-server stand-ins with a throwaway CA (what npm start runs)', (y) => withOptions(y), (a) => demo(a as Record<string, unknown>))
-    .command('version', 'print the version', () => {}, () => {
-      process.stdout.write(`apilb ${VERSION}\n`);
-    })
+    .command(
+      'demo',
+      'run apilb in front of three local API-server stand-ins with a throwaway CA (what npm start runs)',
+      (y) => withOptions(y),
+      (a) => demo(a as Record<string, unknown>),
+    )
+    .command(
+      'version',
+      'print the version',
+      () => {},
+      () => {
+        process.stdout.write(`apilb ${VERSION}\n`);
+      },
+    )
     .strict()
     .version(VERSION)
     .help()

@@ -210,7 +210,10 @@ export class Daemon {
       try {
         this.health.update({ tls: ev.material });
       } catch (err) {
-        this.logger.error({ event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: (err as Error).message }, `new credentials not applied: ${(err as Error).message}`);
+        this.logger.error(
+          { event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: (err as Error).message },
+          `new credentials not applied: ${(err as Error).message}`,
+        );
       }
     });
     // A 401/403 may mean an exec credential was revoked or expired early: the plugin runs again (rate-limited).
@@ -266,8 +269,10 @@ export class Daemon {
   private maxConnections(config: Config): number {
     const cap = this.fdConnectionCap;
     if (cap === undefined || config.maxConnections <= cap) return config.maxConnections;
-    this.logger.warn({ event: 'max_connections_capped', requested: config.maxConnections, cap },
-      `--max-connections ${config.maxConnections} needs about ${2 * config.maxConnections} file descriptors, more than the open-file limit allows: capped at ${cap} (raise LimitNOFILE= to allow more)`);
+    this.logger.warn(
+      { event: 'max_connections_capped', requested: config.maxConnections, cap },
+      `--max-connections ${config.maxConnections} needs about ${2 * config.maxConnections} file descriptors, more than the open-file limit allows: capped at ${cap} (raise LimitNOFILE= to allow more)`,
+    );
     return cap;
   }
 
@@ -410,8 +415,10 @@ export class Daemon {
     this.ownListeners.addOwn(this.config.adminListen);
     this.backendSet.guard(this.ownListeners);
     if (this.backendSet.refused.length) {
-      this.logger.warn({ event: 'backend_is_self', code: 'APILB_ERR_CONFIG_INVALID', refused: this.backendSet.refused },
-        `left out backends that are apilb's own listeners (connecting would loop): ${this.backendSet.refused.join(', ')}`);
+      this.logger.warn(
+        { event: 'backend_is_self', code: 'APILB_ERR_CONFIG_INVALID', refused: this.backendSet.refused },
+        `left out backends that are apilb's own listeners (connecting would loop): ${this.backendSet.refused.join(', ')}`,
+      );
     }
   }
 
@@ -430,19 +437,27 @@ export class Daemon {
       this.adminBindFailures++;
       const delay = Math.min(60_000, 1000 * 2 ** Math.min(attempt, 6));
       const e = err as Error & { code?: string };
-      this.logger.error({ event: 'admin_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
-        `admin endpoint NOT available (${e.message}); apilb keeps serving clients without /metrics, /status and /reload and retries in ${delay / 1000} s`);
+      this.logger.error(
+        { event: 'admin_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
+        `admin endpoint NOT available (${e.message}); apilb keeps serving clients without /metrics, /status and /reload and retries in ${delay / 1000} s`,
+      );
       this.adminRetry = this.clock.setTimeout(() => void this.bindAdmin(attempt + 1), delay);
       return;
     }
-    if (attempt > 0) this.logger.warn({ event: 'admin_bound', admin: this.adminAddress, failures: attempt }, `admin endpoint listening on ${this.adminAddress} after ${attempt} failed binds`);
+    if (attempt > 0)
+      this.logger.warn(
+        { event: 'admin_bound', admin: this.adminAddress, failures: attempt },
+        `admin endpoint listening on ${this.adminAddress} after ${attempt} failed binds`,
+      );
     const bound = { host: this.config.adminListen.host, port: (this.admin.server.address() as AddressInfo).port };
     this.discovery?.policy.addOwn(bound);
     this.ownListeners.addOwn(bound);
     this.backendSet.guard(this.ownListeners);
     if (classifyHost(canonicalHost(this.config.adminListen.host)) !== 'loopback') {
-      this.logger.warn({ event: 'admin_not_loopback', admin: where },
-        `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`);
+      this.logger.warn(
+        { event: 'admin_not_loopback', admin: where },
+        `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`,
+      );
     }
   }
 
@@ -465,7 +480,10 @@ export class Daemon {
       this.reloads.set('failure', (this.reloads.get('failure') ?? 0) + 1);
       this.reloadError = error;
       this.reportStatus();
-      this.logger.error({ event: 'reload_rejected', code: 'APILB_ERR_RELOAD_REJECTED', err: error }, `configuration reload rejected, the previous configuration stays active: ${error}`);
+      this.logger.error(
+        { event: 'reload_rejected', code: 'APILB_ERR_RELOAD_REJECTED', err: error },
+        `configuration reload rejected, the previous configuration stays active: ${error}`,
+      );
       return { ok: false, error, changes: [] };
     };
     if (!this.resolveInput) return fail('this daemon was started without a configuration source to reload');
@@ -528,7 +546,10 @@ export class Daemon {
     this.reloadError = undefined;
     this.reportStatus();
     const pending = changes.filter((c) => !c.applies);
-    this.logger.info({ event: 'reloaded', changes: lines }, lines.length ? `configuration reloaded: ${lines.join('; ')}` : 'configuration reloaded: no changes');
+    this.logger.info(
+      { event: 'reloaded', changes: lines },
+      lines.length ? `configuration reloaded: ${lines.join('; ')}` : 'configuration reloaded: no changes',
+    );
     if (pending.length) {
       this.logger.warn(
         { event: 'reload_restart_required', keys: pending.map((c) => c.key) },
@@ -558,7 +579,9 @@ export class Daemon {
    */
   close(timeoutMs = this.stopDrainMs): Promise<void> {
     this.closing ??= (async () => {
-      void this.notifier.stopping(this.handoff ? `closing connections after ${timeoutMs} ms; clients reconnect to the next apilb` : `draining connections (up to ${timeoutMs} ms)`);
+      void this.notifier.stopping(
+        this.handoff ? `closing connections after ${timeoutMs} ms; clients reconnect to the next apilb` : `draining connections (up to ${timeoutMs} ms)`,
+      );
       this.rebalancer?.close();
       await this.proxy.stopAccepting();
       // Before health stops and before the drain: discovery's own watch is a connection through the proxy and
@@ -567,7 +590,10 @@ export class Daemon {
       this.dns.close();
       this.credentials.close();
       await this.health.close();
-      this.logger.info({ event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs }, 'shutting down: listeners closed, draining connections');
+      this.logger.info(
+        { event: 'shutdown', openConnections: this.proxy.activeConnections, timeoutMs },
+        'shutting down: listeners closed, draining connections',
+      );
       await this.proxy.close(timeoutMs);
       this.clock.clearTimeout(this.adminRetry);
       await this.admin.close();

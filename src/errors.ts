@@ -82,10 +82,7 @@ export class ConfigError extends ApilbError {
   readonly issues: ConfigIssue[];
 
   constructor(issues: ConfigIssue[], source = 'configuration') {
-    super(
-      'APILB_ERR_CONFIG_INVALID',
-      `invalid ${source}:\n` + issues.map((i) => `  - ${i.path}: ${i.reason}`).join('\n'),
-    );
+    super('APILB_ERR_CONFIG_INVALID', `invalid ${source}:\n` + issues.map((i) => `  - ${i.path}: ${i.reason}`).join('\n'));
     this.name = 'ConfigError';
     this.issues = issues;
   }

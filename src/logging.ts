@@ -85,20 +85,33 @@ export function createLogger(level = 'info', destination?: pino.DestinationStrea
 export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalancer?: Rebalancer): () => void {
   function onTransitionLog(ev: TransitionEvent): void {
     const level = ev.to === 'down' || ev.to === 'draining' ? 'warn' : 'info';
-    log[level]({ event: 'backend_transition', backend: ev.backend.id, from: ev.from, to: ev.to, reason: ev.reason }, `backend ${ev.backend.id} ${ev.from} -> ${ev.to}: ${ev.reason}`);
+    log[level](
+      { event: 'backend_transition', backend: ev.backend.id, from: ev.from, to: ev.to, reason: ev.reason },
+      `backend ${ev.backend.id} ${ev.from} -> ${ev.to}: ${ev.reason}`,
+    );
   }
   function onPanicLog(ev: { active: boolean }): void {
-    if (ev.active) log.error({ event: 'panic', active: true }, 'no backend is up: trying every backend for each connection (check the health-check settings: CA, server name, credentials)');
+    if (ev.active)
+      log.error(
+        { event: 'panic', active: true },
+        'no backend is up: trying every backend for each connection (check the health-check settings: CA, server name, credentials)',
+      );
     else log.info({ event: 'panic', active: false }, 'a backend is up again: panic mode over');
   }
   function onAddedLog(b: Backend): void {
     log.info({ event: 'backend_added', backend: b.id, source: b.source }, `backend ${b.id} added`);
   }
   function onRemovedLog(b: Backend): void {
-    log.info({ event: 'backend_removed', backend: b.id, activeConnections: b.activeConnections }, `backend ${b.id} removed; its ${b.activeConnections} connections drain`);
+    log.info(
+      { event: 'backend_removed', backend: b.id, activeConnections: b.activeConnections },
+      `backend ${b.id} removed; its ${b.activeConnections} connections drain`,
+    );
   }
   function onDialFailureLog(ev: DialFailureEvent): void {
-    log.warn({ event: 'dial_failure', code: REASON_CODES[ev.reason], backend: ev.backend.id, reason: ev.reason, err: ev.error?.message }, `connect to ${ev.backend.id} failed: ${ev.reason}`);
+    log.warn(
+      { event: 'dial_failure', code: REASON_CODES[ev.reason], backend: ev.backend.id, reason: ev.reason, err: ev.error?.message },
+      `connect to ${ev.backend.id} failed: ${ev.reason}`,
+    );
   }
   function onDrainTimeoutLog(ev: { backend: Backend; connections: number; spreadMs: number }): void {
     log.info(
@@ -129,7 +142,18 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalance
     log.error({ event: 'accept_error', code: ev.error.code, err: ev.error.message }, `accepting a client connection failed: ${ev.error.message}${hint}`);
   }
   function onCloseLog(ev: CloseEvent): void {
-    log.debug({ event: 'connection_closed', code: REASON_CODES[ev.reason], backend: ev.backend?.id, reason: ev.reason, bytesFromClient: ev.bytesFromClient, bytesToClient: ev.bytesToClient, durationMs: ev.durationMs }, 'connection closed');
+    log.debug(
+      {
+        event: 'connection_closed',
+        code: REASON_CODES[ev.reason],
+        backend: ev.backend?.id,
+        reason: ev.reason,
+        bytesFromClient: ev.bytesFromClient,
+        bytesToClient: ev.bytesToClient,
+        durationMs: ev.durationMs,
+      },
+      'connection closed',
+    );
   }
   function onClientErrorLog(ev: { error: Error }): void {
     log.debug({ event: 'client_error', err: ev.error.message }, 'client socket error');
@@ -145,8 +169,13 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalance
     }
     const from = Object.fromEntries(movedFrom);
     movedFrom.clear();
-    const list = Object.entries(from).map(([id, n]) => `${n} from ${id}`).join(', ');
-    log.info({ event: 'rebalance_round', outcome: ev.outcome, moves: ev.moves, from }, `rebalance: closed ${ev.moves} quiet connections to spread them again (${list})`);
+    const list = Object.entries(from)
+      .map(([id, n]) => `${n} from ${id}`)
+      .join(', ');
+    log.info(
+      { event: 'rebalance_round', outcome: ev.outcome, moves: ev.moves, from },
+      `rebalance: closed ${ev.moves} quiet connections to spread them again (${list})`,
+    );
   }
   // [emitter, event, handler]: subscribed together, unsubscribed together.
   type Sub = [{ on(e: string, f: never): unknown; off(e: string, f: never): unknown }, string, (ev: never) => void];
@@ -196,10 +225,25 @@ export function subscribeHealthLogger(log: Logger, source: HealthLogSource, now:
   const debug = log.isLevelEnabled('debug');
   function onCheckLog(ev: { backend: Backend; result: CheckResult }): void {
     const { backend, result: r } = ev;
-    if (debug) log.debug({ event: 'health_check', backend: backend.id, ok: r.ok, kind: r.ok ? 'ok' : r.kind, status: 'status' in r ? r.status : undefined, latencyMs: r.latencyMs, err: r.ok ? undefined : r.error }, 'health check');
+    if (debug)
+      log.debug(
+        {
+          event: 'health_check',
+          backend: backend.id,
+          ok: r.ok,
+          kind: r.ok ? 'ok' : r.kind,
+          status: 'status' in r ? r.status : undefined,
+          latencyMs: r.latencyMs,
+          err: r.ok ? undefined : r.error,
+        },
+        'health check',
+      );
     if (isUnauthenticated(r)) {
       if (!hint(`auth ${backend.id}`)) return;
-      const what = r.status === 401 ? 'refused apilb\'s credentials (401 Unauthorized: anonymous auth is off, or the certificate/token is not accepted)' : 'forbade the health check (403 Forbidden: the identity may not read the health path)';
+      const what =
+        r.status === 401
+          ? "refused apilb's credentials (401 Unauthorized: anonymous auth is off, or the certificate/token is not accepted)"
+          : 'forbade the health check (403 Forbidden: the identity may not read the health path)';
       log.warn(
         { event: 'health_check_unauthenticated', code: 'APILB_ERR_HEALTH_CHECK', backend: backend.id, status: r.status },
         `backend ${backend.id} ${what}; it answered, so it counts as up, but apilb cannot see whether it is ready. Give apilb credentials allowed to GET the health path: ` +
@@ -245,11 +289,17 @@ export function subscribeCredentialsLogger(log: Logger, source: CredentialsLogSo
     );
   }
   function onCredentialsReloaded(ev: CredentialReload): void {
-    log.info({ event: 'credentials_reloaded', changed: ev.changed, missing: ev.missing }, `credentials reloaded from disk${ev.changed.length ? `: ${ev.changed.join(', ')} changed` : ''}; new check connections use them, old ones are closed`);
+    log.info(
+      { event: 'credentials_reloaded', changed: ev.changed, missing: ev.missing },
+      `credentials reloaded from disk${ev.changed.length ? `: ${ev.changed.join(', ')} changed` : ''}; new check connections use them, old ones are closed`,
+    );
     logMissing(ev.missing);
   }
   function onCredentialsRejected(ev: { error: string }): void {
-    log.error({ event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: ev.error }, `a changed credential file was refused, the previous credentials stay in use: ${ev.error}`);
+    log.error(
+      { event: 'credentials_rejected', code: 'APILB_ERR_TLS_CONFIG', err: ev.error },
+      `a changed credential file was refused, the previous credentials stay in use: ${ev.error}`,
+    );
   }
   logMissing(source.missing);
   source.on('reloaded', onCredentialsReloaded);

@@ -49,8 +49,19 @@ const NEGATIVE = 'is negative: a duration is 0 or more, like 500ms, 2s, 1.5s or 
 
 t.test('Go durations: accepted forms', async (tt) => {
   const table: [string, number][] = [
-    ['1m30s', 90_000], ['1.5s', 1500], ['500ms', 500], ['1h2m3.5s', 3_723_500], ['2h', 7_200_000], ['.5s', 500],
-    ['1500us', 2], ['1µs', 1], ['100ns', 1], ['0', 0], ['0s', 0], ['-0s', 0], ['596h31m23.647s', MAX_DURATION_MS],
+    ['1m30s', 90_000],
+    ['1.5s', 1500],
+    ['500ms', 500],
+    ['1h2m3.5s', 3_723_500],
+    ['2h', 7_200_000],
+    ['.5s', 500],
+    ['1500us', 2],
+    ['1µs', 1],
+    ['100ns', 1],
+    ['0', 0],
+    ['0s', 0],
+    ['-0s', 0],
+    ['596h31m23.647s', MAX_DURATION_MS],
   ];
   for (const [text, ms] of table) tt.equal(parseDuration(text), ms, text);
   const cfg = resolve({ flags: { ...BASE, drainTimeout: '1h2m3.5s', connectTimeout: '1.5s' } }) as Config;
@@ -72,11 +83,13 @@ t.test('negative durations: one message in every spelling (flag, environment, YA
   tt.throws(() => parseDuration('-0h1m'), { message: `"-0h1m" ${NEGATIVE}` }, 'a leading zero term does not hide the sign (found by fast-check)');
 });
 
-t.test('durations past Node\'s timer limit are refused, not turned into 1 ms', async (tt) => {
+t.test("durations past Node's timer limit are refused, not turned into 1 ms", async (tt) => {
   const long = '"1000h" is too long: the longest duration is 596h31m23.647s (Node\'s timer limit, about 24.8 days)';
   tt.same(resolve({ flags: { ...BASE, healthCheckInterval: '1000h' } }), [`--health-check-interval: ${long}`]);
   tt.same(resolve({ flags: { ...BASE, firstByteTimeout: '1000h' } }), [`--first-byte-timeout: ${long}`]);
-  tt.same(resolve({ flags: { ...BASE, drainTimeout: '596h31m23.648s' } }), ['--drain-timeout: "596h31m23.648s" is too long: the longest duration is 596h31m23.647s (Node\'s timer limit, about 24.8 days)']);
+  tt.same(resolve({ flags: { ...BASE, drainTimeout: '596h31m23.648s' } }), [
+    '--drain-timeout: "596h31m23.648s" is too long: the longest duration is 596h31m23.647s (Node\'s timer limit, about 24.8 days)',
+  ]);
 });
 
 t.test('property: formatDuration and parseDuration round-trip every whole millisecond count up to the timer limit', async (tt) => {
@@ -95,10 +108,13 @@ t.test('property: a sum of Go terms parses to the sum of its parts (rounded to m
       return parseDuration(text) === ms && (ms === 0 || new RegExp(NEGATIVE).test(String(tryParse(`-${text}`))));
     }),
   );
-  fc.assert(fc.property(fc.string(), (s) => {
-    const r = tryParse(s);
-    return typeof r === 'number' ? Number.isInteger(r) && r >= 0 && r <= MAX_DURATION_MS : r instanceof Error;
-  }), { numRuns: 2000 });
+  fc.assert(
+    fc.property(fc.string(), (s) => {
+      const r = tryParse(s);
+      return typeof r === 'number' ? Number.isInteger(r) && r >= 0 && r <= MAX_DURATION_MS : r instanceof Error;
+    }),
+    { numRuns: 2000 },
+  );
   tt.pass('properties hold');
 });
 
@@ -126,33 +142,79 @@ t.test('backends: https://HOST:PORT is accepted (scheme stripped); other schemes
 t.test('paths, loops to apilb itself, backend count', async (tt) => {
   const rows: [string, Record<string, unknown>, string][] = [
     ['path without /', { healthCheckPath: 'readyz' }, '--health-check-path: must be an absolute path starting with /, like /readyz, got "readyz"'],
-    ['own listener', { listen: ['127.0.0.1:16443'], backends: ['127.0.0.1:16443'] }, '--backend.0: 127.0.0.1:16443 is apilb\'s own listener (--listen): apilb would forward to itself'],
-    ['own listener, IPv4-mapped', { listen: ['127.0.0.1:16443'], backends: ['[::ffff:127.0.0.1]:16443'] }, '--backend.0: [::ffff:127.0.0.1]:16443 is apilb\'s own listener (--listen): apilb would forward to itself'],
-    ['wildcard listener', { listen: ['0.0.0.0:16443'], backends: ['127.0.0.1:16443'] }, '--backend.0: 127.0.0.1:16443 is apilb\'s own listener (--listen): apilb would forward to itself'],
-    ['admin endpoint', { backends: ['127.0.0.1:9643'] }, '--backend.0: 127.0.0.1:9643 is apilb\'s own admin endpoint (--admin-listen): apilb would forward to itself'],
-    ['257 backends', { backends: Array.from({ length: 257 }, (_, i) => `10.0.${i >> 8}.${i & 255}:6443`) }, '--backend: holds 257 addresses; at most 256 are accepted'],
+    [
+      'own listener',
+      { listen: ['127.0.0.1:16443'], backends: ['127.0.0.1:16443'] },
+      "--backend.0: 127.0.0.1:16443 is apilb's own listener (--listen): apilb would forward to itself",
+    ],
+    [
+      'own listener, IPv4-mapped',
+      { listen: ['127.0.0.1:16443'], backends: ['[::ffff:127.0.0.1]:16443'] },
+      "--backend.0: [::ffff:127.0.0.1]:16443 is apilb's own listener (--listen): apilb would forward to itself",
+    ],
+    [
+      'wildcard listener',
+      { listen: ['0.0.0.0:16443'], backends: ['127.0.0.1:16443'] },
+      "--backend.0: 127.0.0.1:16443 is apilb's own listener (--listen): apilb would forward to itself",
+    ],
+    [
+      'admin endpoint',
+      { backends: ['127.0.0.1:9643'] },
+      "--backend.0: 127.0.0.1:9643 is apilb's own admin endpoint (--admin-listen): apilb would forward to itself",
+    ],
+    [
+      '257 backends',
+      { backends: Array.from({ length: 257 }, (_, i) => `10.0.${i >> 8}.${i & 255}:6443`) },
+      '--backend: holds 257 addresses; at most 256 are accepted',
+    ],
   ];
   for (const [name, flags, want] of rows) tt.same(resolve({ flags: { ...BASE, ...flags } }), [want], name);
-  tt.ok(Array.isArray((resolve({ flags: { ...BASE, listen: ['127.0.0.1:16443'], backends: ['127.0.0.1:16444'] } }) as Config).backends), 'another loopback port is fine');
+  tt.ok(
+    Array.isArray((resolve({ flags: { ...BASE, listen: ['127.0.0.1:16443'], backends: ['127.0.0.1:16444'] } }) as Config).backends),
+    'another loopback port is fine',
+  );
 });
 
 t.test('a key pasted where a path belongs is refused without echoing it (flag, environment, YAML, kubeconfig)', async (tt) => {
   const dir = tmp(tt);
   const pasted = 'must be a file path, got what looks like file contents or a secret (not shown): put the PEM in a file and pass its path';
-  const yaml = file(dir, 'apilb.yaml', `backends: [10.0.0.1:6443]\nhealthCheckInsecure: true\nclientCertFile: /etc/c.crt\nclientKeyFile: |\n${client.key.split('\n').map((l) => `  ${l}`).join('\n')}\n`);
-  const kc = file(dir, 'kc.conf', [
-    `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}}}]`,
-    'contexts: [{name: x, context: {cluster: c, user: u}}]',
-    'current-context: x',
-    `users: [{name: u, user: {client-certificate: /etc/c.crt, client-key: ${JSON.stringify(client.key)}}}]`,
-  ].join('\n'));
+  const yaml = file(
+    dir,
+    'apilb.yaml',
+    `backends: [10.0.0.1:6443]\nhealthCheckInsecure: true\nclientCertFile: /etc/c.crt\nclientKeyFile: |\n${client.key
+      .split('\n')
+      .map((l) => `  ${l}`)
+      .join('\n')}\n`,
+  );
+  const kc = file(
+    dir,
+    'kc.conf',
+    [
+      `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}}}]`,
+      'contexts: [{name: x, context: {cluster: c, user: u}}]',
+      'current-context: x',
+      `users: [{name: u, user: {client-certificate: /etc/c.crt, client-key: ${JSON.stringify(client.key)}}}]`,
+    ].join('\n'),
+  );
   const rows: [string, ResolveInput, string][] = [
     ['flag', { flags: { ...BASE, clientCertFile: '/etc/c.crt', clientKeyFile: client.key } }, `--client-key-file: ${pasted}`],
     ['env', { flags: BASE, env: { APILB_CLIENT_CERT_FILE: '/etc/c.crt', APILB_CLIENT_KEY_FILE: client.key } }, `APILB_CLIENT_KEY_FILE: ${pasted}`],
     ['YAML', { configFile: yaml }, `${yaml}: clientKeyFile: ${pasted}`],
-    ['kubeconfig', { flags: { ...BASE, kubeconfig: kc } }, `--kubeconfig: kubeconfig "${kc}": client-key holds what looks like file contents (not shown), not a path: use client-key-data for inline PEM (base64)`],
-    ['a key file given as the kubeconfig', { flags: { ...BASE, kubeconfig: client.keyFile } }, `--kubeconfig: kubeconfig "${client.keyFile}": is not a kubeconfig (not a YAML mapping; a certificate or key file?)`],
-    ['another string option', { flags: { ...BASE, tlsServerName: client.key } }, '--tls-server-name: must be one line of text, got what looks like file contents or a secret (not shown)'],
+    [
+      'kubeconfig',
+      { flags: { ...BASE, kubeconfig: kc } },
+      `--kubeconfig: kubeconfig "${kc}": client-key holds what looks like file contents (not shown), not a path: use client-key-data for inline PEM (base64)`,
+    ],
+    [
+      'a key file given as the kubeconfig',
+      { flags: { ...BASE, kubeconfig: client.keyFile } },
+      `--kubeconfig: kubeconfig "${client.keyFile}": is not a kubeconfig (not a YAML mapping; a certificate or key file?)`,
+    ],
+    [
+      'another string option',
+      { flags: { ...BASE, tlsServerName: client.key } },
+      '--tls-server-name: must be one line of text, got what looks like file contents or a secret (not shown)',
+    ],
   ];
   for (const [name, input, want] of rows) {
     const got = resolve(input);
@@ -176,13 +238,22 @@ t.test('reload: a pasted key is in neither the reload_rejected line nor the POST
   const d = new Daemon(resolveConfig(input), { resolveInput: input, logger: createLogger('info', sink) });
   await d.start();
   tt.teardown(() => d.close(0));
-  writeFileSync(cfgFile, `backends: [${backend}]\nhealthCheckMode: tcp\nlisten: ["127.0.0.1:0"]\nadminListen: 127.0.0.1:0\nclientCertFile: /etc/c.crt\nclientKeyFile: ${JSON.stringify(client.key)}\n`);
+  writeFileSync(
+    cfgFile,
+    `backends: [${backend}]\nhealthCheckMode: tcp\nlisten: ["127.0.0.1:0"]\nadminListen: 127.0.0.1:0\nclientCertFile: /etc/c.crt\nclientKeyFile: ${JSON.stringify(client.key)}\n`,
+  );
   const r = await d.reload();
   tt.equal(r.ok, false);
   tt.match(r.error, 'clientKeyFile: must be a file path, got what looks like file contents or a secret (not shown)');
   tt.notOk(r.error!.includes(KEY_LINE), 'not in the POST /reload answer');
-  tt.ok(lines.some((l) => l.includes('reload_rejected')), 'the rejection is logged');
-  tt.notOk(lines.some((l) => l.includes(KEY_LINE)), 'not in the journal');
+  tt.ok(
+    lines.some((l) => l.includes('reload_rejected')),
+    'the rejection is logged',
+  );
+  tt.notOk(
+    lines.some((l) => l.includes(KEY_LINE)),
+    'not in the journal',
+  );
 });
 
 t.test('cli: check-config and run share one validation and one exit code per kind of error', async (tt) => {
@@ -193,7 +264,10 @@ t.test('cli: check-config and run share one validation and one exit code per kin
   const runNeg = await runCli(['run', '--backend', '10.0.0.1:6443', '--health-check-insecure', '--connect-timeout', '-1s']);
   tt.equal(runNeg.code, 2, 'run: same exit code');
   tt.equal(runNeg.stderr, neg.stderr, 'run: same message');
-  for (const [args, what] of [[['--ca-file', dir], 'a directory as CA'], [['--health-check-path', 'readyz', '--health-check-insecure'], 'a path without /']] as const) {
+  for (const [args, what] of [
+    [['--ca-file', dir], 'a directory as CA'],
+    [['--health-check-path', 'readyz', '--health-check-insecure'], 'a path without /'],
+  ] as const) {
     const a = await runCli(['check-config', '--backend', '10.0.0.1:6443', ...args]);
     const b = await runCli(['run', '--backend', '10.0.0.1:6443', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...args]);
     tt.equal(a.code, 2, `check-config refuses ${what}`);
@@ -202,18 +276,25 @@ t.test('cli: check-config and run share one validation and one exit code per kin
   }
   const warn = await runCli(['check-config', '--backend', '10.0.0.1:6443', '--health-check-mode', 'tcp']);
   tt.equal(warn.code, 0);
-  tt.match(warn.stderr, 'apilb: warning: health-check-mode tcp without a CA (--ca-file or --kubeconfig) only connects: a hung API server that still accepts TCP looks healthy');
+  tt.match(
+    warn.stderr,
+    'apilb: warning: health-check-mode tcp without a CA (--ca-file or --kubeconfig) only connects: a hung API server that still accepts TCP looks healthy',
+  );
 });
 
 t.test('cli: check-config --print shows the effective configuration with secrets redacted', async (tt) => {
   const dir = tmp(tt);
   file(dir, 'token', 's3cr3t-token-value\n');
-  const kc = file(dir, 'kc.conf', [
-    `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}}}]`,
-    'contexts: [{name: x, context: {cluster: c, user: u}}]',
-    'current-context: x',
-    'users: [{name: u, user: {tokenFile: token}}]',
-  ].join('\n'));
+  const kc = file(
+    dir,
+    'kc.conf',
+    [
+      `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}}}]`,
+      'contexts: [{name: x, context: {cluster: c, user: u}}]',
+      'current-context: x',
+      'users: [{name: u, user: {tokenFile: token}}]',
+    ].join('\n'),
+  );
   const cfg = file(dir, 'apilb.yaml', `backends: ["https://10.0.0.1:6443"]\nkubeconfig: ${kc}\nconnectTimeout: 1m30s\n`);
   const r = await runCli(['check-config', '--config', cfg, '--print', '--client-cert-file', client.certFile, '--client-key-file', client.keyFile]);
   tt.equal(r.code, 0, r.stderr);
@@ -229,7 +310,10 @@ t.test('cli: check-config --print shows the effective configuration with secrets
 t.test('cli: status reads adminListen from --config; an admin port in use names --admin-listen', async (tt) => {
   const dir = tmp(tt);
   const backend = await loopbackBackend(tt);
-  const d = new Daemon(resolveConfig({ flags: { backends: [backend], healthCheckMode: 'tcp', listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0' }, env: {} }), { logger: createLogger('silent') });
+  const d = new Daemon(
+    resolveConfig({ flags: { backends: [backend], healthCheckMode: 'tcp', listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0' }, env: {} }),
+    { logger: createLogger('silent') },
+  );
   await d.start();
   tt.teardown(() => d.close(0));
   const cfg = file(dir, 'apilb.yaml', `adminListen: ${JSON.stringify(d.adminAddress)}\n`);
@@ -245,12 +329,29 @@ t.test('cli: status reads adminListen from --config; an admin port in use names 
   await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
   tt.teardown(() => new Promise<void>((r) => blocker.close(() => r())));
   const port = (blocker.address() as AddressInfo).port;
-  const run = spawnChild(tt, process.execPath, [CLI, 'run', '--backend', backend, '--health-check-mode', 'tcp', '--listen', '127.0.0.1:0', '--admin-listen', `127.0.0.1:${port}`]);
+  const run = spawnChild(tt, process.execPath, [
+    CLI,
+    'run',
+    '--backend',
+    backend,
+    '--health-check-mode',
+    'tcp',
+    '--listen',
+    '127.0.0.1:0',
+    '--admin-listen',
+    `127.0.0.1:${port}`,
+  ]);
   const events = (): { event?: string; msg?: string; listen?: string[] }[] =>
-    `${run.stdout}\n${run.stderr}`.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event?: string; msg?: string; listen?: string[] });
+    `${run.stdout}\n${run.stderr}`
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { event?: string; msg?: string; listen?: string[] });
   const failed = await waitFor(() => run.done || events().find((e) => e.event === 'admin_bind_failed'), { timeoutMs: 20_000, what: 'admin_bind_failed' });
   tt.equal(run.done, false, `apilb keeps running with its admin port taken: ${run.stderr}`);
-  tt.match((failed as { msg?: string }).msg, `cannot listen on 127.0.0.1:${port}: address already in use (is kube-apiserver or another apilb bound to it? use --admin-listen to pick another port)`);
+  tt.match(
+    (failed as { msg?: string }).msg,
+    `cannot listen on 127.0.0.1:${port}: address already in use (is kube-apiserver or another apilb bound to it? use --admin-listen to pick another port)`,
+  );
   const started = await waitFor(() => events().find((e) => e.event === 'started'), { timeoutMs: 20_000, what: 'the started line' });
   const dataPort = Number(started.listen![0]!.split(':').at(-1));
   const c = await dial(dataPort);

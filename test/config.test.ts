@@ -42,14 +42,15 @@ function flagIssue(tt: Test, flags: Record<string, unknown>): string[] {
   return issuesOf(tt, { flags: { ...BASE, ...flags } });
 }
 
-
 t.test('values: durations and addresses', async (tt) => {
   tt.equal(parseDuration('250ms'), 250);
   tt.equal(parseDuration('1.5s'), 1500);
   tt.equal(parseDuration('2m'), 120_000);
   tt.equal(parseDuration('1h'), 3_600_000);
   tt.equal(parseDuration('0'), 0);
-  tt.throws(() => parseDuration('5'), { message: '"5" is not a duration: write a number with a unit, like 500ms, 2s, 1.5s or 1m30s (units ns, us, ms, s, m, h)' });
+  tt.throws(() => parseDuration('5'), {
+    message: '"5" is not a duration: write a number with a unit, like 500ms, 2s, 1.5s or 1m30s (units ns, us, ms, s, m, h)',
+  });
   tt.throws(() => parseDuration('-1s'), { message: '"-1s" is negative: a duration is 0 or more, like 500ms, 2s, 1.5s or 1m30s' });
   tt.equal(formatDuration(1500), '1.5s');
   tt.equal(formatDuration(120_000), '2m');
@@ -67,7 +68,10 @@ t.test('values: durations and addresses', async (tt) => {
 
 t.test('defaults', async (tt) => {
   const cfg = resolveConfig({ flags: BASE, hasIPv6Loopback: true });
-  tt.same(cfg.listen, [{ host: '127.0.0.1', port: 6443 }, { host: '::1', port: 6443 }]);
+  tt.same(cfg.listen, [
+    { host: '127.0.0.1', port: 6443 },
+    { host: '::1', port: 6443 },
+  ]);
   tt.same(resolveConfig({ flags: BASE, hasIPv6Loopback: false }).listen, [{ host: '127.0.0.1', port: 6443 }]);
   tt.same(cfg.backends, [{ host: '10.0.0.1', port: 6443 }]);
   tt.equal(cfg.connectTimeout, 1000);
@@ -90,15 +94,19 @@ t.test('defaults', async (tt) => {
 
 t.test('precedence: flags > environment > file > defaults', async (tt) => {
   const dir = tmp(tt);
-  const file = writeFile(dir, 'apilb.yaml', [
-    'backends: [10.0.0.1:6443, 10.0.0.2:6443]',
-    'healthCheckInsecure: true',
-    'connectTimeout: 3s',
-    'firstByteTimeout: 3s',
-    'maxConnections: 3',
-    'rise: 3',
-    '',
-  ].join('\n'));
+  const file = writeFile(
+    dir,
+    'apilb.yaml',
+    [
+      'backends: [10.0.0.1:6443, 10.0.0.2:6443]',
+      'healthCheckInsecure: true',
+      'connectTimeout: 3s',
+      'firstByteTimeout: 3s',
+      'maxConnections: 3',
+      'rise: 3',
+      '',
+    ].join('\n'),
+  );
   const env = { APILB_CONNECT_TIMEOUT: '2s', APILB_FIRST_BYTE_TIMEOUT: '2s', APILB_MAX_CONNECTIONS: '2', APILB_UNRELATED: 'x', PATH: '/bin' };
   const flags = { connectTimeout: '1500ms' };
   const cfg = resolveConfig({ configFile: file, env, flags, hasIPv6Loopback: false });
@@ -116,27 +124,34 @@ t.test('precedence: flags > environment > file > defaults', async (tt) => {
   tt.same(flag2.backends.map(formatAddress), ['10.0.0.9:6443'], 'repeated flags replace env and file lists');
 
   // Every option has an environment variable that works.
-  tt.equal(resolveConfig({ flags: BASE, env: { APILB_HEALTH_CHECK_INTERVAL: '5s', APILB_LOG_LEVEL: 'debug', APILB_HEALTH_CHECK_MODE: 'tcp' } }).healthCheckInterval, 5000);
+  tt.equal(
+    resolveConfig({ flags: BASE, env: { APILB_HEALTH_CHECK_INTERVAL: '5s', APILB_LOG_LEVEL: 'debug', APILB_HEALTH_CHECK_MODE: 'tcp' } }).healthCheckInterval,
+    5000,
+  );
   for (const spec of OPTIONS) tt.match(envName(spec), /^APILB_[A-Z_]+$/, `${spec.key} has an env name`);
 });
 
 t.test('file: YAML keys are the flags in camelCase, lists under plural names', async (tt) => {
   const dir = tmp(tt);
-  const file = writeFile(dir, 'apilb.yaml', [
-    'listen: ["127.0.0.1:16443", "[::1]:16443"]',
-    'backends:',
-    '  - 10.0.0.1:6443',
-    '  - "[fd00::1]:6443"',
-    '  - api.example.internal:6443',
-    'healthCheckInsecure: true',
-    'connectTimeout: 0.5s',
-    'firstByteTimeout: 0',
-    'drainTimeout: 0',
-    'healthCheckMode: tcp',
-    'adminListen: 127.0.0.1:0',
-    'tlsServerName: kubernetes',
-    '',
-  ].join('\n'));
+  const file = writeFile(
+    dir,
+    'apilb.yaml',
+    [
+      'listen: ["127.0.0.1:16443", "[::1]:16443"]',
+      'backends:',
+      '  - 10.0.0.1:6443',
+      '  - "[fd00::1]:6443"',
+      '  - api.example.internal:6443',
+      'healthCheckInsecure: true',
+      'connectTimeout: 0.5s',
+      'firstByteTimeout: 0',
+      'drainTimeout: 0',
+      'healthCheckMode: tcp',
+      'adminListen: 127.0.0.1:0',
+      'tlsServerName: kubernetes',
+      '',
+    ].join('\n'),
+  );
   const cfg = resolveConfig({ configFile: file });
   tt.same(cfg.listen.map(formatAddress), ['127.0.0.1:16443', '[::1]:16443']);
   tt.same(cfg.backends.map(formatAddress), ['10.0.0.1:6443', '[fd00::1]:6443', 'api.example.internal:6443']);
@@ -147,16 +162,30 @@ t.test('file: YAML keys are the flags in camelCase, lists under plural names', a
   tt.equal(cfg.tlsServerName, 'kubernetes');
   tt.same(cfg.adminListen, { host: '127.0.0.1', port: 0 });
   const empty = writeFile(dir, 'empty.yaml', '# nothing yet\n');
-  tt.same(resolveConfig({ configFile: empty, flags: BASE, hasIPv6Loopback: false }).backends.map(formatAddress), ['10.0.0.1:6443'], 'an empty file is no settings');
+  tt.same(
+    resolveConfig({ configFile: empty, flags: BASE, hasIPv6Loopback: false }).backends.map(formatAddress),
+    ['10.0.0.1:6443'],
+    'an empty file is no settings',
+  );
 });
 
 t.test('validation errors name the field and the reason', async (tt) => {
-  tt.same(flagIssue(tt, { connectTimeout: 'abc' }), ['--connect-timeout: "abc" is not a duration: write a number with a unit, like 500ms, 2s, 1.5s or 1m30s (units ns, us, ms, s, m, h)']);
+  tt.same(flagIssue(tt, { connectTimeout: 'abc' }), [
+    '--connect-timeout: "abc" is not a duration: write a number with a unit, like 500ms, 2s, 1.5s or 1m30s (units ns, us, ms, s, m, h)',
+  ]);
   tt.same(flagIssue(tt, { connectTimeout: '0' }), ['--connect-timeout: must be greater than zero, got "0"'], 'zero where invalid');
-  tt.same(flagIssue(tt, { connectTimeout: '-1s' }), ['--connect-timeout: "-1s" is negative: a duration is 0 or more, like 500ms, 2s, 1.5s or 1m30s'], 'negative');
+  tt.same(
+    flagIssue(tt, { connectTimeout: '-1s' }),
+    ['--connect-timeout: "-1s" is negative: a duration is 0 or more, like 500ms, 2s, 1.5s or 1m30s'],
+    'negative',
+  );
   tt.same(flagIssue(tt, { healthCheckInterval: '50ms' }), ['--health-check-interval: must be at least 100ms, got "50ms"'], 'below the minimum');
   tt.same(flagIssue(tt, { dnsRefresh: '0' }), ['--dns-refresh: must be at least 1s, got "0"']);
-  tt.same(flagIssue(tt, { backends: ['fd00::1:6443'] }), ['--backend: "fd00::1:6443" looks like an IPv6 address: write it in brackets with a port, like [fd00::1]:6443'], 'IPv6 without brackets');
+  tt.same(
+    flagIssue(tt, { backends: ['fd00::1:6443'] }),
+    ['--backend: "fd00::1:6443" looks like an IPv6 address: write it in brackets with a port, like [fd00::1]:6443'],
+    'IPv6 without brackets',
+  );
   tt.same(flagIssue(tt, { backends: ['10.0.0.1:70000'] }), ['--backend: port 70000 in "10.0.0.1:70000" is out of range (1-65535)'], 'port range');
   tt.same(flagIssue(tt, { backends: ['10.0.0.1:0'] }), ['--backend: port 0 in "10.0.0.1:0" is out of range (1-65535)'], 'port 0 is for listeners only');
   tt.same(flagIssue(tt, { backends: ['10.0.0.1'] }), ['--backend: "10.0.0.1" is not HOST:PORT (for example 10.0.0.1:6443)'], 'missing port');
@@ -170,8 +199,14 @@ t.test('validation errors name the field and the reason', async (tt) => {
   tt.same(flagIssue(tt, { caFile: '/nonexistent/ca.crt' }), ['--ca-file: CA file "/nonexistent/ca.crt" does not exist'], 'missing file');
   tt.same(flagIssue(tt, { healthCheckPath: '' }), ['--health-check-path: must not be empty']);
 
-  tt.same(issuesOf(tt, { env: { APILB_BACKEND: '10.0.0.1:6443', APILB_HEALTH_CHECK_INSECURE: 'maybe' } }), ['APILB_HEALTH_CHECK_INSECURE: must be true or false, got "maybe"'], 'env errors name the variable');
-  tt.same(issuesOf(tt, { env: { APILB_BACKEND: '10.0.0.1:6443,::1' }, flags: { healthCheckInsecure: true } }), ['APILB_BACKEND: "::1" looks like an IPv6 address: write it in brackets with a port, like [::1]:6443']);
+  tt.same(
+    issuesOf(tt, { env: { APILB_BACKEND: '10.0.0.1:6443', APILB_HEALTH_CHECK_INSECURE: 'maybe' } }),
+    ['APILB_HEALTH_CHECK_INSECURE: must be true or false, got "maybe"'],
+    'env errors name the variable',
+  );
+  tt.same(issuesOf(tt, { env: { APILB_BACKEND: '10.0.0.1:6443,::1' }, flags: { healthCheckInsecure: true } }), [
+    'APILB_BACKEND: "::1" looks like an IPv6 address: write it in brackets with a port, like [::1]:6443',
+  ]);
 
   const several = flagIssue(tt, { connectTimeout: 'x', rise: 'y', backends: ['a', 'b:1'] });
   tt.equal(several.length, 3, 'every bad field is reported, not just the first');
@@ -179,44 +214,51 @@ t.test('validation errors name the field and the reason', async (tt) => {
 
 t.test('file errors: unknown keys with suggestions, wrong types, bad YAML, missing file', async (tt) => {
   const dir = tmp(tt);
-  const file = writeFile(dir, 'apilb.yaml', [
-    'backends:',
-    '  - 10.0.0.1:6443',
-    '  - nope',
-    '  - 7',
-    'healthCheckInsecure: true',
-    'healthCheckIntervall: 2s',
-    'drain_timeout: 1s',
-    'backend: 10.0.0.2:6443',
-    'frobnicate: 1',
-    'connectTimeout: 5',
-    'firstByteTimeout: [1s]',
-    'rise: 2.5',
-    'fall: "abc"',
-    'listen: {a: 1}',
-    'logLevel: 3',
-    'healthCheckInsecureX: yes',
-    'tlsServerName: 42',
-    '',
-  ].join('\n'));
+  const file = writeFile(
+    dir,
+    'apilb.yaml',
+    [
+      'backends:',
+      '  - 10.0.0.1:6443',
+      '  - nope',
+      '  - 7',
+      'healthCheckInsecure: true',
+      'healthCheckIntervall: 2s',
+      'drain_timeout: 1s',
+      'backend: 10.0.0.2:6443',
+      'frobnicate: 1',
+      'connectTimeout: 5',
+      'firstByteTimeout: [1s]',
+      'rise: 2.5',
+      'fall: "abc"',
+      'listen: {a: 1}',
+      'logLevel: 3',
+      'healthCheckInsecureX: yes',
+      'tlsServerName: 42',
+      '',
+    ].join('\n'),
+  );
   const got = issuesOf(tt, { configFile: file });
   const f = file;
-  tt.same(got.sort(), [
-    `${f}: backends.1: "nope" is not HOST:PORT (for example 10.0.0.1:6443)`,
-    `${f}: backends.2: must be an address HOST:PORT, got 7`,
-    `${f}: healthCheckIntervall: unknown key (did you mean "healthCheckInterval"?)`,
-    `${f}: drain_timeout: unknown key (did you mean "drainTimeout"?)`,
-    `${f}: backend: unknown key (did you mean "backends"?)`,
-    `${f}: frobnicate: unknown key`,
-    `${f}: connectTimeout: must be a duration with a unit, like 5s or 5ms (a bare number is ambiguous)`,
-    `${f}: firstByteTimeout: must be a duration like 250ms, 2s or 1m30s, got a list`,
-    `${f}: rise: must be a whole number, got 2.5`,
-    `${f}: fall: must be a whole number, got "abc"`,
-    `${f}: listen: must be a list of HOST:PORT addresses, got a mapping`,
-    `${f}: logLevel: must be one of fatal, error, warn, info, debug, trace, silent, got 3`,
-    `${f}: healthCheckInsecureX: unknown key (did you mean "healthCheckInsecure"?)`,
-    `${f}: tlsServerName: must be a string, got 42`,
-  ].sort());
+  tt.same(
+    got.sort(),
+    [
+      `${f}: backends.1: "nope" is not HOST:PORT (for example 10.0.0.1:6443)`,
+      `${f}: backends.2: must be an address HOST:PORT, got 7`,
+      `${f}: healthCheckIntervall: unknown key (did you mean "healthCheckInterval"?)`,
+      `${f}: drain_timeout: unknown key (did you mean "drainTimeout"?)`,
+      `${f}: backend: unknown key (did you mean "backends"?)`,
+      `${f}: frobnicate: unknown key`,
+      `${f}: connectTimeout: must be a duration with a unit, like 5s or 5ms (a bare number is ambiguous)`,
+      `${f}: firstByteTimeout: must be a duration like 250ms, 2s or 1m30s, got a list`,
+      `${f}: rise: must be a whole number, got 2.5`,
+      `${f}: fall: must be a whole number, got "abc"`,
+      `${f}: listen: must be a list of HOST:PORT addresses, got a mapping`,
+      `${f}: logLevel: must be one of fatal, error, warn, info, debug, trace, silent, got 3`,
+      `${f}: healthCheckInsecureX: unknown key (did you mean "healthCheckInsecure"?)`,
+      `${f}: tlsServerName: must be a string, got 42`,
+    ].sort(),
+  );
 
   const bad = writeFile(dir, 'bad.yaml', 'backends: [10.0.0.1:6443\nfoo: : :\n');
   const badIssues = issuesOf(tt, { configFile: bad });
@@ -227,10 +269,11 @@ t.test('file errors: unknown keys with suggestions, wrong types, bad YAML, missi
   tt.same(issuesOf(tt, { configFile: list }), [`config: "${list}" must hold a mapping of settings (key: value)`]);
 
   const missing = join(dir, 'missing.yaml');
-  tt.same(issuesOf(tt, { configFile: missing, flags: { ...BASE, rise: 'x' } }), [
-    `config: config file "${missing}" does not exist`,
-    '--rise: must be a whole number, got "x"',
-  ], 'a missing file is reported together with the other layers\' problems');
+  tt.same(
+    issuesOf(tt, { configFile: missing, flags: { ...BASE, rise: 'x' } }),
+    [`config: config file "${missing}" does not exist`, '--rise: must be a whole number, got "x"'],
+    "a missing file is reported together with the other layers' problems",
+  );
 });
 
 t.test('cross-field rules', async (tt) => {
@@ -243,7 +286,11 @@ t.test('cross-field rules', async (tt) => {
   ]);
   tt.ok(resolveConfig({ flags: { backends: ['10.0.0.1:6443'], healthCheckMode: 'tcp' } }), 'tcp checks need no CA');
   tt.same(flagIssue(tt, { healthCheckTimeout: '3s' }), ['--health-check-timeout: must not exceed healthCheckInterval (2s)']);
-  tt.same(issuesOf(tt, { flags: BASE, env: { APILB_HEALTH_CHECK_TIMEOUT: '3s' } }), ['APILB_HEALTH_CHECK_TIMEOUT: must not exceed healthCheckInterval (2s)'], 'reported where it was set');
+  tt.same(
+    issuesOf(tt, { flags: BASE, env: { APILB_HEALTH_CHECK_TIMEOUT: '3s' } }),
+    ['APILB_HEALTH_CHECK_TIMEOUT: must not exceed healthCheckInterval (2s)'],
+    'reported where it was set',
+  );
   tt.same(flagIssue(tt, { discoverEndpointslices: true }), ['--discover-endpointslices: needs --kubeconfig for the credentials to read EndpointSlices']);
   const dir = tmp(tt);
   const pem = writeFile(dir, 'client.crt', '-----BEGIN CERTIFICATE-----\n');
@@ -268,26 +315,30 @@ t.test('kubeconfig: file paths relative to the kubeconfig, and inline data', asy
   writeFile(dir, 'pki/ca.crt', ca.cert);
   // kubeadm's kubelet.conf points both client-certificate and client-key at one rotated PEM holding both.
   writeFile(dir, 'pki/kubelet-client-current.pem', client.cert + client.key);
-  const kcFiles = writeFile(dir, 'kubelet.conf', [
-    'apiVersion: v1',
-    'kind: Config',
-    'clusters:',
-    '- name: kubernetes',
-    '  cluster:',
-    '    certificate-authority: pki/ca.crt',
-    '    server: https://10.0.0.1:6443',
-    '    tls-server-name: kubernetes',
-    'contexts:',
-    '- name: system:node:node-1@kubernetes',
-    '  context: {cluster: kubernetes, user: system:node:node-1}',
-    'current-context: system:node:node-1@kubernetes',
-    'users:',
-    '- name: system:node:node-1',
-    '  user:',
-    '    client-certificate: pki/kubelet-client-current.pem',
-    '    client-key: pki/kubelet-client-current.pem',
-    '',
-  ].join('\n'));
+  const kcFiles = writeFile(
+    dir,
+    'kubelet.conf',
+    [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters:',
+      '- name: kubernetes',
+      '  cluster:',
+      '    certificate-authority: pki/ca.crt',
+      '    server: https://10.0.0.1:6443',
+      '    tls-server-name: kubernetes',
+      'contexts:',
+      '- name: system:node:node-1@kubernetes',
+      '  context: {cluster: kubernetes, user: system:node:node-1}',
+      'current-context: system:node:node-1@kubernetes',
+      'users:',
+      '- name: system:node:node-1',
+      '  user:',
+      '    client-certificate: pki/kubelet-client-current.pem',
+      '    client-key: pki/kubelet-client-current.pem',
+      '',
+    ].join('\n'),
+  );
   const k = loadKubeconfigCredentials(kcFiles);
   tt.equal(k.ca, ca.cert, 'CA read relative to the kubeconfig directory');
   tt.match(k.cert, /BEGIN CERTIFICATE/);
@@ -297,23 +348,27 @@ t.test('kubeconfig: file paths relative to the kubeconfig, and inline data', asy
   tt.ok(createSecureContext({ ca: k.ca, cert: k.cert, key: k.key }), 'the combined PEM works as both certificate and key');
 
   const b64 = (s: string) => Buffer.from(s).toString('base64');
-  const kcInline = writeFile(dir, 'admin.conf', [
-    'apiVersion: v1',
-    'clusters:',
-    '- name: c',
-    '  cluster:',
-    `    certificate-authority-data: ${b64(ca.cert)}`,
-    '    server: https://10.0.0.1:6443',
-    'contexts:',
-    '- name: only',
-    '  context: {cluster: c, user: u}',
-    'users:',
-    '- name: u',
-    '  user:',
-    `    client-certificate-data: ${b64(client.cert)}`,
-    `    client-key-data: ${b64(client.key)}`,
-    '',
-  ].join('\n'));
+  const kcInline = writeFile(
+    dir,
+    'admin.conf',
+    [
+      'apiVersion: v1',
+      'clusters:',
+      '- name: c',
+      '  cluster:',
+      `    certificate-authority-data: ${b64(ca.cert)}`,
+      '    server: https://10.0.0.1:6443',
+      'contexts:',
+      '- name: only',
+      '  context: {cluster: c, user: u}',
+      'users:',
+      '- name: u',
+      '  user:',
+      `    client-certificate-data: ${b64(client.cert)}`,
+      `    client-key-data: ${b64(client.key)}`,
+      '',
+    ].join('\n'),
+  );
   const inline = loadKubeconfigCredentials(kcInline);
   tt.equal(inline.ca, ca.cert, 'inline CA decoded');
   tt.equal(inline.cert, client.cert);
@@ -341,17 +396,25 @@ t.test('kubeconfig: unreadable referenced files are found in $CREDENTIALS_DIRECT
   const creds = tmp(tt);
   writeFile(creds, 'kubelet-client-current.pem', client.cert + client.key);
   const dir = tmp(tt);
-  const kc = writeFile(dir, 'kubelet.conf', [
-    `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}}}]`,
-    'contexts: [{name: x, context: {cluster: c, user: u}}]',
-    'current-context: x',
-    'users: [{name: u, user: {client-certificate: /nonexistent/pki/kubelet-client-current.pem, client-key: /nonexistent/pki/kubelet-client-current.pem}}]',
-  ].join('\n'));
+  const kc = writeFile(
+    dir,
+    'kubelet.conf',
+    [
+      `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}}}]`,
+      'contexts: [{name: x, context: {cluster: c, user: u}}]',
+      'current-context: x',
+      'users: [{name: u, user: {client-certificate: /nonexistent/pki/kubelet-client-current.pem, client-key: /nonexistent/pki/kubelet-client-current.pem}}]',
+    ].join('\n'),
+  );
   const k = loadKubeconfigCredentials(kc, { CREDENTIALS_DIRECTORY: creds });
   tt.equal(k.cert, client.cert + client.key, 'read from the credentials directory');
   const without = loadKubeconfigCredentials(kc, {});
   tt.equal(without.cert, undefined, 'without the credentials directory the certificate is not there (yet)');
-  tt.same(without.missing, ['/nonexistent/pki/kubelet-client-current.pem', '/nonexistent/pki/kubelet-client-current.pem'], 'and is listed as missing, not fatal');
+  tt.same(
+    without.missing,
+    ['/nonexistent/pki/kubelet-client-current.pem', '/nonexistent/pki/kubelet-client-current.pem'],
+    'and is listed as missing, not fatal',
+  );
 });
 
 t.test('kubeconfig errors', async (tt) => {
@@ -380,13 +443,19 @@ t.test('kubeconfig errors', async (tt) => {
     'current-context: x',
     `users: [{name: u, user: {client-certificate-data: ${Buffer.from('-----BEGIN CERTIFICATE-----\n').toString('base64')}}}]`,
   ]);
-  tt.throws(() => loadKubeconfigCredentials(certOnly), { message: `kubeconfig "${certOnly}": has a client certificate without a key or a key without a certificate` });
+  tt.throws(() => loadKubeconfigCredentials(certOnly), {
+    message: `kubeconfig "${certOnly}": has a client certificate without a key or a key without a certificate`,
+  });
 
   // resolveConfig reads the kubeconfig, so check-config catches a broken one before startup.
   tt.same(issuesOf(tt, { flags: { backends: ['10.0.0.1:6443'], kubeconfig: missingCa } }), [
     `--kubeconfig: "${missingCa}" gives no CA: "${join(dir, 'nope/ca.crt')}" does not exist yet: pass --ca-file too (kubeadm join writes /etc/kubernetes/pki/ca.crt before kubelet.conf)`,
   ]);
-  const noCa = kc('no-ca.conf', ['clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443"}}]', 'contexts: [{name: x, context: {cluster: c, user: u}}]', 'current-context: x']);
+  const noCa = kc('no-ca.conf', [
+    'clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443"}}]',
+    'contexts: [{name: x, context: {cluster: c, user: u}}]',
+    'current-context: x',
+  ]);
   tt.same(issuesOf(tt, { flags: { backends: ['10.0.0.1:6443'], kubeconfig: noCa } }), [
     `--kubeconfig: "${noCa}" has no certificate-authority or certificate-authority-data for its cluster: pass --ca-file too (kubeadm join writes /etc/kubernetes/pki/ca.crt before kubelet.conf)`,
   ]);
@@ -433,7 +502,18 @@ t.test('cli: run on an address in use exits non-zero naming the address', async 
   await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
   tt.teardown(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
   const port = (blocker.address() as AddressInfo).port;
-  const r = await runCli(['run', '--listen', `127.0.0.1:${port}`, '--backend', '127.0.0.1:9', '--health-check-insecure', '--admin-listen', '127.0.0.1:0', '--log-level', 'silent']);
+  const r = await runCli([
+    'run',
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--backend',
+    '127.0.0.1:9',
+    '--health-check-insecure',
+    '--admin-listen',
+    '127.0.0.1:0',
+    '--log-level',
+    'silent',
+  ]);
   tt.equal(r.code, 3, 'the listen exit code');
   tt.match(r.stderr, `cannot listen on 127.0.0.1:${port}: address already in use`);
   tt.match(r.stderr, 'use --listen to pick another port');

@@ -18,7 +18,6 @@ import { serveProxy } from './support/proxy-harness.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
-
 /** A proxy over `addresses`, serving on a loopback port. */
 async function proxyOver(tt: Test, addresses: string[], opts: Partial<ProxyOptions> = {}): Promise<{ pool: Pool; proxy: Proxy; port: number }> {
   const pool = new Pool();

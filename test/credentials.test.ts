@@ -39,7 +39,9 @@ function swapSymlink(link: string, target: string): void {
 }
 
 function kubeconfig(user: Record<string, string>): string {
-  const u = Object.entries(user).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ');
+  const u = Object.entries(user)
+    .map(([k, v]) => `${k}: ${JSON.stringify(v)}`)
+    .join(', ');
   return [
     `clusters: [{name: c, cluster: {certificate-authority-data: ${Buffer.from(ca.cert).toString('base64')}, server: "https://127.0.0.1:6443"}}]`,
     'contexts: [{name: x, context: {cluster: c, user: u}}]',
@@ -75,8 +77,12 @@ async function node(tt: Test, flags: Record<string, unknown>, accept: { certs?: 
   });
   const cfg = resolveConfig({
     flags: {
-      backends: servers.map((s) => s.address), listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0',
-      healthCheckInterval: '300ms', healthCheckTimeout: '300ms', ...flags,
+      backends: servers.map((s) => s.address),
+      listen: ['127.0.0.1:0'],
+      adminListen: '127.0.0.1:0',
+      healthCheckInterval: '300ms',
+      healthCheckTimeout: '300ms',
+      ...flags,
     },
     env: {},
   });
@@ -90,7 +96,10 @@ async function node(tt: Test, flags: Record<string, unknown>, accept: { certs?: 
     if (ev.result.ok && ev.result.status !== undefined) answered.set(ev.backend, ev.result.status);
   });
   return {
-    d, servers, transitions, logs,
+    d,
+    servers,
+    transitions,
+    logs,
     async allAnswered(status, what) {
       const start = performance.now();
       answered.clear();
@@ -114,7 +123,10 @@ t.test('kubelet certificate rotation through a symlink swap: every backend stays
   writeFileSync(kc, kubeconfig({ 'client-certificate': join(pki, 'kubelet-client-current.pem'), 'client-key': join(pki, 'kubelet-client-current.pem') }));
   const n = await node(tt, { kubeconfig: kc }, { certs: [c1.cert] });
   await n.allAnswered(200, 'checks with the first certificate');
-  tt.same(n.d.pool.backends.map((b) => b.state), ['up', 'up', 'up']);
+  tt.same(
+    n.d.pool.backends.map((b) => b.state),
+    ['up', 'up', 'up'],
+  );
 
   // The API servers stop accepting the old certificate at the same moment kubelet swaps the link (worst case).
   for (const s of n.servers) s.requireCredentials({ certs: [c2.cert] });
@@ -125,11 +137,22 @@ t.test('kubelet certificate rotation through a symlink swap: every backend stays
   const refused = n.servers.map((s) => s.refused);
   await n.allAnswered(200, 'two more rounds');
   await n.allAnswered(200, 'two more rounds');
-  tt.same(n.servers.map((s) => s.refused), refused, 'no request with the old certificate after the switch: old connections were closed');
-  tt.same(n.transitions.filter((e) => e.to !== 'up'), [], 'no backend left `up` at any time');
+  tt.same(
+    n.servers.map((s) => s.refused),
+    refused,
+    'no request with the old certificate after the switch: old connections were closed',
+  );
+  tt.same(
+    n.transitions.filter((e) => e.to !== 'up'),
+    [],
+    'no backend left `up` at any time',
+  );
   tt.match(n.d.credentials.status(), { reloads: 1, rejected: 0, missing: [], identity: 'client certificate' });
   tt.match(await n.d.metrics.render(), /apilb_credential_reloads_total\{result="success"\} 1/);
-  tt.ok(n.logs.some((l) => /"event":"credentials_reloaded".*client certificate/.test(l)), 'the reload is logged, naming what changed');
+  tt.ok(
+    n.logs.some((l) => /"event":"credentials_reloaded".*client certificate/.test(l)),
+    'the reload is logged, naming what changed',
+  );
 });
 
 t.test('a projected token rotated through a ..data directory swap is re-read; bearer tokens never reach the log', async (tt) => {
@@ -150,10 +173,17 @@ t.test('a projected token rotated through a ..data directory swap is re-read; be
   swapSymlink(join(vol, '..data'), '..2026_02');
   const ms = await n.allAnswered(200, 'checks with the rotated token');
   tt.comment(`every backend answered 200 with the new token ${ms} ms after the ..data swap`);
-  tt.same(n.transitions.filter((e) => e.to !== 'up'), [], 'no backend left `up`');
+  tt.same(
+    n.transitions.filter((e) => e.to !== 'up'),
+    [],
+    'no backend left `up`',
+  );
   tt.match(n.d.credentials.status(), { reloads: 1, identity: 'token' });
   tt.ok(n.logs.length > 5, 'debug logging was on');
-  tt.notOk(n.logs.some((l) => l.includes('token-A-7f3e') || l.includes('token-B-91ac')), 'no log line carries a token');
+  tt.notOk(
+    n.logs.some((l) => l.includes('token-A-7f3e') || l.includes('token-B-91ac')),
+    'no log line carries a token',
+  );
 });
 
 t.test('bootstrap: a kubeconfig that does not exist yet is not fatal; 401s count as up; it is used once it appears', async (tt) => {
@@ -161,7 +191,11 @@ t.test('bootstrap: a kubeconfig that does not exist yet is not fatal; 401s count
   const kc = join(dir, 'kubelet.conf');
   const n = await node(tt, { kubeconfig: kc, caFile: ca.certFile }, { certs: [c1.cert] });
   await n.allAnswered(401, 'anonymous checks refused');
-  tt.same(n.d.pool.backends.map((b) => b.state), ['up', 'up', 'up'], 'refused with 401 = alive: in rotation');
+  tt.same(
+    n.d.pool.backends.map((b) => b.state),
+    ['up', 'up', 'up'],
+    'refused with 401 = alive: in rotation',
+  );
   tt.equal(n.d.readiness().ready, true);
   tt.match(n.d.status().credentials, { missing: [kc], identity: 'anonymous' }, '/status says what is missing');
   const table = formatStatus(n.d.status(), Date.now());
@@ -170,8 +204,14 @@ t.test('bootstrap: a kubeconfig that does not exist yet is not fatal; 401s count
   const before = await n.d.metrics.render();
   tt.match(before, /apilb_credential_files_missing 1/);
   tt.match(before, /apilb_health_check_unauthenticated_total\{backend="[^"]+"\} [1-9]/);
-  tt.ok(n.logs.some((l) => l.includes('"event":"credentials_missing"') && l.includes(kc)), 'logged loudly at start');
-  tt.ok(n.logs.some((l) => l.includes('"event":"health_check_unauthenticated"')), 'the 401s are logged');
+  tt.ok(
+    n.logs.some((l) => l.includes('"event":"credentials_missing"') && l.includes(kc)),
+    'logged loudly at start',
+  );
+  tt.ok(
+    n.logs.some((l) => l.includes('"event":"health_check_unauthenticated"')),
+    'the 401s are logged',
+  );
 
   // kubelet's TLS bootstrap finishes: the certificate, then kubelet.conf (written by rename).
   writeFileSync(join(dir, 'kubelet-client-current.pem'), pem(c1));
@@ -180,7 +220,10 @@ t.test('bootstrap: a kubeconfig that does not exist yet is not fatal; 401s count
   tt.comment(`kubeconfig picked up ${ms} ms after it appeared`);
   tt.match(n.d.status().credentials, { missing: [], identity: 'client certificate', reloads: 1 });
   tt.match(await n.d.metrics.render(), /apilb_credential_files_missing 0/);
-  tt.same(n.transitions.filter((e) => e.to !== 'up'), []);
+  tt.same(
+    n.transitions.filter((e) => e.to !== 'up'),
+    [],
+  );
 });
 
 t.test('a broken new file keeps the old credentials and says why (file named, contents never)', async (tt) => {
@@ -201,27 +244,42 @@ t.test('a broken new file keeps the old credentials and says why (file named, co
   writeAtomic(keyFile, 'garbage that is not a key\n');
   await waitFor(() => n.d.credentials.status().rejected === 2, { what: 'the garbage key refused' });
   tt.match(n.d.credentials.status().lastError, `client key "${keyFile}" holds no PEM private key`);
-  tt.notOk(n.logs.some((l) => l.includes('garbage that is not a key') || l.includes(c1.key.split('\n')[1]!)), 'file contents are never logged');
-  tt.ok(n.logs.some((l) => l.includes('"event":"credentials_rejected"')), 'each refusal is logged');
+  tt.notOk(
+    n.logs.some((l) => l.includes('garbage that is not a key') || l.includes(c1.key.split('\n')[1]!)),
+    'file contents are never logged',
+  );
+  tt.ok(
+    n.logs.some((l) => l.includes('"event":"credentials_rejected"')),
+    'each refusal is logged',
+  );
   tt.match(await n.d.metrics.render(), /apilb_credential_reloads_total\{result="failure"\} 2/);
 
   for (const s of n.servers) s.requireCredentials({ certs: [c2.cert] });
   writeAtomic(keyFile, c2.key);
   await n.allAnswered(200, 'the completed pair is used');
   tt.match(n.d.credentials.status(), { reloads: 1, rejected: 2, lastError: null });
-  tt.same(n.transitions.filter((e) => e.to !== 'up'), []);
+  tt.same(
+    n.transitions.filter((e) => e.to !== 'up'),
+    [],
+  );
 });
 
 /**
  * A client-go exec plugin stand-in: prints an ExecCredential with the token (and expiry) in `state`, and appends a
  * line to `runs` per run. It also checks KUBERNETES_EXEC_INFO and prints a secret on stderr when told to fail.
  */
-function execPlugin(dir: string): { kubeconfigUser: Record<string, unknown>; set(state: { token: string; expires?: string; fail?: boolean }): void; runs(): number } {
+function execPlugin(dir: string): {
+  kubeconfigUser: Record<string, unknown>;
+  set(state: { token: string; expires?: string; fail?: boolean }): void;
+  runs(): number;
+} {
   const script = join(dir, 'plugin.mjs');
   const state = join(dir, 'plugin-state.json');
   const runs = join(dir, 'plugin-runs');
   writeFileSync(runs, '');
-  writeFileSync(script, `
+  writeFileSync(
+    script,
+    `
 import { appendFileSync, readFileSync } from 'node:fs';
 const s = JSON.parse(readFileSync(process.env.PLUGIN_STATE, 'utf8'));
 appendFileSync(${JSON.stringify(runs)}, 'run\\n');
@@ -230,9 +288,16 @@ if (info.kind !== 'ExecCredential' || info.spec.interactive !== false) process.e
 if (s.fail) { process.stderr.write('error: refresh token sk-secret-in-stderr expired\\n'); process.exit(1); }
 process.stdout.write(JSON.stringify({ apiVersion: info.apiVersion, kind: 'ExecCredential',
   status: { token: s.token, ...(s.expires ? { expirationTimestamp: s.expires } : {}) } }));
-`);
+`,
+  );
   return {
-    kubeconfigUser: { apiVersion: 'client.authentication.k8s.io/v1', command: process.execPath, args: [script], env: [{ name: 'PLUGIN_STATE', value: state }], interactiveMode: 'Never' },
+    kubeconfigUser: {
+      apiVersion: 'client.authentication.k8s.io/v1',
+      command: process.execPath,
+      args: [script],
+      env: [{ name: 'PLUGIN_STATE', value: state }],
+      interactiveMode: 'Never',
+    },
     set: (st) => writeFileSync(state, JSON.stringify(st)),
     runs: () => readFileSync(runs, 'utf8').split('\n').filter(Boolean).length,
   };
@@ -250,17 +315,23 @@ t.test('exec plugin: its token is used, and it runs again when an API server ans
   plugin.set({ token: 'exec-token-1' });
   const kc = execKubeconfig(dir, plugin.kubeconfigUser);
   const n = await node(tt, { kubeconfig: kc }, { tokens: ['exec-token-1'] });
-  await n.allAnswered(200, 'checks with the plugin\'s token');
+  await n.allAnswered(200, "checks with the plugin's token");
   tt.equal(plugin.runs(), 1, 'run once at start (validation and daemon share the result)');
 
   // The token is revoked: the API servers refuse it, the plugin now hands out another one.
   plugin.set({ token: 'exec-token-2' });
   for (const s of n.servers) s.requireCredentials({ tokens: ['exec-token-2'] });
-  const ms = await n.allAnswered(200, 'checks with the re-run plugin\'s token');
+  const ms = await n.allAnswered(200, "checks with the re-run plugin's token");
   tt.comment(`every backend answered 200 with the new exec token ${ms} ms after the old one was refused`);
   tt.equal(plugin.runs(), 2, 'the 401 made it run once more (rate-limited)');
-  tt.same(n.transitions.filter((e) => e.to !== 'up'), []);
-  tt.notOk(n.logs.some((l) => l.includes('exec-token-')), 'tokens never logged');
+  tt.same(
+    n.transitions.filter((e) => e.to !== 'up'),
+    [],
+  );
+  tt.notOk(
+    n.logs.some((l) => l.includes('exec-token-')),
+    'tokens never logged',
+  );
 });
 
 t.test('exec plugin: a credential is refreshed before its expirationTimestamp; a failing plugin keeps the old one', async (tt) => {
@@ -289,7 +360,7 @@ t.test('exec plugin: a credential is refreshed before its expirationTimestamp; a
   w.refreshExec();
   await waitFor(() => rejected.length === 1, { what: 'the failed run' });
   tt.match(rejected[0], `exec plugin "${process.execPath}" failed (exit code 1); the previous credentials stay in use`);
-  tt.notOk(rejected[0]!.includes('sk-secret'), 'the plugin\'s stderr is not echoed');
+  tt.notOk(rejected[0]!.includes('sk-secret'), "the plugin's stderr is not echoed");
   tt.equal(w.material.token, 'tok-b');
 });
 
@@ -304,7 +375,10 @@ t.test('exec problems and auth-provider users are refused by name, in check-conf
   writeFileSync(provider, kubeconfig({}).replace('user: {}', 'user: {auth-provider: {name: oidc}}'));
   const rows: [string, string][] = [
     [failing, `--kubeconfig: kubeconfig "${failing}": exec plugin "${process.execPath}" failed (exit code 1)`],
-    [interactive, `--kubeconfig: kubeconfig "${interactive}": user "u": exec.interactiveMode is Always: apilb runs without a terminal (use Never or IfAvailable)`],
+    [
+      interactive,
+      `--kubeconfig: kubeconfig "${interactive}": user "u": exec.interactiveMode is Always: apilb runs without a terminal (use Never or IfAvailable)`,
+    ],
     [missing, `--kubeconfig: kubeconfig "${missing}": exec plugin "${join(dir, 'no-such-plugin')}" was not found`],
     [provider, `--kubeconfig: kubeconfig "${provider}": user "u" uses an auth-provider plugin (auth-provider), which apilb does not support`],
   ];
@@ -340,7 +414,9 @@ t.test('polling finds changes no watch reported (CA replaced by rename, file app
   const clock = new FakeClock();
   const w = new CredentialWatcher({
     config: { caFile, clientCertFile: late, clientKeyFile: late, healthCheckInsecure: false },
-    clock, pollInterval: 1000, watch: () => ({ close() {} }),
+    clock,
+    pollInterval: 1000,
+    watch: () => ({ close() {} }),
   });
   tt.teardown(() => w.close());
   const events: string[][] = [];
@@ -398,7 +474,12 @@ t.test('an expired certificate is reported but presented at start; rotating to a
   const certFile = join(dir, 'c.pem');
   writeFileSync(certFile, pem(c1));
   const clock = new FakeClock(Date.now() + 3 * 86_400_000); // the test CA's certificates are valid for 2 days
-  const w = new CredentialWatcher({ config: { caFile: ca.certFile, clientCertFile: certFile, clientKeyFile: certFile, healthCheckInsecure: false }, clock, pollInterval: 1000, watch: () => ({ close() {} }) });
+  const w = new CredentialWatcher({
+    config: { caFile: ca.certFile, clientCertFile: certFile, clientKeyFile: certFile, healthCheckInsecure: false },
+    clock,
+    pollInterval: 1000,
+    watch: () => ({ close() {} }),
+  });
   tt.teardown(() => w.close());
   tt.equal(w.material.cert, pem(c1), 'presented although expired (kube-apiserver answers 401: up, loudly)');
   const rejected: string[] = [];
@@ -419,12 +500,27 @@ t.test('loadCredentials: check-config parses every PEM and names the file', asyn
   };
   const base = { healthCheckInsecure: false };
   const good = { ...base, caFile: f('ca.crt', ca.cert), clientCertFile: f('c.crt', c1.cert), clientKeyFile: f('c.key', c1.key) };
-  tt.match(loadCredentials(good).summary.join('\n'), /CA: ".*ca.crt" \(1 certificate\)\nclient certificate: ".*c.crt" \(.*CN=system:node:node-1.*\), key: ".*c.key"/);
+  tt.match(
+    loadCredentials(good).summary.join('\n'),
+    /CA: ".*ca.crt" \(1 certificate\)\nclient certificate: ".*c.crt" \(.*CN=system:node:node-1.*\), key: ".*c.key"/,
+  );
   const cases: [string, Record<string, unknown>, string | RegExp][] = [
     ['CA not PEM', { caFile: f('bad-ca.crt', 'hello\n') }, `CA "${join(dir, 'bad-ca.crt')}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`],
-    ['CA corrupt', { caFile: f('corrupt-ca.crt', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n') }, `CA "${join(dir, 'corrupt-ca.crt')}": certificate 1 of 1 is corrupt (not a valid X.509 certificate)`],
-    ['key and certificate swapped', { clientCertFile: good.clientKeyFile, clientKeyFile: good.clientCertFile }, `client certificate "${good.clientKeyFile}" holds no PEM certificate`],
-    ['key of another certificate', { clientKeyFile: f('c2.key', c2.key) }, `client key "${join(dir, 'c2.key')}" does not belong to client certificate "${good.clientCertFile}" (swapped or stale files?)`],
+    [
+      'CA corrupt',
+      { caFile: f('corrupt-ca.crt', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n') },
+      `CA "${join(dir, 'corrupt-ca.crt')}": certificate 1 of 1 is corrupt (not a valid X.509 certificate)`,
+    ],
+    [
+      'key and certificate swapped',
+      { clientCertFile: good.clientKeyFile, clientKeyFile: good.clientCertFile },
+      `client certificate "${good.clientKeyFile}" holds no PEM certificate`,
+    ],
+    [
+      'key of another certificate',
+      { clientKeyFile: f('c2.key', c2.key) },
+      `client key "${join(dir, 'c2.key')}" does not belong to client certificate "${good.clientCertFile}" (swapped or stale files?)`,
+    ],
     ['CA empty', { caFile: f('empty-ca.crt', '') }, `CA "${join(dir, 'empty-ca.crt')}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`],
     ['CA is a directory', { caFile: dir }, `CA file "${dir}" is a directory, not a file`],
     ['CA is /dev/zero (bounded read)', { caFile: '/dev/zero' }, 'CA file "/dev/zero" is larger than 1024 KiB: is it the right file?'],
@@ -432,7 +528,11 @@ t.test('loadCredentials: check-config parses every PEM and names the file', asyn
   ];
   for (const [name, over, message] of cases) tt.throws(() => loadCredentials({ ...good, ...over }), { code: 'APILB_ERR_TLS_CONFIG', message }, name);
   const later = loadCredentials(good, { now: Date.now() + 3 * 86_400_000 });
-  tt.match(later.expired, new RegExp(`^client certificate "${good.clientCertFile}" expired on 20.*: the API servers will refuse it \\(401\\)$`), 'an expired certificate is reported');
+  tt.match(
+    later.expired,
+    new RegExp(`^client certificate "${good.clientCertFile}" expired on 20.*: the API servers will refuse it \\(401\\)$`),
+    'an expired certificate is reported',
+  );
   tt.equal(later.material.cert, c1.cert, 'and still presented: kube-apiserver answers it with 401, which counts as up');
   const rss = process.memoryUsage().rss;
   for (let i = 0; i < 20; i++) tt.throws(() => loadCredentials({ ...good, caFile: '/dev/zero' }));

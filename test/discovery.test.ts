@@ -9,13 +9,7 @@ import { formatAddress, parseAddress, type Address } from '../src/config/values.
 import { startDaemon, type Daemon, type DaemonDeps } from '../src/daemon.js';
 import { createTestCA, type LeafCert, type TestCA } from '../src/demo/test-ca.js';
 import { BackendSet } from '../src/discovery/backend-set.js';
-import {
-  backendsFromSlices,
-  EndpointSliceDiscovery,
-  ENDPOINTSLICES_SOURCE,
-  implausibleReason,
-  type DiscoveryTuning,
-} from '../src/discovery/endpointslices.js';
+import { backendsFromSlices, EndpointSliceDiscovery, ENDPOINTSLICES_SOURCE, implausibleReason, type DiscoveryTuning } from '../src/discovery/endpointslices.js';
 import { caFingerprints, loadStateFile, saveStateFile } from '../src/discovery/state-file.js';
 import { createLogger } from '../src/logging.js';
 import { Pool } from '../src/pool/pool.js';
@@ -74,7 +68,19 @@ interface Rig {
  * Discovery pointed straight at stand-in 0 (the data path is exercised by the daemon tests below), with a fake
  * clock driving debounce and backoff. `random` 0.5 makes every jittered delay exactly its nominal value.
  */
-async function rig(t: Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; stateDir?: string; seeds?: string[]; setup?: (c: FakeCluster, port: number) => void; start?: boolean; allowLocal?: boolean; exclude?: Address[] } = {}): Promise<Rig> {
+async function rig(
+  t: Test,
+  opts: {
+    hosts?: string[];
+    tuning?: DiscoveryTuning;
+    stateDir?: string;
+    seeds?: string[];
+    setup?: (c: FakeCluster, port: number) => void;
+    start?: boolean;
+    allowLocal?: boolean;
+    exclude?: Address[];
+  } = {},
+): Promise<Rig> {
   const cluster = new FakeCluster();
   const standIns = await startApiStandIns(cluster, opts.hosts ?? ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
   const port = standIns[0]!.port;
@@ -82,7 +88,10 @@ async function rig(t: Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; 
   opts.setup?.(cluster, port);
   const pool = new Pool();
   const set = new BackendSet(pool);
-  set.set('static', (opts.seeds ?? ['10.99.0.1:6443']).map((s) => ({ address: parseAddress(s) })));
+  set.set(
+    'static',
+    (opts.seeds ?? ['10.99.0.1:6443']).map((s) => ({ address: parseAddress(s) })),
+  );
   const clock = new FakeClock();
   const { logger, lines } = captureLogger();
   const d = new EndpointSliceDiscovery({
@@ -109,7 +118,11 @@ async function rig(t: Test, opts: { hosts?: string[]; tuning?: DiscoveryTuning; 
     clock,
     d,
     lines,
-    live: () => pool.backends.filter((b) => !b.removed).map((b) => b.id).sort(),
+    live: () =>
+      pool.backends
+        .filter((b) => !b.removed)
+        .map((b) => b.id)
+        .sort(),
     discovered: () => (set.get(ENDPOINTSLICES_SOURCE) ?? []).map((s) => formatAddress(s.address)).sort(),
     caughtUp: () => until(() => d.stats.resourceVersion === cluster.resourceVersion, `discovery at resourceVersion ${cluster.resourceVersion}`),
   };
@@ -132,9 +145,17 @@ t.test('backendsFromSlices: ready endpoints × https ports; the rest is left out
           { addresses: ['0.0.0.0'] },
           { addresses: ['127.0.0.1'] },
         ],
-        ports: [{ name: 'https', port: 6443, protocol: 'TCP' }, { name: 'metrics', port: 9090, protocol: 'TCP' }],
+        ports: [
+          { name: 'https', port: 6443, protocol: 'TCP' },
+          { name: 'metrics', port: 9090, protocol: 'TCP' },
+        ],
       },
-      { metadata: { name: 'v6' }, addressType: 'IPv6', endpoints: [{ addresses: ['fd00::1'] }, { addresses: ['fd00::1'] }], ports: [{ name: 'https', port: 443 }] },
+      {
+        metadata: { name: 'v6' },
+        addressType: 'IPv6',
+        endpoints: [{ addresses: ['fd00::1'] }, { addresses: ['fd00::1'] }],
+        ports: [{ name: 'https', port: 443 }],
+      },
       { metadata: { name: 'fqdn' }, addressType: 'FQDN', endpoints: [{ addresses: ['api.example'] }], ports: [{ name: 'https', port: 6443 }] },
       { metadata: { name: 'noport' }, addressType: 'IPv4', endpoints: [{ addresses: ['10.0.0.9'] }], ports: [{ name: 'http', port: 80 }] },
       { metadata: { name: 'empty' }, addressType: 'IPv4', endpoints: null, ports: null },
@@ -149,7 +170,13 @@ t.test('backendsFromSlices: ready endpoints × https ports; the rest is left out
   t.match(r.skipped.join('\n'), /addressType FQDN/);
   t.match(r.skipped.join('\n'), /slice noport: no TCP port named https/);
   t.equal(implausibleReason([], 64), 'no ready API server in the EndpointSlices');
-  t.match(implausibleReason(Array.from({ length: 65 }, (_, i) => ({ host: `10.0.1.${i}`, port: 6443 })), 64), /65 API servers/);
+  t.match(
+    implausibleReason(
+      Array.from({ length: 65 }, (_, i) => ({ host: `10.0.1.${i}`, port: 6443 })),
+      64,
+    ),
+    /65 API servers/,
+  );
   t.equal(implausibleReason([{ host: '10.0.0.1', port: 6443 }], 64), undefined);
 });
 
@@ -161,7 +188,9 @@ t.test('options are validated once, at construction', async (t) => {
   t.throws(() => new EndpointSliceDiscovery({ backendSet: set, target, tls: { ca: ca.cert }, debounceMs: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });
   t.throws(() => new EndpointSliceDiscovery({ backendSet: set, target, tls: { ca: ca.cert }, backoffBaseMs: 0 }), { code: 'APILB_ERR_OPTION_INVALID' });
   t.throws(() => new EndpointSliceDiscovery({ backendSet: set, target, tls: { ca: ca.cert, cert: clientCert.cert } }), { code: 'APILB_ERR_OPTION_INVALID' });
-  t.throws(() => new EndpointSliceDiscovery({ backendSet: set, target: { host: '127.0.0.1', port: 0 }, tls: { ca: ca.cert } }), { code: 'APILB_ERR_OPTION_INVALID' });
+  t.throws(() => new EndpointSliceDiscovery({ backendSet: set, target: { host: '127.0.0.1', port: 0 }, tls: { ca: ca.cert } }), {
+    code: 'APILB_ERR_OPTION_INVALID',
+  });
   const d = new EndpointSliceDiscovery({ backendSet: set, target, tls: { ca: ca.cert } });
   t.equal(d.debounceMs, 3000, 'debounce defaults to 3 s');
   t.equal(d.maxDebounceMs, 9000);
@@ -253,7 +282,14 @@ t.test('an empty or implausible list is never applied: the last good list and th
   await until(() => r.d.stats.applied === 1 && r.cluster.openWatches === 1, 'first list applied, watching');
   const good = [`127.0.0.2:${p}`, `127.0.0.3:${p}`];
 
-  r.cluster.setSlice('kubernetes', [{ ip: '127.0.0.2', ready: false }, { ip: '127.0.0.3', ready: false }], p);
+  r.cluster.setSlice(
+    'kubernetes',
+    [
+      { ip: '127.0.0.2', ready: false },
+      { ip: '127.0.0.3', ready: false },
+    ],
+    p,
+  );
   await r.caughtUp();
   r.clock.advance(3000);
   t.same(r.discovered(), good, 'every endpoint not ready: ignored');
@@ -323,7 +359,10 @@ t.test('watch errors back off with jitter and resume from the last resourceVersi
   await r.caughtUp();
   const watches = r.cluster.requests.filter((q) => q.kind === 'watch');
   t.ok(watches.length >= 4);
-  t.ok(watches.slice(1).every((w) => w.resourceVersion === rvAtBreak), 'every retry resumed from the resourceVersion it had');
+  t.ok(
+    watches.slice(1).every((w) => w.resourceVersion === rvAtBreak),
+    'every retry resumed from the resourceVersion it had',
+  );
   t.equal(r.cluster.requests.filter((q) => q.kind === 'list').length, 1, 'no re-list');
   r.clock.advance(3000);
   t.same(r.discovered(), [`127.0.0.2:${p}`, `127.0.0.3:${p}`], 'the change made during the outage arrived');
@@ -332,7 +371,10 @@ t.test('watch errors back off with jitter and resume from the last resourceVersi
   t.match(r.d.stats.lastError, /WATCH: HTTP 500: injected watch failure/);
   const warns = r.lines.filter((l) => l.event === 'discovery_error' && l.level === 'warn');
   t.ok(warns.length >= 1 && warns.length <= 2, 'a repeated error is logged at warn once');
-  t.ok(r.lines.some((l) => l.event === 'discovery_recovered'), 'recovery logged');
+  t.ok(
+    r.lines.some((l) => l.event === 'discovery_recovered'),
+    'recovery logged',
+  );
 
   // Backoff resets after success: the next failure waits backoffBaseMs again.
   rnd = 0.5;
@@ -416,7 +458,12 @@ t.test('a watch the server ends is resumed from its resourceVersion without a LI
 });
 
 t.test('LIST errors back off; 403 points at the RBAC manifest', async (t) => {
-  const r = await rig(t, { setup: (c, port) => { c.setSlice('kubernetes', eps('127.0.0.2'), port); c.listStatus = 403; } });
+  const r = await rig(t, {
+    setup: (c, port) => {
+      c.setSlice('kubernetes', eps('127.0.0.2'), port);
+      c.listStatus = 403;
+    },
+  });
   await until(() => r.d.stats.state === 'backoff', 'backing off');
   t.equal(r.d.stats.lists, 0);
   const err = r.lines.find((l) => l.event === 'discovery_error');
@@ -435,7 +482,14 @@ t.test('TLS: a server certificate from another CA is refused, nothing is applied
   const set = new BackendSet(new Pool());
   const clock = new FakeClock();
   const { logger, lines } = captureLogger();
-  const d = new EndpointSliceDiscovery({ backendSet: set, target: { host: s!.host, port: s!.port }, tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key }, clock, logger, allowLocal: true });
+  const d = new EndpointSliceDiscovery({
+    backendSet: set,
+    target: { host: s!.host, port: s!.port },
+    tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key },
+    clock,
+    logger,
+    allowLocal: true,
+  });
   t.teardown(() => d.close());
   d.start();
   await until(() => d.stats.errors === 1, 'the TLS failure');
@@ -465,7 +519,7 @@ t.test('state file: written atomically after each applied change, with the CA fi
   t.equal(r.d.stats.stateFileErrors, 0);
 });
 
-t.test('state file: loaded before the first LIST; another cluster\'s file or a corrupt one is ignored', async (t) => {
+t.test("state file: loaded before the first LIST; another cluster's file or a corrupt one is ignored", async (t) => {
   const fps = caFingerprints(ca.cert);
 
   t.test('same cluster: loaded synchronously by start()', async (t) => {
@@ -603,13 +657,20 @@ t.test('daemon: a control-plane change reaches the pool and /status within 5 s, 
   const d = await daemon(t, [`127.0.0.2:${p}`], writeKubeconfig(t), tmp(t, 'apilb-state-'));
   const disc = d.discovery!;
   t.ok(disc, 'discovery created by the daemon');
-  const live = () => d.pool.backends.filter((b) => !b.removed).map((b) => b.id).sort();
+  const live = () =>
+    d.pool.backends
+      .filter((b) => !b.removed)
+      .map((b) => b.id)
+      .sort();
   await until(() => disc.stats.applied === 1 && cluster.openWatches === 1, 'first list applied, watching', 5000);
   t.same(live(), [`127.0.0.2:${p}`, `127.0.0.3:${p}`, `127.0.0.4:${p}`]);
-  t.equal(disc.target.host, '127.0.0.1', 'discovery targets apilb\'s own listener');
+  t.equal(disc.target.host, '127.0.0.1', "discovery targets apilb's own listener");
   t.equal(disc.target.port, (d.listeners[0]!.address() as { port: number }).port);
-  t.ok(d.proxy.counters.accepted >= 1, 'the LIST and WATCH came in through apilb\'s listener');
-  t.ok(cluster.requests.every((q) => q.cn === 'system:node:node-1'), 'with the kubeconfig\'s client identity');
+  t.ok(d.proxy.counters.accepted >= 1, "the LIST and WATCH came in through apilb's listener");
+  t.ok(
+    cluster.requests.every((q) => q.cn === 'system:node:node-1'),
+    "with the kubeconfig's client identity",
+  );
 
   const text = await (await request(`http://${d.adminAddress}/metrics`)).body.text();
   const m = parseExposition(text);
@@ -641,12 +702,16 @@ t.test('daemon: a control-plane change reaches the pool and /status within 5 s, 
   cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3', '127.0.0.5'), p);
   await until(() => live().includes(`127.0.0.5:${p}`) && !live().includes(`127.0.0.4:${p}`), 'the pool follows', 5000);
   const poolMs = Date.now() - t0;
-  await until(async () => {
-    const s = await getStatus(d);
-    const five = s.backends.find((b) => b.address === `127.0.0.5:${p}`);
-    const four = s.backends.find((b) => b.address === `127.0.0.4:${p}`);
-    return five?.source === 'discovery' && (!four || four.removed);
-  }, '/status follows', 5000);
+  await until(
+    async () => {
+      const s = await getStatus(d);
+      const five = s.backends.find((b) => b.address === `127.0.0.5:${p}`);
+      const four = s.backends.find((b) => b.address === `127.0.0.4:${p}`);
+      return five?.source === 'discovery' && (!four || four.removed);
+    },
+    '/status follows',
+    5000,
+  );
   const statusMs = Date.now() - t0;
   t.ok(statusMs < 5000, `change visible in /status after ${statusMs} ms (pool: ${poolMs} ms; debounce 3000 ms)`);
   t.comment(`measured: control-plane change -> pool ${poolMs} ms, -> /status ${statusMs} ms`);
@@ -656,9 +721,12 @@ t.test('daemon: a control-plane change reaches the pool and /status within 5 s, 
     t.equal(await c.whoami(), name, `the connection to unchanged ${name} still answers from ${name}`);
     t.equal(c.disconnects(), 0, `the connection to ${name} was never dropped`);
   }
-  t.equal(await byServer.get('127.0.0.4')!.whoami(), '127.0.0.4', 'the removed server\'s connection drains instead of being cut');
+  t.equal(await byServer.get('127.0.0.4')!.whoami(), '127.0.0.4', "the removed server's connection drains instead of being cut");
   const st = await getStatus(d);
-  t.match(st.backends.find((b) => b.address === `127.0.0.4:${p}`), { removed: true, activeConnections: 1 });
+  t.match(
+    st.backends.find((b) => b.address === `127.0.0.4:${p}`),
+    { removed: true, activeConnections: 1 },
+  );
   for (const c of byServer.values()) await c.client.close();
 });
 
@@ -779,9 +847,22 @@ t.test('hostile EndpointSlices never reach the pool (the only source of dials): 
   const warn = r.lines.find((l) => l.event === 'discovery_refused');
   t.ok(warn, 'refusals are logged at warn');
   const refused = (warn?.refused as string[]) ?? [];
-  for (const want of [/169\.254\.169\.254:6443 is a link-local/, /127\.0\.0\.5:6443 is a loopback/, /224\.0\.0\.1:6443 is a multicast/, /255\.255\.255\.255:6443 is a broadcast/,
-    /0\.0\.0\.0:6443 is an unspecified/, /^127\.0\.0\.1:6443 is apilb's own listener$/, /127\.0\.0\.1:9643 is apilb's own listener/, /\[fe80::1\]:6443 is a link-local/, /\[ff02::1\]:6443 is a multicast/, /\[::\]:6443 is an unspecified/]) {
-    t.ok(refused.some((x) => want.test(x)), `refused: ${want}`);
+  for (const want of [
+    /169\.254\.169\.254:6443 is a link-local/,
+    /127\.0\.0\.5:6443 is a loopback/,
+    /224\.0\.0\.1:6443 is a multicast/,
+    /255\.255\.255\.255:6443 is a broadcast/,
+    /0\.0\.0\.0:6443 is an unspecified/,
+    /^127\.0\.0\.1:6443 is apilb's own listener$/,
+    /127\.0\.0\.1:9643 is apilb's own listener/,
+    /\[fe80::1\]:6443 is a link-local/,
+    /\[ff02::1\]:6443 is a multicast/,
+    /\[::\]:6443 is an unspecified/,
+  ]) {
+    t.ok(
+      refused.some((x) => want.test(x)),
+      `refused: ${want}`,
+    );
   }
 });
 
@@ -893,13 +974,23 @@ t.test('daemon: a DNS name or seed naming apilb itself in another spelling is ne
   const own = (listener.address() as { port: number }).port;
   const { dial, dialed } = recordingDialer(new Set([good]));
   const config = resolveConfig({
-    flags: { listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', backends: [good, `[::ffff:7f00:1]:${own}`, `self.example:${own}`], healthCheckMode: 'tcp', logLevel: 'silent' },
+    flags: {
+      listen: ['127.0.0.1:0'],
+      adminListen: '127.0.0.1:0',
+      backends: [good, `[::ffff:7f00:1]:${own}`, `self.example:${own}`],
+      healthCheckMode: 'tcp',
+      logLevel: 'silent',
+    },
     env: {},
   });
   const { logger, lines } = captureLogger('info');
   const d = await startDaemon(config, { logger, dial, listeners: [listener], resolver: async () => [{ address: '::ffff:127.0.0.1', family: 6 }] });
   t.teardown(() => d.close(0));
-  t.same(d.pool.backends.map((b) => b.id), [good], 'only the real backend is in the pool');
+  t.same(
+    d.pool.backends.map((b) => b.id),
+    [good],
+    'only the real backend is in the pool',
+  );
   t.match(String(lines.find((l) => l.event === 'backend_is_self')?.msg), new RegExp(`127\\.0\\.0\\.1:${own}`), 'said so');
   for (let i = 0; i < 5; i++) {
     const c = await dialPort(own);
@@ -909,4 +1000,3 @@ t.test('daemon: a DNS name or seed naming apilb itself in another spelling is ne
   }
   t.same([...new Set(dialed)], [good], 'only the real backend was ever dialed');
 });
-

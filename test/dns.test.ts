@@ -46,7 +46,11 @@ function setup(opts: { names?: string[]; serverName?: string; random?: () => num
     random: opts.random ?? (() => 0.5),
     ...(opts.serverName ? { serverName: opts.serverName } : {}),
   });
-  const ids = () => pool.backends.filter((b) => !b.removed).map((b) => b.id).sort();
+  const ids = () =>
+    pool.backends
+      .filter((b) => !b.removed)
+      .map((b) => b.id)
+      .sort();
   return { clock, pool, backendSet, dns, ids, ...r };
 }
 
@@ -156,7 +160,7 @@ t.test("no 'error' listener: a failure does not throw", async (tt) => {
   tt.equal(s.dns.failures.get('api.test:6443'), 1);
 });
 
-t.test('update(): names added and removed, refresh changed; a dropped name\'s late answer is ignored', async (tt) => {
+t.test("update(): names added and removed, refresh changed; a dropped name's late answer is ignored", async (tt) => {
   const s = setup({ names: ['a.test:6443', 'b.test:6443'] });
   s.answers.set('a.test', ['127.0.0.1']);
   s.answers.set('b.test', ['127.0.0.2']);
@@ -191,7 +195,9 @@ t.test('options are validated', async (tt) => {
   const pool = new Pool();
   const backendSet = new BackendSet(pool);
   tt.throws(() => new DnsDiscovery({ backendSet, names: [parseAddress('10.0.0.1:6443')], refresh: 1000 }), OptionError);
-  tt.throws(() => new DnsDiscovery({ backendSet, names: [parseAddress('10.0.0.1:6443')], refresh: 1000 }), { message: 'option names "10.0.0.1:6443" is an IP address, not a DNS name' });
+  tt.throws(() => new DnsDiscovery({ backendSet, names: [parseAddress('10.0.0.1:6443')], refresh: 1000 }), {
+    message: 'option names "10.0.0.1:6443" is an IP address, not a DNS name',
+  });
   tt.throws(() => new DnsDiscovery({ backendSet, names: [], refresh: 0 }), { message: 'option refresh must be a number of ms > 0, got 0' });
   tt.equal(isDnsName(parseAddress('[::1]:6443')), false);
   tt.equal(isDnsName(parseAddress('localhost:6443')), true);
@@ -205,7 +211,10 @@ t.test('the real resolver: localhost expands to its loopback addresses', async (
   tt.teardown(() => dns.close());
   const ids = pool.backends.map((b) => b.id);
   tt.ok(ids.includes('127.0.0.1:6443'), `127.0.0.1 among ${ids.join(', ')}`);
-  tt.ok(ids.every((id) => id === '127.0.0.1:6443' || id === '[::1]:6443'), 'only loopback addresses (::1 when /etc/hosts lists it)');
+  tt.ok(
+    ids.every((id) => id === '127.0.0.1:6443' || id === '[::1]:6443'),
+    'only loopback addresses (::1 when /etc/hosts lists it)',
+  );
   tt.ok(pool.backends.every((b) => b.serverName === 'localhost' && b.source === 'dns'));
 });
 
@@ -253,7 +262,11 @@ t.test('daemon: a DNS backend resolved before binding, balanced across its recor
     },
   });
   const d = new Daemon(config, { resolver: r.resolver, logger: createLogger('silent') });
-  tt.same(d.backendSet.get('static')!.map((s) => `${s.address.host}:${s.address.port}`), [staticBackend.address], 'IP literals are the static source');
+  tt.same(
+    d.backendSet.get('static')!.map((s) => `${s.address.host}:${s.address.port}`),
+    [staticBackend.address],
+    'IP literals are the static source',
+  );
   await d.start();
   tt.teardown(() => d.close(0));
   tt.same(d.pool.backends.map((b) => b.id).sort(), [`127.0.0.1:${port}`, staticBackend.address, `[::1]:${port}`].sort());
@@ -279,7 +292,10 @@ t.test('daemon: first resolution fails → the name is dialled by net.connect', 
   const d = new Daemon(config, { resolver: failing, logger: createLogger('silent') });
   await d.start();
   tt.teardown(() => d.close(0));
-  tt.same(d.pool.backends.map((b) => b.id), [`localhost:${backend.port}`]);
+  tt.same(
+    d.pool.backends.map((b) => b.id),
+    [`localhost:${backend.port}`],
+  );
   tt.equal(d.dnsFailures.get(`localhost:${backend.port}`), 1, 'counted');
   const s = await dial((d.listeners[0]!.address() as AddressInfo).port);
   tt.equal((await readBytes(s, 7)).toString(), 'byname\n', 'connected through the name');

@@ -71,7 +71,6 @@ function drainClosed(h: Harness, b: Backend): number {
   return h.proxy.counters.closed.get(b.id)?.get('drain_timeout') ?? 0;
 }
 
-
 t.test('every backend draining past the drain timeout: every stream stays and new clients are served', async (tt) => {
   const h = await harness(tt, 2);
   const streams = await openStreams(h, 4);
@@ -93,8 +92,8 @@ t.test('every backend draining past the drain timeout: every stream stays and ne
   tt.ok(await allAlive(streams), 'the restarted timer has not expired yet');
   h.clock.advance(1);
   const onA = streams.filter((x) => x.backend === 'a').length + (fresh!.backend === 'a' ? 1 : 0);
-  await until(() => drainClosed(h, h.backends[0]!) === onA, 'a\'s streams closed once b is up');
-  tt.ok(await allAlive(streams.filter((x) => x.backend === 'b')), 'b\'s streams untouched');
+  await until(() => drainClosed(h, h.backends[0]!) === onA, "a's streams closed once b is up");
+  tt.ok(await allAlive(streams.filter((x) => x.backend === 'b')), "b's streams untouched");
   tt.equal(drainClosed(h, h.backends[1]!), 0);
   for (const x of [...streams, fresh!]) x.s.destroy();
 });
@@ -105,7 +104,10 @@ t.test('one draining backend among healthy ones is drained after the timeout, sp
   const [a, b] = h.backends as [Backend, Backend];
   markDraining(h.pool, b); // every stream goes to a
   const streams = await openStreams(h, 4);
-  tt.same(streams.map((x) => x.backend), ['a', 'a', 'a', 'a']);
+  tt.same(
+    streams.map((x) => x.backend),
+    ['a', 'a', 'a', 'a'],
+  );
   markUp(h.pool, b);
   const started: number[] = [];
   h.proxy.on('drain-timeout', (ev) => started.push(ev.connections, ev.spreadMs));
@@ -156,7 +158,7 @@ t.test('backends removed by reload: drained toward an up backend, held while non
   tt.ok(await allAlive(streams), 'held: b is not up');
   markUp(h.pool, b);
   h.clock.advance(DRAIN); // slot 200 ms, phase 0.25 → closes at 50 and 250 ms
-  tt.ok(await allAlive(streams), 'nothing before the first close\'s phase');
+  tt.ok(await allAlive(streams), "nothing before the first close's phase");
   h.clock.advance(50);
   await until(() => drainClosed(h, a) === 1, 'first close at 50 ms');
   tt.ok(await allAlive(streams.slice(1)), 'the second stream stays until its turn');
@@ -168,7 +170,7 @@ t.test('backends removed by reload: drained toward an up backend, held while non
   for (const x of streams) x.s.destroy();
 });
 
-t.test('a down backend\'s connections close at once, whatever --close-spread says (time to recovery first)', async (tt) => {
+t.test("a down backend's connections close at once, whatever --close-spread says (time to recovery first)", async (tt) => {
   const h = await harness(tt, 2, { closeSpread: 60_000 });
   const [a, b] = h.backends as [Backend, Backend];
   markDraining(h.pool, b);
@@ -198,7 +200,7 @@ t.test('connections kept on a backend that went down during panic are closed onc
 /** A small deterministic random source (LCG), one per node. */
 function seeded(seed: number): () => number {
   let x = seed;
-  return () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  return () => (x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
 }
 
 t.test('a fleet of 5 nodes draining the same backend at the same instant: closes spread and interleaved', async (tt) => {

@@ -33,29 +33,53 @@ t.test('Prometheus scrapes apilb: apilb_backend_up stored as 1 for three backend
   const up = (): Promise<PromSeries[]> => prom.query('apilb_backend_up{job="apilb"}');
 
   // A few scrapes: every stored sample of every backend is 1.
-  await waitFor(async () => {
-    const stored = byBackend(await prom.query('apilb_backend_up{job="apilb"}[1m]'));
-    return Object.keys(stored).length === 3 && Object.values(stored).every((v) => v.length >= 3);
-  }, { timeoutMs: 10_000, intervalMs: 200, what: 'three scrapes of apilb_backend_up for three backends' });
+  await waitFor(
+    async () => {
+      const stored = byBackend(await prom.query('apilb_backend_up{job="apilb"}[1m]'));
+      return Object.keys(stored).length === 3 && Object.values(stored).every((v) => v.length >= 3);
+    },
+    { timeoutMs: 10_000, intervalMs: 200, what: 'three scrapes of apilb_backend_up for three backends' },
+  );
   const healthy = byBackend(await prom.query('apilb_backend_up{job="apilb"}[1m]'));
   tt.same(Object.keys(healthy).sort(), backends, 'one series per configured backend, labelled by address');
-  tt.ok(Object.values(healthy).every((v) => v.every((x) => x === '1')), `every stored sample is 1: ${JSON.stringify(healthy)}`);
-  tt.same((await prom.query('up{job="apilb"}')).map((r) => r.value?.[1]), ['1'], 'Prometheus scrapes /metrics successfully');
+  tt.ok(
+    Object.values(healthy).every((v) => v.every((x) => x === '1')),
+    `every stored sample is 1: ${JSON.stringify(healthy)}`,
+  );
+  tt.same(
+    (await prom.query('up{job="apilb"}')).map((r) => r.value?.[1]),
+    ['1'],
+    'Prometheus scrapes /metrics successfully',
+  );
 
   await victim!.crash();
   await waitFor(() => s.daemon.pool.get(victim!.address)?.state === 'down', { timeoutMs: 10_000, what: 'apilb to mark the crashed server down' });
   const downAt = performance.now();
-  await waitFor(async () => byBackend(await up())[victim!.address]?.[0] === '0', { timeoutMs: 5000, intervalMs: 100, what: 'Prometheus to store 0 for the crashed server' });
+  await waitFor(async () => byBackend(await up())[victim!.address]?.[0] === '0', {
+    timeoutMs: 5000,
+    intervalMs: 100,
+    what: 'Prometheus to store 0 for the crashed server',
+  });
   const seenMs = performance.now() - downAt;
   const now = byBackend(await up());
   tt.same(now, Object.fromEntries(backends.map((b) => [b, [b === victim!.address ? '0' : '1']])), 'latest values: 0 for the crashed server, 1 for the others');
   const stored = byBackend(await prom.query('apilb_backend_up{job="apilb"}[1m]'));
   const v = stored[victim!.address]!;
   tt.match(v.join(''), /^1+0+$/, `the crashed server's stored history: 1s, then 0s (${v.join(',')})`);
-  for (const b of backends.filter((x) => x !== victim!.address)) tt.ok(stored[b]!.every((x) => x === '1'), `${b} stayed 1`);
+  for (const b of backends.filter((x) => x !== victim!.address))
+    tt.ok(
+      stored[b]!.every((x) => x === '1'),
+      `${b} stayed 1`,
+    );
   const state = await prom.query(`apilb_backend_state{job="apilb",backend="${victim!.address}",state="down"}`);
-  tt.same(state.map((r) => r.value?.[1]), ['1'], 'apilb_backend_state{state="down"} is 1 for it');
-  tt.comment(`prometheus: ${Object.values(stored).reduce((a, x) => a + x.length, 0)} samples stored; the 0 was queryable ${seenMs.toFixed(0)} ms after apilb marked the backend down`);
+  tt.same(
+    state.map((r) => r.value?.[1]),
+    ['1'],
+    'apilb_backend_state{state="down"} is 1 for it',
+  );
+  tt.comment(
+    `prometheus: ${Object.values(stored).reduce((a, x) => a + x.length, 0)} samples stored; the 0 was queryable ${seenMs.toFixed(0)} ms after apilb marked the backend down`,
+  );
 
   // Stopped here (and not only by the teardown) to check it exits cleanly and leaves no process behind.
   prom.child.proc.kill('SIGTERM');

@@ -11,8 +11,19 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createTestCA, h2Request, runCurl, runKubectl, KUBECTL, waitFor, type CommandResult } from './support/index.js';
 import {
-  childPids, E2E_CN, E2E_O, issueKeys, openWatch, portOutsideEphemeralRange, processExists, requireBinary, spawnChild, startStack,
-  type Child, type E2eStack, type Watch,
+  childPids,
+  E2E_CN,
+  E2E_O,
+  issueKeys,
+  openWatch,
+  portOutsideEphemeralRange,
+  processExists,
+  requireBinary,
+  spawnChild,
+  startStack,
+  type Child,
+  type E2eStack,
+  type Watch,
 } from './support/e2e.js';
 
 const ca = createTestCA({ name: 'apilb-e2e-ca' });
@@ -76,7 +87,8 @@ t.test('kubectl through apilb: version, get --raw /readyz, client-certificate ec
   const before = connectionsByServer(s);
   const answers: WhoAmI[] = [];
   for (let i = 0; i < 6; i++) answers.push(await kubectlWhoami(s));
-  for (const a of answers) tt.same([a.cn, a.o, a.httpVersion], [E2E_CN, [E2E_O], '2.0'], `${a.server}: client certificate CN/O seen by the API server, over HTTP/2`);
+  for (const a of answers)
+    tt.same([a.cn, a.o, a.httpVersion], [E2E_CN, [E2E_O], '2.0'], `${a.server}: client certificate CN/O seen by the API server, over HTTP/2`);
   // kubectl (client-go's HTTP/2 transport) dials twice per run and sends the request on whichever connection is
   // ready first, so the `server` field moves round-robin but not strictly in turn; apilb's own per-backend count
   // of established connections shows the exact split.
@@ -131,10 +143,15 @@ t.test('kubectl during failover: an API server crashes (RST), every kubectl call
   tt.equal(run.servers.length, 9, 'nine answers');
   tt.notOk(run.servers.includes('apiserver-2'), 'nobody was answered by the crashed server');
   const dialed = diff(connectionsByServer(s), before);
-  tt.ok(dialed['apiserver-1']! > 0 && dialed['apiserver-3']! > 0 && dialed['apiserver-2'] === 0, `connections went to both survivors only: ${JSON.stringify(dialed)}`);
+  tt.ok(
+    dialed['apiserver-1']! > 0 && dialed['apiserver-3']! > 0 && dialed['apiserver-2'] === 0,
+    `connections went to both survivors only: ${JSON.stringify(dialed)}`,
+  );
   const refused = [...vb.connectFailures.values()].reduce((a, b) => a + b, 0);
-  tt.comment(`crash: ${run.servers.length} kubectl calls, ${run.failures.length} failures, slowest ${maxOf(run.ms)} ms; ` +
-    `${refused} client dials to the crashed server failed and were retried on another; victim state ${vb.state}`);
+  tt.comment(
+    `crash: ${run.servers.length} kubectl calls, ${run.failures.length} failures, slowest ${maxOf(run.ms)} ms; ` +
+      `${refused} client dials to the crashed server failed and were retried on another; victim state ${vb.state}`,
+  );
   await waitFor(() => s.daemon.pool.get(victim.address)?.state === 'down', { timeoutMs: 10_000, what: 'apilb to mark the crashed server down' });
   const after = await kubectlLoop(s, 4, () => true, 20_000);
   tt.same([after.failures, after.servers.includes('apiserver-2')], [[], false], 'after it is marked down too');
@@ -153,9 +170,11 @@ t.test('kubectl during failover: graceful shutdown with a shutdown delay, every 
   tt.same([...run.failures, ...after.failures], [], 'no kubectl call failed');
   tt.ok(run.servers.length >= 9, `${run.servers.length} kubectl calls during the shutdown`);
   tt.notOk(after.servers.includes('apiserver-3'), 'once it is gone nobody is sent there');
-  tt.comment(`graceful shutdown: ${run.servers.length + after.servers.length} kubectl calls, ${run.failures.length + after.failures.length} failures, ` +
-    `slowest ${maxOf([...run.ms, ...after.ms])} ms; answered by ${JSON.stringify(countBy([...run.servers, ...after.servers]))}; ` +
-    `victim state ${s.daemon.pool.get(victim.address)?.state}`);
+  tt.comment(
+    `graceful shutdown: ${run.servers.length + after.servers.length} kubectl calls, ${run.failures.length + after.failures.length} failures, ` +
+      `slowest ${maxOf([...run.ms, ...after.ms])} ms; answered by ${JSON.stringify(countBy([...run.servers, ...after.servers]))}; ` +
+      `victim state ${s.daemon.pool.get(victim.address)?.state}`,
+  );
 });
 
 t.test('curl with client certificates over HTTP/2 through apilb', async (tt) => {
@@ -197,7 +216,10 @@ async function watchEach(tt: Test, s: E2eStack): Promise<Map<string, Watch>> {
   tt.same([...watches.keys()].sort(), ['apiserver-1', 'apiserver-2', 'apiserver-3'], 'one watch per API server');
   // Open while apilb is healthy: events keep coming (every 200 ms), nothing is closed.
   await waitFor(() => [...watches.values()].every((w) => w.events.length >= 5), { timeoutMs: 5000, what: 'five events on every watch' });
-  tt.ok([...watches.values()].every((w) => w.closedAt === null && w.events[0] === 'ADDED'), 'every watch open and streaming through apilb');
+  tt.ok(
+    [...watches.values()].every((w) => w.closedAt === null && w.events[0] === 'ADDED'),
+    'every watch open and streaming through apilb',
+  );
   return watches;
 }
 
@@ -217,7 +239,10 @@ t.test('watch through apilb: released within 5 s when its API server hangs, othe
   const others = [watches.get('apiserver-2')!, watches.get('apiserver-3')!];
   const before = others.map((o) => o.events.length);
   await waitFor(() => others.every((o, i) => o.events.length >= before[i]! + 3), { timeoutMs: 5000, what: 'the healthy watches to keep streaming' });
-  tt.ok(others.every((o) => o.closedAt === null), 'watches on healthy servers stay open');
+  tt.ok(
+    others.every((o) => o.closedAt === null),
+    'watches on healthy servers stay open',
+  );
   victim.resume();
 });
 
@@ -229,12 +254,19 @@ t.test('watch through apilb: left alone while its API server drains (readyz fail
   victim.setReady(false);
   await waitFor(() => s.daemon.pool.get(victim.address)?.state === 'draining', { timeoutMs: 10_000, what: 'apilb to mark the not-ready server draining' });
   const atDraining = w.events.length;
-  await waitFor(() => w.events.length >= atDraining + 5, { timeoutMs: 5000, what: 'the draining server\'s watch to keep streaming' });
+  await waitFor(() => w.events.length >= atDraining + 5, { timeoutMs: 5000, what: "the draining server's watch to keep streaming" });
   tt.equal(w.closedAt, null, 'the watch on the draining server stays open and keeps receiving events');
-  const who = await Promise.all([1, 2, 3, 4].map(() =>
-    h2Request({ port: s.port, path: '/whoami', ca: ca.cert, cert: keys.client.cert, key: keys.client.key })));
-  tt.notOk(who.some((r) => r.headers['x-apiserver-name'] === 'apiserver-2'), 'new requests avoid the draining server');
-  tt.ok([...watches.values()].every((x) => x.closedAt === null), 'no watch was closed');
+  const who = await Promise.all(
+    [1, 2, 3, 4].map(() => h2Request({ port: s.port, path: '/whoami', ca: ca.cert, cert: keys.client.cert, key: keys.client.key })),
+  );
+  tt.notOk(
+    who.some((r) => r.headers['x-apiserver-name'] === 'apiserver-2'),
+    'new requests avoid the draining server',
+  );
+  tt.ok(
+    [...watches.values()].every((x) => x.closedAt === null),
+    'no watch was closed',
+  );
 });
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -243,7 +275,10 @@ const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 function pasted(stderr: string, re: RegExp): string[] {
   const line = stderr.split('\n').find((l) => re.test(l));
   if (!line) throw new Error(`the demo printed no line matching ${re}:\n${stderr}`);
-  return line.replace(/\s+#.*$/, '').trim().split(/\s+/);
+  return line
+    .replace(/\s+#.*$/, '')
+    .trim()
+    .split(/\s+/);
 }
 
 t.test('apilb demo as a new user runs it: the printed kubectl and curl lines work through apilb; Ctrl-C exits 0, nothing left', async (tt) => {
@@ -270,7 +305,7 @@ t.test('apilb demo as a new user runs it: the printed kubectl and curl lines wor
   }
   if (!demo) throw new Error('five random ports outside the ephemeral range were all taken');
   const pid = demo.proc.pid!;
-  tt.match(demo.stderr, `apilb listens on 127.0.0.1:${port} in front of 3 API-server stand-ins`, "the demo says where apilb listens");
+  tt.match(demo.stderr, `apilb listens on 127.0.0.1:${port} in front of 3 API-server stand-ins`, 'the demo says where apilb listens');
   const standIns = /stand-ins \(([^)]*)\)/.exec(demo.stderr)![1]!.split(', ');
 
   const readyz = pasted(demo.stderr, /^\s+kubectl .* get --raw \/readyz$/);

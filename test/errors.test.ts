@@ -43,7 +43,10 @@ function sourceFiles(dir: string): string[] {
 
 t.test('docs/errors.md documents exactly the codes of ERROR_CODES, in the same order', async (tt) => {
   const sections = docSections();
-  tt.same(sections.map((s) => s.code), Object.keys(ERROR_CODES));
+  tt.same(
+    sections.map((s) => s.code),
+    Object.keys(ERROR_CODES),
+  );
 });
 
 t.test('each documented code has a meaning (matching src/errors.ts), a typical cause and what to do', async (tt) => {

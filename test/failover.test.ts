@@ -47,7 +47,12 @@ const SCENARIOS: Row[] = [
     // The process dies: every connection is reset, the port refuses.
     scenario: {
       name: 'crash',
-      script: [{ do: 'crash' }, { waitState: 'down', timeoutMs: 6000 }, { waitVictimStreamsClosed: true, timeoutMs: 1000 }, { waitRequests: 150, timeoutMs: 10_000 }],
+      script: [
+        { do: 'crash' },
+        { waitState: 'down', timeoutMs: 6000 },
+        { waitVictimStreamsClosed: true, timeoutMs: 1000 },
+        { waitRequests: 150, timeoutMs: 10_000 },
+      ],
     },
     expect: { states: ['up', 'down'], maxFailures: 0, streamsClosedWithinMs: 1000 },
   },
@@ -72,7 +77,11 @@ const SCENARIOS: Row[] = [
   },
   {
     // The same on an idle node (no new connections, so no passive signal): active checks alone, the worst case.
-    scenario: { name: 'hang, idle node', load: false, script: [{ do: 'hang' }, { waitState: 'down', timeoutMs: 6000 }, { waitVictimStreamsClosed: true, timeoutMs: 1000 }] },
+    scenario: {
+      name: 'hang, idle node',
+      load: false,
+      script: [{ do: 'hang' }, { waitState: 'down', timeoutMs: 6000 }, { waitVictimStreamsClosed: true, timeoutMs: 1000 }],
+    },
     expect: { states: ['up', 'down'], streamsClosedWithinMs: 5000 },
   },
   {
@@ -82,32 +91,60 @@ const SCENARIOS: Row[] = [
     netns: true,
   },
   {
-    scenario: { name: 'blackhole, idle node', load: false, script: [{ do: 'blackhole' }, { waitState: 'down', timeoutMs: 6000 }, { waitVictimStreamsClosed: true, timeoutMs: 1000 }] },
+    scenario: {
+      name: 'blackhole, idle node',
+      load: false,
+      script: [{ do: 'blackhole' }, { waitState: 'down', timeoutMs: 6000 }, { waitVictimStreamsClosed: true, timeoutMs: 1000 }],
+    },
     expect: { states: ['up', 'down'], streamsClosedWithinMs: 5000 },
     netns: true,
   },
   {
     // One check times out, the next passes: no transition, nothing closed. (No client load: new connections
     // to a hung server would be a real failure signal of their own.)
-    scenario: { name: 'slow check', load: false, script: [{ do: 'hang' }, { waitFailedCheck: true, timeoutMs: 4000 }, { do: 'resume' }, { waitOkChecks: 2, timeoutMs: 6000 }] },
+    scenario: {
+      name: 'slow check',
+      load: false,
+      script: [{ do: 'hang' }, { waitFailedCheck: true, timeoutMs: 4000 }, { do: 'resume' }, { waitOkChecks: 2, timeoutMs: 6000 }],
+    },
     expect: { states: ['up'], maxFailures: 0, finalStates: ['up', 'up', 'up'] },
   },
   {
     // Anonymous auth off and no client certificate for apilb: the victim answers 401, so it is alive and stays up
     // (a credential problem must never take backends out of rotation; it is counted and logged instead).
-    scenario: { name: '401', setup: 'anonymous-off', script: [{ waitOkChecks: 3, timeoutMs: 8000 }, { waitRequests: 50, timeoutMs: 10_000 }] },
+    scenario: {
+      name: '401',
+      setup: 'anonymous-off',
+      script: [
+        { waitOkChecks: 3, timeoutMs: 8000 },
+        { waitRequests: 50, timeoutMs: 10_000 },
+      ],
+    },
     expect: { states: ['up'], maxFailures: 0, finalStates: ['up', 'up', 'up'] },
   },
   {
     // apilb was given the wrong CA: every backend fails its checks, yet clients keep reaching the API (panic).
-    scenario: { name: 'wrong CA', setup: 'wrong-ca', script: [{ waitPanic: true, timeoutMs: 4000 }, { waitRequests: 50, timeoutMs: 10_000 }] },
+    scenario: {
+      name: 'wrong CA',
+      setup: 'wrong-ca',
+      script: [
+        { waitPanic: true, timeoutMs: 4000 },
+        { waitRequests: 50, timeoutMs: 10_000 },
+      ],
+    },
     expect: { states: ['down'], maxFailures: 0, panic: true, finalStates: ['down', 'down', 'down'] },
   },
   {
     // Hung, marked down, then running again: it takes new connections again.
     scenario: {
       name: 'recovery',
-      script: [{ do: 'hang' }, { waitState: 'down', timeoutMs: 6000 }, { do: 'resume' }, { waitState: 'up', timeoutMs: 6000 }, { waitVictimServes: true, timeoutMs: 6000 }],
+      script: [
+        { do: 'hang' },
+        { waitState: 'down', timeoutMs: 6000 },
+        { do: 'resume' },
+        { waitState: 'up', timeoutMs: 6000 },
+        { waitVictimServes: true, timeoutMs: 6000 },
+      ],
     },
     expect: { states: ['up', 'down', 'up'], recoveryWithinMs: 5000 },
   },
@@ -120,23 +157,34 @@ function check(tt: Test, out: Outcome, row: Row): void {
   tt.same(out.states, e.states, 'victim state sequence');
   if (e.finalStates) tt.same(out.finalStates, e.finalStates, 'final states');
   if (e.maxFailures !== undefined) {
-    tt.ok(out.failures <= e.maxFailures, `failed new connections: ${out.failures} of ${out.requests} (${out.failureSamples.join('; ')}); in flight at the fault: ${out.inflightFailures}`);
+    tt.ok(
+      out.failures <= e.maxFailures,
+      `failed new connections: ${out.failures} of ${out.requests} (${out.failureSamples.join('; ')}); in flight at the fault: ${out.inflightFailures}`,
+    );
   }
   if (row.scenario.load !== false) tt.ok(out.requests > 0, `new connections made during the scenario: ${out.requests}`);
   tt.equal(out.otherStreamsClosed, 0, 'watches on healthy backends untouched');
   if (e.streamsClosedWithinMs !== undefined || e.streamsLeftOpenWhileDraining) tt.ok(out.victimStreams >= 1, `watches on the victim: ${out.victimStreams}`);
   if (e.streamsClosedWithinMs !== undefined) {
-    tt.ok(out.victimStreamsClosedMs !== null && out.victimStreamsClosedMs <= e.streamsClosedWithinMs, `victim watches closed ${out.victimStreamsClosedMs} ms after the fault (≤ ${e.streamsClosedWithinMs})`);
+    tt.ok(
+      out.victimStreamsClosedMs !== null && out.victimStreamsClosedMs <= e.streamsClosedWithinMs,
+      `victim watches closed ${out.victimStreamsClosedMs} ms after the fault (≤ ${e.streamsClosedWithinMs})`,
+    );
   }
   if (e.streamsLeftOpenWhileDraining) tt.equal(out.victimStreamsOpenAtDraining, out.victimStreams, 'every victim watch still open when it turned draining');
-  if (e.recoveryWithinMs !== undefined) tt.ok(out.recoveryMs !== null && out.recoveryMs <= e.recoveryWithinMs, `recovered backend answered ${out.recoveryMs} ms after it resumed (≤ ${e.recoveryWithinMs})`);
+  if (e.recoveryWithinMs !== undefined)
+    tt.ok(
+      out.recoveryMs !== null && out.recoveryMs <= e.recoveryWithinMs,
+      `recovered backend answered ${out.recoveryMs} ms after it resumed (≤ ${e.recoveryWithinMs})`,
+    );
   if (e.panic !== undefined) tt.equal(out.panicSeen, e.panic, 'panic mode');
 }
 
 /** Creates a network namespace with loopback up; throws (never skips) when that is impossible. */
 function createNetns(name: string): void {
   for (const bin of ['ip', 'iptables']) {
-    if (spawnSync('which', [bin]).status !== 0) throw new Error(`${bin} is missing: install iproute2 and iptables (the blackhole scenario must not be skipped)`);
+    if (spawnSync('which', [bin]).status !== 0)
+      throw new Error(`${bin} is missing: install iproute2 and iptables (the blackhole scenario must not be skipped)`);
   }
   const add = spawnSync('ip', ['netns', 'add', name], { encoding: 'utf8' });
   if (add.status !== 0) throw new Error(`cannot create network namespace ${name} (needs root / CAP_SYS_ADMIN): ${add.stderr.trim()}`);
@@ -182,7 +230,10 @@ function netnsOutcome(name: string): Promise<Outcome> {
       spawnSync('ip', ['netns', 'del', ns]);
     });
     createNetns(ns);
-    return runInNetns(ns, SCENARIOS.filter((r) => r.netns).map((r) => r.scenario));
+    return runInNetns(
+      ns,
+      SCENARIOS.filter((r) => r.netns).map((r) => r.scenario),
+    );
   })();
   return netnsRun.then((m) => {
     const r = m.get(name);

@@ -25,7 +25,6 @@ import {
   type TestRequest,
 } from './support/index.js';
 
-
 const ca = createTestCA();
 const client = ca.client('system:node:node-1', 'system:nodes');
 const admin = ca.client('demo-user', 'system:masters');
@@ -44,15 +43,28 @@ async function start(tt: Test, opts: Partial<FakeApiServerOptions> = {}): Promis
   return s;
 }
 
-const withCert = (s: FakeApiServer, path: string, extra: Partial<TestRequest> = {}): TestRequest =>
-  ({ port: s.port, path, ca: ca.cert, cert: client.cert, key: client.key, ...extra });
+const withCert = (s: FakeApiServer, path: string, extra: Partial<TestRequest> = {}): TestRequest => ({
+  port: s.port,
+  path,
+  ca: ca.cert,
+  cert: client.cert,
+  key: client.key,
+  ...extra,
+});
 
 /** Opens a watch over HTTP/2 on its own session and records event lines. */
-function h2Watch(port: number, path = '/api/v1/namespaces/default/pods?watch=true'): {
-  session: ClientHttp2Session; events: { type: string }[]; ended: Promise<'end' | Error>;
+function h2Watch(
+  port: number,
+  path = '/api/v1/namespaces/default/pods?watch=true',
+): {
+  session: ClientHttp2Session;
+  events: { type: string }[];
+  ended: Promise<'end' | Error>;
 } {
   const session = http2Connect(`https://127.0.0.1:${port}`, { ca: ca.cert, cert: client.cert, key: client.key });
-  session.on('error', function onSessionError() { /* reported through the stream */ });
+  session.on('error', function onSessionError() {
+    /* reported through the stream */
+  });
   const events: { type: string }[] = [];
   const stream = session.request({ ':path': path });
   let buf = '';
@@ -96,9 +108,24 @@ t.test('HTTP/2 and HTTP/1.1 both serve; client cert CN/O echoed; every response 
 
 t.test('curl over --http2 and --http1.1 with --cacert --cert --key', async (tt) => {
   const s = await start(tt, { name: 'curl-target' });
-  for (const [flag, want] of [['--http2', '2'], ['--http1.1', '1.1']] as const) {
-    const r = await runCurl([flag, '--cacert', ca.certFile, '--cert', admin.certFile, '--key', admin.keyFile,
-      '-D', '-', '-w', '\n%{http_version}', `https://127.0.0.1:${s.port}/whoami`]);
+  for (const [flag, want] of [
+    ['--http2', '2'],
+    ['--http1.1', '1.1'],
+  ] as const) {
+    const r = await runCurl([
+      flag,
+      '--cacert',
+      ca.certFile,
+      '--cert',
+      admin.certFile,
+      '--key',
+      admin.keyFile,
+      '-D',
+      '-',
+      '-w',
+      '\n%{http_version}',
+      `https://127.0.0.1:${s.port}/whoami`,
+    ]);
     tt.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trimEnd().split(/\r?\n/);
     tt.equal(lines.at(-1), want, `${flag} negotiated`);
@@ -132,7 +159,9 @@ t.test('authentication: anonymous, anonymousAuth=false, and a cert from another 
   }
   const review = await h2Request(withCert(closed, '/apis/authentication.k8s.io/v1/selfsubjectreviews', { method: 'POST', body: '{}' }));
   tt.equal(review.status, 201);
-  tt.same((JSON.parse(review.text) as { status: unknown }).status, { userInfo: { username: 'system:node:node-1', groups: ['system:nodes', 'system:authenticated'] } });
+  tt.same((JSON.parse(review.text) as { status: unknown }).status, {
+    userInfo: { username: 'system:node:node-1', groups: ['system:nodes', 'system:authenticated'] },
+  });
 });
 
 t.test('setReady flips /readyz with a kube-like body; livez stays ok', async (tt) => {
@@ -175,7 +204,15 @@ t.test('a watch streams one event per interval for as long as the client stays, 
   w.session.destroy();
 
   // HTTP/1.1 watch on /watch, read as raw chunked lines.
-  const sock = tlsConnect({ port: s.port, host: '127.0.0.1', ca: ca.cert, cert: client.cert, key: client.key, ALPNProtocols: ['http/1.1'], servername: 'localhost' });
+  const sock = tlsConnect({
+    port: s.port,
+    host: '127.0.0.1',
+    ca: ca.cert,
+    cert: client.cert,
+    key: client.key,
+    ALPNProtocols: ['http/1.1'],
+    servername: 'localhost',
+  });
   tt.teardown(() => sock.destroy());
   sock.write('GET /watch HTTP/1.1\r\nHost: x\r\n\r\n');
   let text = '';
@@ -206,7 +243,10 @@ t.test('gracefulShutdown: readyz 500 during the delay while serving, then listen
   tt.equal(await w.ended, 'end', 'the in-flight watch ends cleanly once the listener closes');
   const refused = await new Promise<string>((resolve) => {
     const c = netConnect({ port: s.port, host: '127.0.0.1' });
-    c.once('connect', () => { c.destroy(); resolve('connected'); });
+    c.once('connect', () => {
+      c.destroy();
+      resolve('connected');
+    });
     c.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
   });
   tt.equal(refused, 'ECONNREFUSED', 'listener closed after the delay');
@@ -230,7 +270,15 @@ t.test('gracefulShutdown lets an in-flight HTTP/1.1 response finish and then clo
 
 t.test('crash: an open connection gets ECONNRESET and the port refuses', async (tt) => {
   const s = await start(tt);
-  const sock = tlsConnect({ port: s.port, host: '127.0.0.1', ca: ca.cert, cert: client.cert, key: client.key, ALPNProtocols: ['http/1.1'], servername: 'localhost' });
+  const sock = tlsConnect({
+    port: s.port,
+    host: '127.0.0.1',
+    ca: ca.cert,
+    cert: client.cert,
+    key: client.key,
+    ALPNProtocols: ['http/1.1'],
+    servername: 'localhost',
+  });
   tt.teardown(() => sock.destroy());
   await new Promise((resolve) => sock.once('secureConnect', resolve));
   sock.write('GET /watch HTTP/1.1\r\nHost: x\r\n\r\n');
@@ -316,7 +364,9 @@ t.test('kubectl version, get --raw and auth whoami against the stand-in', async 
   tt.same([raw.code, raw.stdout], [0, 'ok']);
   const whoami = await runKubectl(kubeconfig, ['auth', 'whoami', '-o', 'json']);
   tt.equal(whoami.code, 0, whoami.stderr);
-  tt.same((JSON.parse(whoami.stdout) as { status: unknown }).status, { userInfo: { username: 'demo-user', groups: ['system:masters', 'system:authenticated'] } });
+  tt.same((JSON.parse(whoami.stdout) as { status: unknown }).status, {
+    userInfo: { username: 'demo-user', groups: ['system:masters', 'system:authenticated'] },
+  });
   s.setReady(false);
   const notReady = await runKubectl(kubeconfig, ['get', '--raw', '/readyz']);
   tt.not(notReady.code, 0, 'kubectl reports the 500');
@@ -325,17 +375,32 @@ t.test('kubectl version, get --raw and auth whoami against the stand-in', async 
 t.test('startDemoBackends: three named servers and a kubeconfig kubectl can use', async (tt) => {
   const demo = await startDemoBackends({ count: 3 });
   tt.teardown(() => demo.close());
-  tt.same(demo.servers.map((x) => x.name), ['apiserver-1', 'apiserver-2', 'apiserver-3']);
-  tt.same(demo.backends, demo.servers.map((x) => `127.0.0.1:${x.port}`));
+  tt.same(
+    demo.servers.map((x) => x.name),
+    ['apiserver-1', 'apiserver-2', 'apiserver-3'],
+  );
+  tt.same(
+    demo.backends,
+    demo.servers.map((x) => `127.0.0.1:${x.port}`),
+  );
   tt.match(readFileSync(demo.kubeconfigPath, 'utf8'), /server: "https:\/\/127\.0\.0\.1:6443"/);
   const dir = mkdtempSync(join(tmpdir(), 'apilb-demo-'));
   tt.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const direct = writeKubeconfig({ path: join(dir, 'config'), server: `https://${demo.backends[1]}`, caCert: demo.ca.cert, cert: demo.client.cert, key: demo.client.key });
+  const direct = writeKubeconfig({
+    path: join(dir, 'config'),
+    server: `https://${demo.backends[1]}`,
+    caCert: demo.ca.cert,
+    cert: demo.client.cert,
+    key: demo.client.key,
+  });
   const r = await runKubectl(direct, ['get', '--raw', '/whoami']);
   tt.equal(r.code, 0, r.stderr);
   tt.same(JSON.parse(r.stdout), { cn: 'demo-user', o: ['system:masters'], server: 'apiserver-2', httpVersion: '2.0' });
   await demo.close();
-  tt.same(demo.servers.map((x) => x.activeConnections), [0, 0, 0]);
+  tt.same(
+    demo.servers.map((x) => x.activeConnections),
+    [0, 0, 0],
+  );
 });
 
 t.test('listens on IPv6 loopback too', async (tt) => {

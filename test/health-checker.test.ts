@@ -188,7 +188,10 @@ t.test('https: one slow TLS handshake is one failure: the immediate re-check get
   await waitFor(() => results.length === 1, { what: 'the timed-out check' });
   clock.advance(0);
   await waitFor(() => results.length === 2, { what: 'the re-check' });
-  tt.match(results, [{ ok: false, kind: 'transport', error: /timeout/ }, { ok: true, status: 200 }]);
+  tt.match(results, [
+    { ok: false, kind: 'transport', error: /timeout/ },
+    { ok: true, status: 200 },
+  ]);
   tt.same(states, [], 'still up: one slow handshake is one failure');
   tt.equal(b.state, 'up');
 });
@@ -268,8 +271,13 @@ function scripted(tt: Test, n: number, opts: { random?: () => number; interval?:
   const checkers = new Map<string, ScriptedChecker>();
   for (let i = 0; i < n; i++) pool.add({ address: host(10000 + i) });
   const m = monitor(tt, {
-    pool, clock, tls: tlsFor(ca), random: opts.random ?? (() => 0.5),
-    interval: opts.interval ?? 2000, timeout: opts.timeout ?? 1000, recheckDelay: opts.recheckDelay ?? 300,
+    pool,
+    clock,
+    tls: tlsFor(ca),
+    random: opts.random ?? (() => 0.5),
+    interval: opts.interval ?? 2000,
+    timeout: opts.timeout ?? 1000,
+    recheckDelay: opts.recheckDelay ?? 300,
     createChecker: (spec) => {
       const c = new ScriptedChecker(spec.backend, () => clock.now());
       checkers.set(spec.backend.id, c);
@@ -440,8 +448,11 @@ t.test('monitor: backends added and deleted in the pool get and lose their loop'
   tt.equal(checkers.get(added.id)!.starts.length, 1, 'new backend checked at once');
   pool.reconcile([{ address: host(20000) }]);
   const gone = [...checkers.values()].find((c) => c.backend.id !== added.id)!;
-  tt.equal(gone.closed, true, 'the deleted backend\'s checker was closed');
-  tt.same(m.checked.map((b) => b.id), [added.id]);
+  tt.equal(gone.closed, true, "the deleted backend's checker was closed");
+  tt.same(
+    m.checked.map((b) => b.id),
+    [added.id],
+  );
 });
 
 t.test('monitor: update() applies a new interval, path and TLS without a restart', async (tt) => {
@@ -478,7 +489,10 @@ t.test('logging: 401/403 say "counts as up" and name the credential flags (rate-
   tt.teardown(off);
   src.emit('check', { backend: b, result: { ok: true, latencyMs: 1, status: 401 } });
   src.emit('check', { backend: b, result: { ok: true, latencyMs: 1, status: 401 } });
-  src.emit('check', { backend: b, result: { ok: false, kind: 'transport', latencyMs: 1, error: 'tls: unable to verify the first certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE)' } });
+  src.emit('check', {
+    backend: b,
+    result: { ok: false, kind: 'transport', latencyMs: 1, error: 'tls: unable to verify the first certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE)' },
+  });
   src.emit('check', { backend: b, result: { ok: false, kind: 'transport', latencyMs: 1, error: 'connection refused' } });
   await waitFor(() => lines.length >= 2, { what: 'log lines' });
   tt.equal(lines.length, 2, 'one auth hint (rate-limited), one TLS hint, nothing for refused');
@@ -509,9 +523,12 @@ t.test('close() aborts checks in flight and leaves no sockets or timers behind',
   await waitFor(() => s.activeConnections === 0, { what: 'check connection closed on the server' });
   // The hung stand-in still holds its end of the connection it never read: release it so the count below is ours.
   await h.close();
-  await waitFor(() => {
-    const now = handleCounts();
-    return ['TCPSocketWrap', 'TLSWrap', 'Timeout'].every((k) => (now[k] ?? 0) <= (before[k] ?? 0));
-  }, { what: `handles back to ${JSON.stringify(before)} (now ${JSON.stringify(handleCounts())})` });
+  await waitFor(
+    () => {
+      const now = handleCounts();
+      return ['TCPSocketWrap', 'TLSWrap', 'Timeout'].every((k) => (now[k] ?? 0) <= (before[k] ?? 0));
+    },
+    { what: `handles back to ${JSON.stringify(before)} (now ${JSON.stringify(handleCounts())})` },
+  );
   tt.same(pool.listenerCount('added') + pool.listenerCount('deleted') + pool.listenerCount('recheck'), 0, 'pool listeners removed');
 });

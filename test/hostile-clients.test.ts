@@ -124,8 +124,15 @@ t.test('finding 1: two waves of 6 clients stalling inside their ClientHello take
     await until(() => attackers.every((s) => s.bytesWritten === 40), 'attack bytes written');
     await new Promise((r) => setImmediate(r));
     clock.advance(5_000);
-    tt.same(h.pool.backends.map((x) => x.state), ['unknown', 'unknown', 'unknown'], `wave ${wave + 1}: no backend blamed`);
-    tt.same(h.pool.backends.map((x) => x.consecutiveFailures), [0, 0, 0]);
+    tt.same(
+      h.pool.backends.map((x) => x.state),
+      ['unknown', 'unknown', 'unknown'],
+      `wave ${wave + 1}: no backend blamed`,
+    );
+    tt.same(
+      h.pool.backends.map((x) => x.consecutiveFailures),
+      [0, 0, 0],
+    );
     tt.same(h.rechecks, [], 'nothing suspected');
     tt.equal(h.proxy.counters.retries.size, 0, 'no replay to another backend');
     // The stalled clients are closed after --client-hello-timeout (default 10 s), as the client's fault.
@@ -206,8 +213,27 @@ t.test('finding 3: out of file descriptors, every client is still accounted for 
   // event to Node: they would vanish uncounted. apilb caps --max-connections at what its descriptors allow.
   const backend = await echoServer();
   tt.teardown(() => backend.close());
-  const child = spawn('bash', ['-c', 'ulimit -n 300 && exec "$0" "$@"', process.execPath, CLI, 'run', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
-    '--backend', backend.address, '--health-check-mode', 'tcp', '--max-connections', '10000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    'bash',
+    [
+      '-c',
+      'ulimit -n 300 && exec "$0" "$@"',
+      process.execPath,
+      CLI,
+      'run',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin-listen',
+      '127.0.0.1:0',
+      '--backend',
+      backend.address,
+      '--health-check-mode',
+      'tcp',
+      '--max-connections',
+      '10000',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   tt.teardown(() => {
     child.kill('SIGKILL');
   });
@@ -227,7 +253,11 @@ t.test('finding 3: out of file descriptors, every client is still accounted for 
     }
   });
   const started = await until(() => lines.find((l) => l.event === 'started'), 'apilb started', 10_000);
-  const port = Number(String((started.listen as string[])[0]).split(':').pop());
+  const port = Number(
+    String((started.listen as string[])[0])
+      .split(':')
+      .pop(),
+  );
   const admin = String(started.admin);
   const capped = lines.find((l) => l.event === 'max_connections_capped');
   tt.ok(capped, 'the cap is logged at startup');
@@ -251,7 +281,11 @@ t.test('finding 3: out of file descriptors, every client is still accounted for 
   const refused = metric(/^apilb_rejected_connections_total\{reason="max_connections"\} (\d+)$/m);
   const acceptErrors = metric(/^apilb_rejected_connections_total\{reason="accept_error"\} (\d+)$/m);
   tt.equal(accepted, 54, 'accepted up to the cap');
-  tt.equal(accepted + refused + acceptErrors, n, `every one of ${n} clients counted: ${accepted} accepted + ${refused} refused + ${acceptErrors} accept errors`);
+  tt.equal(
+    accepted + refused + acceptErrors,
+    n,
+    `every one of ${n} clients counted: ${accepted} accepted + ${refused} refused + ${acceptErrors} accept errors`,
+  );
   tt.equal(refused, n - 54, 'the rest refused by apilb, counted');
   await until(() => lines.some((l) => l.event === 'connection_rejected' && l.reason === 'max_connections'), 'and logged');
 });

@@ -24,18 +24,18 @@ import { parseExposition, promtool } from './support/prom-text.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
-
 function httpText(url: string): Promise<{ status: number; body: string; contentType: string }> {
   return new Promise((resolve, reject) => {
     httpGet(url, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), contentType: String(res.headers['content-type']) }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), contentType: String(res.headers['content-type']) }),
+      );
       res.on('error', reject);
     }).on('error', reject);
   });
 }
-
 
 /** Opens a proxied connection and reads the backend's name line (the test backends speak first). */
 async function open(port: number): Promise<{ s: Socket; name: string }> {
@@ -123,7 +123,10 @@ t.test('a running daemon: /metrics values through a failover, /status, /readyz, 
   // Replace the static list: the refusing backend has no connections, so it leaves at once with its series.
   d.backendSet.set('static', [{ address: parseAddress(a!.address) }, { address: parseAddress(b!.address) }]);
   ({ m } = await scrape());
-  tt.notOk(m.samples.some((s) => s.labels.backend === gone!.address), 'a removed backend has no series left');
+  tt.notOk(
+    m.samples.some((s) => s.labels.backend === gone!.address),
+    'a removed backend has no series left',
+  );
   await untilUp(d, a!.address);
   await untilUp(d, b!.address);
   ready = await httpText(`${admin}/readyz`);
@@ -168,7 +171,7 @@ t.test('a running daemon: /metrics values through a failover, /status, /readyz, 
     tt.equal(c.name, 'B', 'every new client lands on B, even when A was tried first');
     return d.pool.get(a!.address)!.state === 'down' || extra.length >= 10;
   }, 'A to go down from refused dials');
-  console.error("DBG", d.pool.get(a!.address)!.state, extra.length, refused, onA.destroyed, onA.readableFlowing, d.proxy.activeConnections);
+  console.error('DBG', d.pool.get(a!.address)!.state, extra.length, refused, onA.destroyed, onA.readableFlowing, d.proxy.activeConnections);
   await aClosed;
 
   const fromA = refused.filter((x) => x.startsWith(`${a!.address} `));
@@ -205,11 +208,26 @@ t.test('a running daemon: /metrics values through a failover, /status, /readyz, 
   tt.ok(checksB.ok >= 1);
   tt.equal(m.get('apilb_health_checks_total', { backend: b!.address, result: 'ok' }), checksB.ok);
   tt.equal(m.get('apilb_health_checks_total', { backend: b!.address, result: 'error' }), checksB.error);
-  tt.equal(m.get('apilb_health_check_duration_seconds_count', { backend: b!.address }), checksB.ok + checksB.status + checksB.error, 'one latency observation per check');
+  tt.equal(
+    m.get('apilb_health_check_duration_seconds_count', { backend: b!.address }),
+    checksB.ok + checksB.status + checksB.error,
+    'one latency observation per check',
+  );
   tt.ok(m.get('apilb_health_check_duration_seconds_sum', { backend: b!.address })! > 0);
   tt.equal(m.get('apilb_panic'), 0);
   tt.equal(m.get('apilb_config_reloads_total', { result: 'success' }), 0);
-  for (const name of ['apilb_connections_total', 'apilb_connect_failures_total', 'apilb_bytes_total', 'apilb_backend_transitions_total', 'apilb_connections_closed_total', 'apilb_retries_total', 'apilb_health_checks_total', 'apilb_rejected_connections_total', 'apilb_config_reloads_total', 'apilb_first_byte_timeouts_total']) {
+  for (const name of [
+    'apilb_connections_total',
+    'apilb_connect_failures_total',
+    'apilb_bytes_total',
+    'apilb_backend_transitions_total',
+    'apilb_connections_closed_total',
+    'apilb_retries_total',
+    'apilb_health_checks_total',
+    'apilb_rejected_connections_total',
+    'apilb_config_reloads_total',
+    'apilb_first_byte_timeouts_total',
+  ]) {
     tt.equal(m.types.get(name), 'counter', `${name} is a counter`);
   }
   tt.equal(m.types.get('apilb_health_check_duration_seconds'), 'histogram');
@@ -252,7 +270,10 @@ t.test('a running daemon: /metrics values through a failover, /status, /readyz, 
   tt.match(table.stdout, new RegExp(`${b!.address}\\s+up\\s+\\d+s\\s+ok [\\d.]+ms\\s+${1 + extra.length}\\s+${1 + extra.length}\\s+0\\s+`));
   const json = await runCli(['status', '--json', '--admin-listen', d.adminAddress]);
   tt.equal(json.code, 0, json.stderr);
-  tt.same((JSON.parse(json.stdout) as StatusDoc).backends.map((x) => x.address), [a!.address, b!.address]);
+  tt.same(
+    (JSON.parse(json.stdout) as StatusDoc).backends.map((x) => x.address),
+    [a!.address, b!.address],
+  );
   const down = await runCli(['status', '--admin-listen', a!.address]);
   tt.equal(down.code, 4, 'exit 4 (unreachable) when the admin endpoint does not answer');
   tt.match(down.stderr, /cannot read http:\/\/127\.0\.0\.1:\d+\/status: connection refused .*\[APILB_ERR_ADMIN_UNREACHABLE\]/);
@@ -260,10 +281,16 @@ t.test('a running daemon: /metrics values through a failover, /status, /readyz, 
   // A leaves the configuration: no connection is left on it, so its series go at once.
   d.backendSet.set('static', [{ address: parseAddress(b!.address) }]);
   ({ m } = await scrape());
-  tt.notOk(m.samples.some((s) => s.labels.backend === a!.address), 'no series of the removed backend A');
+  tt.notOk(
+    m.samples.some((s) => s.labels.backend === a!.address),
+    'no series of the removed backend A',
+  );
   tt.ok(m.get('apilb_connections_total', { backend: b!.address })! >= 1, 'B keeps its series');
   const after = JSON.parse((await httpText(`${admin}/status`)).body) as StatusDoc;
-  tt.same(after.backends.map((x) => x.address), [b!.address]);
+  tt.same(
+    after.backends.map((x) => x.address),
+    [b!.address],
+  );
 });
 
 t.test('a removed backend with open connections keeps its series until its last connection closes', async (tt) => {
@@ -285,7 +312,10 @@ t.test('a removed backend with open connections keeps its series until its last 
   onA.end();
   await until(() => !d.pool.get(a!.address), 'A to leave the pool after its last connection');
   m = parseExposition(await d.metrics.render());
-  tt.notOk(m.samples.some((s) => s.labels.backend === a!.address), 'series gone with the last connection');
+  tt.notOk(
+    m.samples.some((s) => s.labels.backend === a!.address),
+    'series gone with the last connection',
+  );
   tt.equal(m.get('apilb_connections_active', { backend: b!.address }), 1);
 });
 
@@ -296,10 +326,22 @@ t.test('createMetrics: health-check latency histogram from check events; counter
   const b1 = pool.add({ address: parseAddress('127.0.0.1:1001') });
   const b2 = pool.add({ address: parseAddress('127.0.0.1:1002') });
   const health = new EventEmitter<{ check: [HealthCheckEvent] }>();
-  const reloads = new Map([['success', 3], ['failure', 1]]);
+  const reloads = new Map([
+    ['success', 3],
+    ['failure', 1],
+  ]);
   const dnsFailures = new Map([['api.example:6443', 2]]);
   let listeners = 2;
-  const metrics = createMetrics({ pool, proxy, health, version: '9.9.9', counters: { reloads, dnsFailures }, readiness: () => ({ ready: true }), listeners: () => listeners, defaultMetrics: false });
+  const metrics = createMetrics({
+    pool,
+    proxy,
+    health,
+    version: '9.9.9',
+    counters: { reloads, dnsFailures },
+    readiness: () => ({ ready: true }),
+    listeners: () => listeners,
+    defaultMetrics: false,
+  });
   tt.equal(health.listenerCount('check'), 1);
 
   health.emit('check', { backend: b1, result: { ok: true, latencyMs: 3 } });
@@ -342,7 +384,10 @@ t.test('createMetrics: health-check latency histogram from check events; counter
   pool.reconcile([{ address: b2.address }]);
   health.emit('check', { backend: b1, result: { ok: true, latencyMs: 1 } });
   m = parseExposition(await metrics.render());
-  tt.notOk(m.samples.some((s) => s.labels.backend === b1.id), 'no series of the removed backend');
+  tt.notOk(
+    m.samples.some((s) => s.labels.backend === b1.id),
+    'no series of the removed backend',
+  );
   tt.equal(m.get(`${h}_count`, { backend: b2.id }), 1);
 
   const lint = promtool(['check', 'metrics'], await metrics.render());

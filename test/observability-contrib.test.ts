@@ -84,7 +84,15 @@ t.test('promtool check rules and promtool test rules pass on contrib/prometheus-
   // The alerts the issue asks for (a backend down on many nodes, a node with no backend up, panic, check latency).
   for (const name of ['ApilbBackendDownOnManyNodes', 'ApilbNoBackendUp', 'ApilbPanicMode', 'ApilbHealthCheckLatencyHigh']) tt.ok(alerts.includes(name), name);
   // And the ones watching apilb itself (issue #16).
-  for (const name of ['ApilbTargetDown', 'ApilbNotReady', 'ApilbFileDescriptorsHigh', 'ApilbEventLoopLag', 'ApilbDiscoveryStale', 'ApilbConfigReloadFailed', 'ApilbHealthCheckUnauthenticated']) {
+  for (const name of [
+    'ApilbTargetDown',
+    'ApilbNotReady',
+    'ApilbFileDescriptorsHigh',
+    'ApilbEventLoopLag',
+    'ApilbDiscoveryStale',
+    'ApilbConfigReloadFailed',
+    'ApilbHealthCheckUnauthenticated',
+  ]) {
     tt.ok(alerts.includes(name), name);
   }
 });
@@ -106,7 +114,10 @@ t.test('every alert has a promtool case where it fires, and an absolute runbook_
 
 t.test('every metric named by the rules and the dashboard is exported', async (tt) => {
   const families = await exportedFamilies();
-  const used = [...ruleExprs().map((r) => ({ where: `alert ${r.alert}`, expr: r.expr })), ...dashboardExprs().map((p) => ({ where: `panel "${p.title}"`, expr: p.expr }))];
+  const used = [
+    ...ruleExprs().map((r) => ({ where: `alert ${r.alert}`, expr: r.expr })),
+    ...dashboardExprs().map((p) => ({ where: `panel "${p.title}"`, expr: p.expr })),
+  ];
   tt.ok(used.length > 20);
   for (const u of used) {
     const names = metricNames(u.expr);
@@ -133,7 +144,10 @@ t.test('every dashboard query is valid PromQL (checked by promtool as recording 
 t.test('dashboard structure: unique ids, a datasource variable, panels within the grid', async (tt) => {
   const d = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as { uid: string; panels: Panel[]; templating: { list: { name: string; type: string }[] } };
   tt.equal(d.uid, 'apilb-overview');
-  tt.same(d.templating.list.map((v) => v.name), ['datasource', 'job', 'instance', 'backend']);
+  tt.same(
+    d.templating.list.map((v) => v.name),
+    ['datasource', 'job', 'instance', 'backend'],
+  );
   const ids = d.panels.map((p) => p.id);
   tt.equal(new Set(ids).size, ids.length, 'panel ids are unique');
   for (const p of d.panels) {

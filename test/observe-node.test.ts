@@ -53,8 +53,16 @@ t.test('with the syslog prefix every line starts with its <N> priority; without 
   log.debug('d');
   log.level = 'warn'; // reload changes the level: filtering still applies
   log.info('filtered');
-  tt.same(j.lines.map((l) => l.slice(0, 3)), ['<2>', '<3>', '<4>', '<6>', '<7>'], 'fatal=crit, error=err, warn=warning, info, debug');
-  tt.same(j.lines.map((l) => (JSON.parse(l.slice(3)) as { msg: string }).msg), ['f', 'e', 'w', 'i', 'd'], 'the rest of the line is the JSON record');
+  tt.same(
+    j.lines.map((l) => l.slice(0, 3)),
+    ['<2>', '<3>', '<4>', '<6>', '<7>'],
+    'fatal=crit, error=err, warn=warning, info, debug',
+  );
+  tt.same(
+    j.lines.map((l) => (JSON.parse(l.slice(3)) as { msg: string }).msg),
+    ['f', 'e', 'w', 'i', 'd'],
+    'the rest of the line is the JSON record',
+  );
   const plain = sink();
   createLogger('info', plain.stream).error('e');
   tt.equal((JSON.parse(plain.lines[0]!) as { level: string }).level, 'error', 'a given destination gets plain JSON by default');
@@ -136,7 +144,12 @@ t.test('apilb_backend_unauthenticated follows the latest check: 401/403 → 1, a
   tt.teardown(() => metrics.close());
   const value = async () => parseExposition(await metrics.render()).get('apilb_backend_unauthenticated', { backend: b.id });
   tt.equal(await value(), 0, 'no check yet');
-  for (const [status, want] of [[401, 1], [500, 0], [403, 1], [200, 0]] as const) {
+  for (const [status, want] of [
+    [401, 1],
+    [500, 0],
+    [403, 1],
+    [200, 0],
+  ] as const) {
     // As the https checker reports them: 401/403 pass (the backend answered), 500 is a status failure.
     pool.reportCheck(b, status === 500 ? { ok: false, kind: 'status', status, latencyMs: 1 } : { ok: true, latencyMs: 1, status });
     tt.equal(await value(), want, `after ${status}`);

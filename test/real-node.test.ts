@@ -63,16 +63,26 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
   node.writeFile('/srv/load.mjs', transpileLoadScript());
   node.writeFile('/etc/systemd/system/apiserver@.service', standInUnit(app, '127.0.0.1', '%i', 'apiserver-%i'));
   // kubelet stand-in with the shipped drop-in (installed by installApilb): records what it saw of apilb at start.
-  node.writeFile('/etc/systemd/system/kubelet.service', [
-    '[Unit]', 'Description=kubelet stand-in',
-    '[Service]',
-    "ExecStart=/bin/sh -c 'systemctl show -p ActiveState -p SubState -p StatusText apilb.service > /run/kubelet-saw; exec sleep infinity'",
-    '[Install]', 'WantedBy=multi-user.target', '',
-  ].join('\n'));
+  node.writeFile(
+    '/etc/systemd/system/kubelet.service',
+    [
+      '[Unit]',
+      'Description=kubelet stand-in',
+      '[Service]',
+      "ExecStart=/bin/sh -c 'systemctl show -p ActiveState -p SubState -p StatusText apilb.service > /run/kubelet-saw; exec sleep infinity'",
+      '[Install]',
+      'WantedBy=multi-user.target',
+      '',
+    ].join('\n'),
+  );
   node.writeFile('/etc/apilb/apilb.yaml', MINIMAL_CONFIG);
   await node.run('systemctl daemon-reload');
   await node.run(`systemctl enable --now ${BACKEND_PORTS.map((p) => `apiserver@${p}`).join(' ')}`);
-  await waitFor(async () => (await node.exec(`ss -Hltn | grep -c ':700[123] '`)).stdout.trim() === '3', { timeoutMs: 20_000, intervalMs: 100, what: 'stand-ins listening' });
+  await waitFor(async () => (await node.exec(`ss -Hltn | grep -c ':700[123] '`)).stdout.trim() === '3', {
+    timeoutMs: 20_000,
+    intervalMs: 100,
+    what: 'stand-ins listening',
+  });
 
   await t.test('starts with the minimal config under the full sandbox; kubelet starts after READY', async (t) => {
     // As docs/install.md says: enable both units; kubelet's start pulls apilb in (Wants=) and waits for READY=1.
@@ -94,14 +104,23 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.match(status, /^NoNewPrivs:\s+1$/m);
     const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
     t.ok(uid >= 61184 && uid <= 65519, `runs as a dynamic user (uid ${uid} in systemd's DynamicUser range)`);
-    t.match(await node.run(`cat /proc/${pid}/cmdline | tr '\\0' ' '`), /\/usr\/lib\/apilb\/node\/bin\/node \/usr\/lib\/apilb\/dist\/cli\.js run --config \/etc\/apilb\/apilb\.yaml/);
-    const backlog = (await node.run("ss -Hltn 'sport = :6443'")).trim().split('\n').map((l) => Number(l.trim().split(/\s+/)[2]));
+    t.match(
+      await node.run(`cat /proc/${pid}/cmdline | tr '\\0' ' '`),
+      /\/usr\/lib\/apilb\/node\/bin\/node \/usr\/lib\/apilb\/dist\/cli\.js run --config \/etc\/apilb\/apilb\.yaml/,
+    );
+    const backlog = (await node.run("ss -Hltn 'sport = :6443'"))
+      .trim()
+      .split('\n')
+      .map((l) => Number(l.trim().split(/\s+/)[2]));
     t.same(backlog, [4096, 4096], "both sockets keep apilb.socket's Backlog=4096 after apilb adopted them (finding 4)");
   });
 
   await t.test('traffic through 127.0.0.1:6443 and [::1]:6443 keeps the client certificate', async (t) => {
     for (const host of ['127.0.0.1', '::1']) {
-      const r = JSON.parse(await node.run(`${app.node} /srv/load.mjs '${JSON.stringify({ mode: 'probe', host, port: 6443, ...CLIENT })}'`)) as { status?: number; body?: string };
+      const r = JSON.parse(await node.run(`${app.node} /srv/load.mjs '${JSON.stringify({ mode: 'probe', host, port: 6443, ...CLIENT })}'`)) as {
+        status?: number;
+        body?: string;
+      };
       t.equal(r.status, 200, `${host}: GET /whoami through apilb`);
       t.match(JSON.parse(r.body ?? '{}'), { cn: 'system:node:node-1', o: ['system:nodes'] }, `${host}: the API server saw the client certificate`);
     }
@@ -110,22 +129,32 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
   await t.test('restart and reload under 20 watches and a new connection every 50 ms', async (t) => {
     const load = startLoad(node, app);
     t.teardown(() => load.stop());
-    await waitFor(async () => {
-      const r = await load.ask('peek');
-      return r.streams.open === 20 && r.conns.ok >= 20;
-    }, { timeoutMs: 30_000, intervalMs: 100, what: '20 watches open and requests flowing' });
+    await waitFor(
+      async () => {
+        const r = await load.ask('peek');
+        return r.streams.open === 20 && r.conns.ok >= 20;
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: '20 watches open and requests flowing' },
+    );
     await load.ask('report');
 
     const t0 = Date.now();
     await node.run('systemctl restart apilb.service', 60_000);
     const restartMs = Date.now() - t0;
-    await waitFor(async () => {
-      const r = await load.ask('peek');
-      return r.streams.reestablished >= 20 && r.streams.pending === 0 && r.conns.attempted >= 40;
-    }, { timeoutMs: 30_000, intervalMs: 100, what: 'every watch re-established after the restart' });
+    await waitFor(
+      async () => {
+        const r = await load.ask('peek');
+        return r.streams.reestablished >= 20 && r.streams.pending === 0 && r.conns.attempted >= 40;
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: 'every watch re-established after the restart' },
+    );
     const restart = await load.ask('report');
     t.comment(`restart: systemctl restart ${restartMs} ms; ${JSON.stringify(restart)}`);
-    t.comment(await node.run("journalctl -u apilb.service -o short-precise --no-pager -n 40 | grep -E 'Stopping|Stopped|Starting|Started|signal|\"started\"|socket_activation' | cut -c8-220"));
+    t.comment(
+      await node.run(
+        'journalctl -u apilb.service -o short-precise --no-pager -n 40 | grep -E \'Stopping|Stopped|Starting|Started|signal|"started"|socket_activation\' | cut -c8-220',
+      ),
+    );
     t.equal(restart.conns.failed, 0, 'restart: no new connection failed');
     const restartWait = Math.max(restart.conns.slowestMs, restart.conns.oldestInFlightMs);
     t.ok(restartWait < 2000, `restart: slowest new connection ${restartWait} ms < 2 s`);
@@ -137,7 +166,11 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     await node.run('systemctl reload apilb.service');
     await waitFor(async () => (await countLog(node, '"event":"reloaded"')) > reloadsBefore, { timeoutMs: 20_000, intervalMs: 100, what: 'reload applied' });
     const before = (await load.ask('peek')).conns.attempted;
-    await waitFor(async () => (await load.ask('peek')).conns.attempted >= before + 20, { timeoutMs: 20_000, intervalMs: 100, what: 'requests after the reload' });
+    await waitFor(async () => (await load.ask('peek')).conns.attempted >= before + 20, {
+      timeoutMs: 20_000,
+      intervalMs: 100,
+      what: 'requests after the reload',
+    });
     const reload = await load.ask('report');
     t.comment(`reload: ${JSON.stringify(reload)}`);
     t.equal(reload.conns.failed, 0, 'reload: no new connection failed');
@@ -163,7 +196,13 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     // docs/install.md's reload procedure: reload, then `systemctl status` tells whether the file was taken.
     node.writeFile('/etc/apilb/apilb.yaml', `${MINIMAL_CONFIG}rise: many\n`);
     await node.run('systemctl reload apilb.service');
-    const rejected = await waitFor(async () => { const s = await statusText(); return s.includes('last reload rejected') ? s : ''; }, { timeoutMs: 20_000, intervalMs: 100, what: 'rejected reload in STATUS' });
+    const rejected = await waitFor(
+      async () => {
+        const s = await statusText();
+        return s.includes('last reload rejected') ? s : '';
+      },
+      { timeoutMs: 20_000, intervalMs: 100, what: 'rejected reload in STATUS' },
+    );
     t.match(rejected, /^serving 3\/3 backends up; last reload rejected: .*rise/, 'a rejected reload shows in systemctl status');
     node.writeFile('/etc/apilb/apilb.yaml', MINIMAL_CONFIG);
     await node.run('systemctl reload apilb.service');
@@ -181,7 +220,11 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.ok(readyAfter >= 5000, 'READY=1 held back for the bound');
     t.equal(await statusText(), 'no backend up (3 configured): forwarding to all of them (panic)', 'and STATUS= says why');
     await node.run(`systemctl start ${all}`);
-    await waitFor(async () => (await statusText()).startsWith('serving 3/3'), { timeoutMs: 30_000, intervalMs: 100, what: 'STATUS 3/3 after the stand-ins came back' });
+    await waitFor(async () => (await statusText()).startsWith('serving 3/3'), {
+      timeoutMs: 30_000,
+      intervalMs: 100,
+      what: 'STATUS 3/3 after the stand-ins came back',
+    });
     t.equal(await statusText(), 'serving 3/3 backends up', 'back to 3/3 without a restart');
   });
 
@@ -192,10 +235,13 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     const pid = await node.show('apilb.service', 'MainPID');
     const t0 = Date.now();
     await node.run(`kill -STOP ${pid}`);
-    const next = await waitFor(async () => {
-      const p = await node.show('apilb.service', 'MainPID');
-      return p !== pid && p !== '0' && (await node.show('apilb.service', 'ActiveState')) === 'active' ? p : '';
-    }, { timeoutMs: 30_000, intervalMs: 100, what: 'a new apilb after the watchdog fired' });
+    const next = await waitFor(
+      async () => {
+        const p = await node.show('apilb.service', 'MainPID');
+        return p !== pid && p !== '0' && (await node.show('apilb.service', 'ActiveState')) === 'active' ? p : '';
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: 'a new apilb after the watchdog fired' },
+    );
     t.comment(`watchdog: new MainPID ${next} ${Date.now() - t0} ms after SIGSTOP`);
     t.match(await node.run('journalctl -u apilb.service -o cat --no-pager'), /Watchdog timeout/, 'systemd reports the watchdog timeout');
     await node.run('rm /etc/systemd/system/apilb.service.d/50-test-watchdog.conf && systemctl daemon-reload && systemctl restart apilb.service');
@@ -206,7 +252,10 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     node.writeFile('/etc/systemd/system/kube-apiserver.service', standInUnit(app, '::', '6443', 'kube-apiserver'));
     await node.run('systemctl daemon-reload && systemctl enable kube-apiserver.service');
     await node.reboot();
-    const api = await waitFor(async () => ((await node.show('kube-apiserver.service', 'SubState')) === 'running' ? node.show('kube-apiserver.service', 'MainPID') : ''), { timeoutMs: 30_000, intervalMs: 100, what: 'kube-apiserver running' });
+    const api = await waitFor(
+      async () => ((await node.show('kube-apiserver.service', 'SubState')) === 'running' ? node.show('kube-apiserver.service', 'MainPID') : ''),
+      { timeoutMs: 30_000, intervalMs: 100, what: 'kube-apiserver running' },
+    );
     const holders = await node.run("ss -Hltnp 'sport = :6443'");
     t.match(holders, new RegExp(`pid=${api},`), 'kube-apiserver holds 6443');
     t.notMatch(holders, /127\.0\.0\.1:6443/, 'nothing else holds 127.0.0.1:6443');
@@ -219,11 +268,16 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.equal(await node.show('kubelet.service', 'ActiveState'), 'active', 'kubelet started anyway (Wants=, not Requires=)');
 
     // docs/install.md section 4a: apilb on 6444 on a control-plane node.
-    node.writeFile('/etc/systemd/system/apilb.socket.d/control-plane.conf', '[Unit]\nConditionPathExists=\n[Socket]\nListenStream=\nListenStream=127.0.0.1:6444\nListenStream=[::1]:6444\n');
+    node.writeFile(
+      '/etc/systemd/system/apilb.socket.d/control-plane.conf',
+      '[Unit]\nConditionPathExists=\n[Socket]\nListenStream=\nListenStream=127.0.0.1:6444\nListenStream=[::1]:6444\n',
+    );
     node.writeFile('/etc/systemd/system/apilb.service.d/control-plane.conf', '[Unit]\nConditionPathExists=\n');
     // The command exactly as docs/install.md section 4a gives it (minus sudo): the one that works on systemd 252.
     await node.run(`systemctl daemon-reload && ${documentedRestart()}`, 90_000);
-    const r = JSON.parse(await node.run(`${app.node} /srv/load.mjs '${JSON.stringify({ mode: 'probe', host: '::1', port: 6444, ...CLIENT })}'`)) as { status?: number };
+    const r = JSON.parse(await node.run(`${app.node} /srv/load.mjs '${JSON.stringify({ mode: 'probe', host: '::1', port: 6444, ...CLIENT })}'`)) as {
+      status?: number;
+    };
     t.equal(r.status, 200, 'the override serves on [::1]:6444');
     t.match(await node.run("ss -Hltnp 'sport = :6443'"), new RegExp(`pid=${api},`), 'while kube-apiserver keeps 6443');
   });
@@ -243,11 +297,15 @@ function documentedRestart(): string {
 /** A unit running the TLS kube-apiserver stand-in (src/demo/fake-apiserver-main.ts) with the installed Node.js. */
 function standInUnit(app: Installed, host: string, port: string, name: string): string {
   return [
-    '[Unit]', `Description=API server stand-in ${name}`,
+    '[Unit]',
+    `Description=API server stand-in ${name}`,
     '[Service]',
     `ExecStart=${app.node} ${app.appDir}/dist/demo/fake-apiserver-main.js --ca-dir /srv/ca --host ${host} --port ${port} --name ${name} --watch-interval-ms 200`,
-    'Restart=always', 'RestartSec=1s',
-    '[Install]', 'WantedBy=multi-user.target', '',
+    'Restart=always',
+    'RestartSec=1s',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
   ].join('\n');
 }
 
@@ -266,17 +324,22 @@ function startLoad(node: RealNode, app: Installed): { ask: (cmd: 'peek' | 'repor
     waiting.shift()?.(JSON.parse(line) as LoadReport);
   });
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   return {
-    ask: (cmd) => new Promise((resolve, reject) => {
-      if (child.exitCode !== null) {
-        reject(new Error(`load client exited ${child.exitCode}: ${stderr}`));
-        return;
-      }
-      waiting.push(resolve);
-      child.stdin!.write(`${cmd}\n`);
-    }),
-    stop: () => { child.stdin!.end(); },
+    ask: (cmd) =>
+      new Promise((resolve, reject) => {
+        if (child.exitCode !== null) {
+          reject(new Error(`load client exited ${child.exitCode}: ${stderr}`));
+          return;
+        }
+        waiting.push(resolve);
+        child.stdin!.write(`${cmd}\n`);
+      }),
+    stop: () => {
+      child.stdin!.end();
+    },
   };
 }
 

@@ -46,15 +46,17 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
   const loops: Promise<void>[] = [];
   for (let i = 0; i < 29; i++) {
     current[i] = await openWatch(s.port, keys);
-    loops.push((async () => {
-      for (;;) {
-        await current[i]!.closed;
-        current[i]!.session.destroy();
-        if (!running) return;
-        current[i] = await openWatch(s.port, keys);
-        reopened++;
-      }
-    })());
+    loops.push(
+      (async () => {
+        for (;;) {
+          await current[i]!.closed;
+          current[i]!.session.destroy();
+          if (!running) return;
+          current[i] = await openWatch(s.port, keys);
+          reopened++;
+        }
+      })(),
+    );
   }
   tt.same([b1!.activeConnections >= 14, b2!.activeConnections >= 14, b3!.activeConnections], [true, true, 0], 'all on apiserver-1 and -2');
 
@@ -66,7 +68,10 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
   // Counted at the clients: apilb's counts also hold kubectl's short connections while they close.
   const onThird = () => current.filter((w) => w.server === 'apiserver-3' && w.closedAt === null).length;
   while (Date.now() < deadline && !(onThird() >= 6 && watchRuns.length >= 1 && calls >= 10)) {
-    for (const args of [['get', '--raw', '/whoami'], ['get', 'pods']]) {
+    for (const args of [
+      ['get', '--raw', '/whoami'],
+      ['get', 'pods'],
+    ]) {
       const r = await runKubectl(s.kubeconfig, args);
       calls++;
       if (r.code !== 0 || r.stderr.trim() !== '') failures.push(`kubectl ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim()}`);
@@ -83,23 +88,43 @@ t.test('kubectl requests and a kubectl watch during rebalancing: no error other 
   await watchLoop;
   for (const w of current) w.session.destroy();
   await Promise.allSettled(loops);
-  tt.comment(`connections per API server: ${perServer}; node watches on apiserver-3: ${third}; ${moves} moves; ` +
-    `${calls} kubectl calls, ${failures.length} failed; kubectl watch re-opened ${watchRuns.length} times; ${reopened} node watches re-opened`);
+  tt.comment(
+    `connections per API server: ${perServer}; node watches on apiserver-3: ${third}; ${moves} moves; ` +
+      `${calls} kubectl calls, ${failures.length} failed; kubectl watch re-opened ${watchRuns.length} times; ${reopened} node watches re-opened`,
+  );
   tt.ok(third >= 6, `rebalancing gave apiserver-3 at least a fifth of the 30 watches (${third})`);
   tt.ok(moves > 0, 'connections were moved');
   tt.same(failures, [], 'no kubectl call failed');
   tt.ok(watchRuns.length >= 1, 'the kubectl watch was moved at least once (and started again)');
-  tt.same(watchRuns.filter((r) => r.code !== 0 || r.stderr.trim() !== ''), [], 'every kubectl watch that ended did so cleanly: exit 0, nothing on stderr');
+  tt.same(
+    watchRuns.filter((r) => r.code !== 0 || r.stderr.trim() !== ''),
+    [],
+    'every kubectl watch that ended did so cleanly: exit 0, nothing on stderr',
+  );
 
   // What an operator sees: moves and shares in /metrics, shares in /status.
   const m = parseExposition(await d.metrics.render());
   const sum = (name: string) => m.all(name).reduce((a, x) => a + x.value, 0);
   tt.equal(sum('apilb_rebalance_moves_total'), moves, 'apilb_rebalance_moves_total counts the moves');
-  const closedByRebalance = m.all('apilb_connections_closed_total').filter((x) => x.labels.reason === 'rebalance').reduce((a, x) => a + x.value, 0);
+  const closedByRebalance = m
+    .all('apilb_connections_closed_total')
+    .filter((x) => x.labels.reason === 'rebalance')
+    .reduce((a, x) => a + x.value, 0);
   tt.equal(closedByRebalance, moves, 'apilb_connections_closed_total{reason="rebalance"} = moves');
   tt.ok((m.get('apilb_rebalance_rounds_total', { outcome: 'moved' }) ?? 0) > 0, 'rounds that moved are counted');
   const shares = m.all('apilb_backend_connection_share').map((x) => x.value);
   tt.equal(shares.length, 3, 'one share per backend');
   const status = d.status();
-  tt.same(status.backends.map((b) => b.connectionShare), status.backends.map((b) => b.activeConnections / Math.max(1, status.backends.reduce((a, x) => a + x.activeConnections, 0))), '/status: share = active / all active');
+  tt.same(
+    status.backends.map((b) => b.connectionShare),
+    status.backends.map(
+      (b) =>
+        b.activeConnections /
+        Math.max(
+          1,
+          status.backends.reduce((a, x) => a + x.activeConnections, 0),
+        ),
+    ),
+    '/status: share = active / all active',
+  );
 });

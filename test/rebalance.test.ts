@@ -46,7 +46,11 @@ t.test('isMovable: the quiet-moment rule', async (tt) => {
     { name: 'quiet exactly long enough', c: { lastServerByteAt: NOW - 1000 }, movable: true },
     { name: 'client bytes too recent (and so it spoke last)', c: { lastClientByteAt: NOW - 10, serverSpokeLast: false }, movable: false },
     { name: 'never carried a server byte', c: { lastServerByteAt: 0, serverSpokeLast: false }, movable: false },
-    { name: 'the server spoke right after the client (a TLS ticket, an acknowledgement), nothing since', c: { lastClientByteAt: NOW - 5000, lastServerByteAt: NOW - 4990 }, movable: false },
+    {
+      name: 'the server spoke right after the client (a TLS ticket, an acknowledgement), nothing since',
+      c: { lastClientByteAt: NOW - 5000, lastServerByteAt: NOW - 4990 },
+      movable: false,
+    },
     { name: 'the server spoke again on its own later (a watch event)', c: { lastClientByteAt: NOW - 5000, lastServerByteAt: NOW - 4000 }, movable: true },
     { name: 'no client byte at all, the server spoke', c: { lastClientByteAt: 0 }, movable: true },
   ];
@@ -67,27 +71,124 @@ t.test('planRebalance: table', async (tt) => {
   }
   const rows: Row[] = [
     // Within 20% of the fair 20: 22/22/16.
-    { name: 'after a rolling upgrade: 30/30/0 → 16 move, 8 from each', backends: [['up', 30], ['up', 30], ['up', 0]], outcome: 'moved', from: [8, 8, 0] },
-    { name: 'within tolerance: nothing moves', backends: [['up', 22], ['up', 20], ['up', 18]], outcome: 'balanced', from: [0, 0, 0] },
-    { name: 'a difference of one never moves', backends: [['up', 1], ['up', 0]], outcome: 'balanced', from: [0, 0] },
-    { name: 'panic: nothing moves', backends: [['down', 30], ['down', 0]], panic: true, outcome: 'panic', from: [0, 0] },
-    { name: 'a backend draining: nothing moves', backends: [['up', 30], ['up', 0], ['draining', 5]], outcome: 'draining', from: [0, 0, 0] },
-    { name: 'a removed backend with connections drains too', backends: [['up', 30], ['up', 0], ['up', 2, true]], outcome: 'draining', from: [0, 0, 0] },
+    {
+      name: 'after a rolling upgrade: 30/30/0 → 16 move, 8 from each',
+      backends: [
+        ['up', 30],
+        ['up', 30],
+        ['up', 0],
+      ],
+      outcome: 'moved',
+      from: [8, 8, 0],
+    },
+    {
+      name: 'within tolerance: nothing moves',
+      backends: [
+        ['up', 22],
+        ['up', 20],
+        ['up', 18],
+      ],
+      outcome: 'balanced',
+      from: [0, 0, 0],
+    },
+    {
+      name: 'a difference of one never moves',
+      backends: [
+        ['up', 1],
+        ['up', 0],
+      ],
+      outcome: 'balanced',
+      from: [0, 0],
+    },
+    {
+      name: 'panic: nothing moves',
+      backends: [
+        ['down', 30],
+        ['down', 0],
+      ],
+      panic: true,
+      outcome: 'panic',
+      from: [0, 0],
+    },
+    {
+      name: 'a backend draining: nothing moves',
+      backends: [
+        ['up', 30],
+        ['up', 0],
+        ['draining', 5],
+      ],
+      outcome: 'draining',
+      from: [0, 0, 0],
+    },
+    {
+      name: 'a removed backend with connections drains too',
+      backends: [
+        ['up', 30],
+        ['up', 0],
+        ['up', 2, true],
+      ],
+      outcome: 'draining',
+      from: [0, 0, 0],
+    },
     // E.g. /readyz refusing apilb's credentials: draining for good, its connections closed by the drain timeout.
-    { name: 'a draining backend with no connection left does not block', backends: [['up', 20], ['up', 0], ['draining', 0]], outcome: 'moved', from: [8, 0, 0] },
-    { name: 'a down backend is left out: the others are even', backends: [['up', 15], ['up', 15], ['down', 0]], outcome: 'balanced', from: [0, 0, 0] },
-    { name: 'budget: 10% of 60 connections per round', backends: [['up', 30], ['up', 30], ['up', 0]], policy: { maxMovesFraction: 0.1 }, outcome: 'moved', from: [3, 3, 0] },
-    { name: 'budget: at least one', backends: [['up', 4], ['up', 0]], policy: { maxMovesFraction: 0.01 }, outcome: 'moved', from: [1, 0] },
+    {
+      name: 'a draining backend with no connection left does not block',
+      backends: [
+        ['up', 20],
+        ['up', 0],
+        ['draining', 0],
+      ],
+      outcome: 'moved',
+      from: [8, 0, 0],
+    },
+    {
+      name: 'a down backend is left out: the others are even',
+      backends: [
+        ['up', 15],
+        ['up', 15],
+        ['down', 0],
+      ],
+      outcome: 'balanced',
+      from: [0, 0, 0],
+    },
+    {
+      name: 'budget: 10% of 60 connections per round',
+      backends: [
+        ['up', 30],
+        ['up', 30],
+        ['up', 0],
+      ],
+      policy: { maxMovesFraction: 0.1 },
+      outcome: 'moved',
+      from: [3, 3, 0],
+    },
+    {
+      name: 'budget: at least one',
+      backends: [
+        ['up', 4],
+        ['up', 0],
+      ],
+      policy: { maxMovesFraction: 0.01 },
+      outcome: 'moved',
+      from: [1, 0],
+    },
     {
       name: 'every connection of the loaded backend has a request outstanding',
-      backends: [['up', 3], ['up', 0]],
+      backends: [
+        ['up', 3],
+        ['up', 0],
+      ],
       cands: [[{ serverSpokeLast: false }, { serverSpokeLast: false }, { serverSpokeLast: false }], []],
       outcome: 'no_quiet_connection',
       from: [0, 0],
     },
     {
       name: 'the most loaded has nothing quiet: the next one gives',
-      backends: [['up', 20], ['up', 16], ['up', 0]],
+      backends: [
+        ['up', 20],
+        ['up', 16],
+        ['up', 0],
+      ],
       cands: [Array.from({ length: 20 }, () => ({ openedAt: NOW })), Array.from({ length: 16 }, () => ({}))],
       outcome: 'moved',
       from: [0, 4, 0],
@@ -98,7 +199,11 @@ t.test('planRebalance: table', async (tt) => {
     const cands = new Map(bs.map((b, i) => [b, (r.cands?.[i] ?? Array.from({ length: b.activeConnections }, () => ({}))).map((o, k) => cand(`${i}.${k}`, o))]));
     const plan = planRebalance({ backends: bs, panic: r.panic ?? false, connectionsOf: (b) => cands.get(b) ?? [], now: NOW }, { ...POLICY, ...r.policy });
     tt.equal(plan.outcome, r.outcome, `${r.name}: outcome`);
-    tt.same(bs.map((b) => plan.moves.filter((m) => m.from === b).length), r.from, `${r.name}: moves per backend`);
+    tt.same(
+      bs.map((b) => plan.moves.filter((m) => m.from === b).length),
+      r.from,
+      `${r.name}: moves per backend`,
+    );
   }
 });
 
@@ -179,7 +284,15 @@ t.test('Pool.pick: least connections, ties in turn; round-robin kept as an optio
 t.test('Pool.pick: property: least-connections picks a least loaded eligible backend, and every one in turn on ties', async (tt) => {
   fc.assert(
     fc.property(
-      fc.array(fc.record({ state: fc.constantFrom<BackendState>('up', 'unknown', 'down', 'draining'), active: fc.nat(20), dialing: fc.nat(3), excluded: fc.boolean() }), { minLength: 1, maxLength: 6 }),
+      fc.array(
+        fc.record({
+          state: fc.constantFrom<BackendState>('up', 'unknown', 'down', 'draining'),
+          active: fc.nat(20),
+          dialing: fc.nat(3),
+          excluded: fc.boolean(),
+        }),
+        { minLength: 1, maxLength: 6 },
+      ),
       (specs) => {
         const pool = new Pool();
         const bs = specs.map((x, i) => {

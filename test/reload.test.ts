@@ -34,7 +34,8 @@ async function harness(tt: Test, backendCount: number, lines: (b: TestServer[]) 
   const dir = mkdtempSync(join(tmpdir(), 'apilb-reload-'));
   tt.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'apilb.yaml');
-  const write = (l: string[]) => writeFileSync(file, [...l, 'listen: ["127.0.0.1:0"]', 'adminListen: 127.0.0.1:0', 'healthCheckMode: tcp', 'logLevel: silent', ''].join('\n'));
+  const write = (l: string[]) =>
+    writeFileSync(file, [...l, 'listen: ["127.0.0.1:0"]', 'adminListen: 127.0.0.1:0', 'healthCheckMode: tcp', 'logLevel: silent', ''].join('\n'));
   write(lines(backends));
   const input: ResolveInput = { configFile: file, env: {}, flags: {} };
   const d = new Daemon(resolveConfig(input), { resolveInput: input, logger: createLogger('silent') });
@@ -50,7 +51,6 @@ async function stream(tt: Test, port: number): Promise<{ s: Socket; name: string
   const name = (await readBytes(s, 3)).toString().trim();
   return { s, name };
 }
-
 
 async function echoes(s: Socket, payload: string): Promise<boolean> {
   s.write(payload);
@@ -84,12 +84,7 @@ t.test('reload adds and removes backends, keeps untouched streams, drains the re
   const startedAt = Date.now();
   const r = await h.d.reload();
   tt.equal(r.ok, true);
-  tt.same(r.changes, [
-    `backends: +${b2} -${b1}`,
-    'connectTimeout: 1s -> 2s',
-    'maxConnections: 10000 -> 50',
-    'healthCheckInterval: 2s -> 3s',
-  ]);
+  tt.same(r.changes, [`backends: +${b2} -${b1}`, 'connectTimeout: 1s -> 2s', 'maxConnections: 10000 -> 50', 'healthCheckInterval: 2s -> 3s']);
   tt.equal(h.d.reloads.get('success'), 1, 'counted');
   tt.equal(h.d.proxy.connectTimeout, 2000, 'proxy timeout applied');
   tt.equal(h.d.proxy.maxConnections, 50);
@@ -127,7 +122,11 @@ t.test('invalid reload is rejected as a whole: the old configuration stays, the 
   tt.equal(h.d.reloads.get('failure'), 1);
   tt.equal(h.d.reloads.get('success'), undefined);
   tt.equal(h.d.config, before, 'old configuration active');
-  tt.same(h.d.pool.backends.map((b) => b.id), [h.backends[0]!.address], 'backends untouched although the file also changed them');
+  tt.same(
+    h.d.pool.backends.map((b) => b.id),
+    [h.backends[0]!.address],
+    'backends untouched although the file also changed them',
+  );
 
   h.write([`backends: [${h.backends[1]!.address}]`, 'healthCheckTimeout: 5s']);
   const cross = await h.d.reload();
@@ -153,16 +152,19 @@ t.test('listener and admin changes are reported as needing a restart, not applie
   const listenBefore = h.d.config.listen;
   // The harness appends its own listen/adminListen; this file moves both (YAML: the last key would win, so
   // write them once here instead).
-  writeFileSync(h.file, [
-    `backends: [${h.backends[0]!.address}]`,
-    'listen: ["127.0.0.1:16443"]',
-    'adminListen: 127.0.0.1:19643',
-    'rise: 3',
-    'healthCheckMode: tcp',
-    'logLevel: silent',
-    'drainTimeout: 5s',
-    '',
-  ].join('\n'));
+  writeFileSync(
+    h.file,
+    [
+      `backends: [${h.backends[0]!.address}]`,
+      'listen: ["127.0.0.1:16443"]',
+      'adminListen: 127.0.0.1:19643',
+      'rise: 3',
+      'healthCheckMode: tcp',
+      'logLevel: silent',
+      'drainTimeout: 5s',
+      '',
+    ].join('\n'),
+  );
   const r = await h.d.reload();
   tt.equal(r.ok, true, 'the rest is applied');
   tt.same(r.changes, [
@@ -180,11 +182,15 @@ t.test('listener and admin changes are reported as needing a restart, not applie
   const admin = Number(h.d.adminAddress.split(':').pop());
   const again = await post(admin, '/reload');
   tt.equal(again.status, 200);
-  tt.same(JSON.parse(again.body).changes, [
-    'listen: 127.0.0.1:0 -> 127.0.0.1:16443 requires restart (not applied)',
-    'rise: 2 -> 3 requires restart (not applied)',
-    'adminListen: 127.0.0.1:0 -> 127.0.0.1:19643 requires restart (not applied)',
-  ], 'still pending on the next reload (compared with what is active)');
+  tt.same(
+    JSON.parse(again.body).changes,
+    [
+      'listen: 127.0.0.1:0 -> 127.0.0.1:16443 requires restart (not applied)',
+      'rise: 2 -> 3 requires restart (not applied)',
+      'adminListen: 127.0.0.1:0 -> 127.0.0.1:19643 requires restart (not applied)',
+    ],
+    'still pending on the next reload (compared with what is active)',
+  );
   tt.equal(h.d.reloads.get('success'), 2);
 });
 
@@ -210,7 +216,9 @@ t.test('reload re-reads certificate files that changed on disk (rotation)', asyn
 t.test('a daemon without a configuration source refuses to reload', async (tt) => {
   const b = await echoServer('x');
   tt.teardown(() => b.close());
-  const d = new Daemon(resolveConfig({ flags: { backends: [b.address], listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', healthCheckMode: 'tcp' } }), { logger: createLogger('silent') });
+  const d = new Daemon(resolveConfig({ flags: { backends: [b.address], listen: ['127.0.0.1:0'], adminListen: '127.0.0.1:0', healthCheckMode: 'tcp' } }), {
+    logger: createLogger('silent'),
+  });
   await d.start();
   tt.teardown(() => d.close(0));
   const r = await d.reload();

@@ -25,7 +25,6 @@ async function echoes(s: Socket, payload: string): Promise<boolean> {
   return (await readBytes(s, payload.length)).toString() === payload;
 }
 
-
 /** True once connecting to `port` is refused (the listener is closed). */
 async function refused(port: number): Promise<boolean> {
   try {
@@ -123,20 +122,34 @@ function spawnApilb(tt: Test, args: string[]): Proc {
     child,
     logs,
     exited,
-    event: (event, timeoutMs = 10_000) =>
-      until(() => logs.find((l) => l.event === event), `log event ${event} (stderr: ${stderr})`, timeoutMs),
+    event: (event, timeoutMs = 10_000) => until(() => logs.find((l) => l.event === event), `log event ${event} (stderr: ${stderr})`, timeoutMs),
   };
 }
 
 async function startedPort(p: Proc): Promise<number> {
   const started = await p.event('started');
-  return Number(String((started.listen as string[])[0]).split(':').pop());
+  return Number(
+    String((started.listen as string[])[0])
+      .split(':')
+      .pop(),
+  );
 }
 
 t.test('SIGTERM: graceful, the open stream finishes, exit 0; a second SIGTERM exits at once', async (tt) => {
   const backend = await echoServer();
   tt.teardown(() => backend.close());
-  const common = ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--backend', backend.address, '--health-check-mode', 'tcp', '--shutdown-timeout', '30s'];
+  const common = [
+    '--listen',
+    '127.0.0.1:0',
+    '--admin-listen',
+    '127.0.0.1:0',
+    '--backend',
+    backend.address,
+    '--health-check-mode',
+    'tcp',
+    '--shutdown-timeout',
+    '30s',
+  ];
 
   tt.test('stream finishes → exit 0', async (t2) => {
     const p = spawnApilb(t2, common);
@@ -171,7 +184,10 @@ t.test('SIGTERM: graceful, the open stream finishes, exit 0; a second SIGTERM ex
     const exit = await p.exited;
     t2.equal(exit.code, 1, 'forced exit code');
     t2.ok(exit.at - secondAt < 5000, `exited at once (${exit.at - secondAt} ms), without waiting for the 30 s timeout`);
-    t2.ok(p.logs.some((l) => l.event === 'signal' && String(l.msg).includes('again')), 'logged as a forced exit');
+    t2.ok(
+      p.logs.some((l) => l.event === 'signal' && String(l.msg).includes('again')),
+      'logged as a forced exit',
+    );
   });
 });
 
@@ -184,7 +200,10 @@ t.test('SIGHUP reloads the configuration file of a running apilb', async (tt) =>
   tt.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'apilb.yaml');
   const write = (backends: string[], extra: string[] = []) =>
-    writeFileSync(file, [`backends: [${backends.join(', ')}]`, 'healthCheckMode: tcp', 'listen: ["127.0.0.1:0"]', 'adminListen: 127.0.0.1:0', ...extra, ''].join('\n'));
+    writeFileSync(
+      file,
+      [`backends: [${backends.join(', ')}]`, 'healthCheckMode: tcp', 'listen: ["127.0.0.1:0"]', 'adminListen: 127.0.0.1:0', ...extra, ''].join('\n'),
+    );
   write([a.address]);
   const p = spawnApilb(tt, ['--config', file]);
   const port = await startedPort(p);
@@ -221,9 +240,28 @@ t.test('SIGHUP while apilb is still starting (first health round) does not kill 
   tt.teardown(() => hung.close());
   const { spawn } = await import('node:child_process');
   const cli = new URL('../dist/cli.js', import.meta.url).pathname;
-  const child = spawn(process.execPath, [cli, 'run', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--backend', hung.address,
-    '--health-check-insecure', '--health-check-timeout', '1s', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  tt.teardown(() => { child.kill('SIGKILL'); });
+  const child = spawn(
+    process.execPath,
+    [
+      cli,
+      'run',
+      '--listen',
+      '127.0.0.1:0',
+      '--admin-listen',
+      '127.0.0.1:0',
+      '--backend',
+      hung.address,
+      '--health-check-insecure',
+      '--health-check-timeout',
+      '1s',
+      '--log-level',
+      'info',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  tt.teardown(() => {
+    child.kill('SIGKILL');
+  });
   let out = '';
   let err = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));

@@ -50,7 +50,19 @@ function doc(over: Partial<StatusDoc>): StatusDoc {
 }
 
 t.test('formatAge and formatBytes', async (tt) => {
-  tt.same([0, 59, 60, 61, 3599, 3600, 3661, 86399, 86400, 90000, -5].map(formatAge), ['0s', '59s', '1m00s', '1m01s', '59m59s', '1h00m', '1h01m', '23h59m', '1d00h', '1d01h', '0s']);
+  tt.same([0, 59, 60, 61, 3599, 3600, 3661, 86399, 86400, 90000, -5].map(formatAge), [
+    '0s',
+    '59s',
+    '1m00s',
+    '1m01s',
+    '59m59s',
+    '1h00m',
+    '1h01m',
+    '23h59m',
+    '1d00h',
+    '1d01h',
+    '0s',
+  ]);
   tt.same([0, 1023, 1024, 1536, 5 * 1024 * 1024, 3 * 1024 ** 4].map(formatBytes), ['0 B', '1023 B', '1.0 KiB', '1.5 KiB', '5.0 MiB', '3.0 TiB']);
 });
 
@@ -76,10 +88,25 @@ t.test('panic, removed, never checked, failing check on an up backend, not-ready
       readyReason: 'no backend is up (3 configured)',
       panic: true,
       backends: [
-        backend({ address: '10.0.0.1:6443', state: 'down', reason: 'health check failed: connection refused', lastCheck: { result: 'error', latencyMs: 0.7, error: 'connection refused', status: null, at: '' } }),
-        backend({ address: '10.0.0.2:6443', state: 'draining', removed: true, reason: 'removed', lastCheck: { result: 'status', latencyMs: 3, error: 'etcd not ready', status: 500, at: '' } }),
+        backend({
+          address: '10.0.0.1:6443',
+          state: 'down',
+          reason: 'health check failed: connection refused',
+          lastCheck: { result: 'error', latencyMs: 0.7, error: 'connection refused', status: null, at: '' },
+        }),
+        backend({
+          address: '10.0.0.2:6443',
+          state: 'draining',
+          removed: true,
+          reason: 'removed',
+          lastCheck: { result: 'status', latencyMs: 3, error: 'etcd not ready', status: 500, at: '' },
+        }),
         backend({ address: '10.0.0.3:6443', state: 'unknown', reason: 'startup', lastCheck: null, connectFailures: {} }),
-        backend({ address: '10.0.0.4:6443', state: 'up', lastCheck: { result: 'error', latencyMs: 1000, error: 'timeout after 1000 ms', status: null, at: '' } }),
+        backend({
+          address: '10.0.0.4:6443',
+          state: 'up',
+          lastCheck: { result: 'error', latencyMs: 1000, error: 'timeout after 1000 ms', status: null, at: '' },
+        }),
       ],
     }),
     NOW,
@@ -142,7 +169,13 @@ t.test('formatStatus: control characters from backends (/readyz bodies, reasons,
     const out = formatStatus(
       doc({
         readyReason: h.text,
-        backends: [backend({ address: `10.0.0.1:6443${h.text}`, reason: h.text, lastCheck: { result: 'status', status: 500, latencyMs: 3, error: h.text, at: '2026-01-01T00:00:00.000Z' } })],
+        backends: [
+          backend({
+            address: `10.0.0.1:6443${h.text}`,
+            reason: h.text,
+            lastCheck: { result: 'status', status: 500, latencyMs: 3, error: h.text, at: '2026-01-01T00:00:00.000Z' },
+          }),
+        ],
       }),
       Date.parse('2026-01-01T00:01:00.000Z'),
     );

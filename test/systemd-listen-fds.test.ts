@@ -44,7 +44,9 @@ interface ChildReport {
 
 function listen(t: Tap.Test, host: string): Promise<Server> {
   const s = createServer();
-  t.teardown(() => { if (s.listening) s.close(); });
+  t.teardown(() => {
+    if (s.listening) s.close();
+  });
   return new Promise((resolve) => s.listen({ port: 0, host }, () => resolve(s)));
 }
 
@@ -67,15 +69,22 @@ async function runChild(t: Tap.Test, fds: number[], names: string | undefined): 
     stdio: ['ignore', 'pipe', 'inherit', ...fds],
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  t.teardown(() => { child.kill('SIGKILL'); });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   const line = await new Promise<string>((resolve, reject) => {
     const rl = createInterface({ input: child.stdout! });
     rl.once('line', resolve);
-    child.once('exit', function onEarlyExit(code) { reject(new Error(`child exited with ${code}`)); });
+    child.once('exit', function onEarlyExit(code) {
+      reject(new Error(`child exited with ${code}`));
+    });
   });
   return {
     report: JSON.parse(line) as ChildReport,
-    stop: async () => { child.kill('SIGTERM'); await exited; },
+    stop: async () => {
+      child.kill('SIGTERM');
+      await exited;
+    },
   };
 }
 
@@ -107,9 +116,22 @@ t.test('LISTEN_* parsing and clean-up', async (t) => {
   env = { ...mine, LISTEN_FDNAMES: 'only-one' };
   t.throws(() => listenFds(env, 4242), { code: 'APILB_ERR_SYSTEMD', message: /1 names for LISTEN_FDS=2/ });
   t.same(env, { OTHER: 'x' });
-  t.throws(() => listenFds({ LISTEN_PID: '4242', LISTEN_FDS: '200' }, 4242), { code: 'APILB_ERR_SYSTEMD', message: /LISTEN_FDS=200 but fd \d+ is not (open|a socket)/ });
-  const split = splitListenFds([{ fd: 3, name: 'apilb' }, { fd: 4, name: ADMIN_FD_NAME }, { fd: 5, name: 'unknown' }]);
-  t.same(split, { listeners: [{ fd: 3, name: 'apilb' }, { fd: 5, name: 'unknown' }], admin: [{ fd: 4, name: 'admin' }] });
+  t.throws(() => listenFds({ LISTEN_PID: '4242', LISTEN_FDS: '200' }, 4242), {
+    code: 'APILB_ERR_SYSTEMD',
+    message: /LISTEN_FDS=200 but fd \d+ is not (open|a socket)/,
+  });
+  const split = splitListenFds([
+    { fd: 3, name: 'apilb' },
+    { fd: 4, name: ADMIN_FD_NAME },
+    { fd: 5, name: 'unknown' },
+  ]);
+  t.same(split, {
+    listeners: [
+      { fd: 3, name: 'apilb' },
+      { fd: 5, name: 'unknown' },
+    ],
+    admin: [{ fd: 4, name: 'admin' }],
+  });
   await t.rejects(listenOnFds([], undefined, 0), { code: 'APILB_ERR_OPTION_INVALID' });
 });
 
@@ -122,8 +144,17 @@ t.test('a child serves on the fds it was passed, with their names, and clears LI
   // The child holds its own copies now; ours are closed so only the child can accept.
   await new Promise<void>((r) => v4.close(() => r()));
   await new Promise<void>((r) => v6.close(() => r()));
-  t.same(report.fds, [{ fd: 3, name: 'apilb' }, { fd: 4, name: 'apilb6' }]);
-  t.same(report.addresses?.map((a) => [a.address, a.port]), [['127.0.0.1', p4], ['::1', p6]]);
+  t.same(report.fds, [
+    { fd: 3, name: 'apilb' },
+    { fd: 4, name: 'apilb6' },
+  ]);
+  t.same(
+    report.addresses?.map((a) => [a.address, a.port]),
+    [
+      ['127.0.0.1', p4],
+      ['::1', p6],
+    ],
+  );
   t.same(report.env, [null, null, null], 'LISTEN_* removed from the child environment');
   t.equal(await echo(p4, '127.0.0.1', 'hello v4'), 'hello v4');
   t.equal(await echo(p6, '::1', 'hello v6'), 'hello v6');

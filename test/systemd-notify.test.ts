@@ -33,18 +33,29 @@ while True:
     print(json.dumps({"msg": data.decode(), "fds": len(fds), "pid": pid}), flush=True)
 `;
 
-interface Datagram { msg: string; fds: number; pid: number | null }
+interface Datagram {
+  msg: string;
+  fds: number;
+  pid: number | null;
+}
 
-interface Receiver { messages: Datagram[]; child: ChildProcess }
+interface Receiver {
+  messages: Datagram[];
+  child: ChildProcess;
+}
 
 /** Starts the python receiver bound to `address` and resolves once it is bound. */
 async function startReceiver(t: Tap.Test, address: string): Promise<Receiver> {
   const child = spawn('python3', ['-c', RECEIVER, address], { stdio: ['ignore', 'pipe', 'inherit'] });
   const messages: Datagram[] = [];
-  t.teardown(() => { child.kill('SIGKILL'); });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   const lines = createInterface({ input: child.stdout! });
   await new Promise<void>((resolve, reject) => {
-    function onReceiverExit(code: number | null): void { reject(new Error(`receiver exited early with ${code}`)); }
+    function onReceiverExit(code: number | null): void {
+      reject(new Error(`receiver exited early with ${code}`));
+    }
     child.once('exit', onReceiverExit);
     lines.on('line', function onReceiverLine(line: string) {
       const obj = JSON.parse(line) as Datagram & { bound?: boolean };
@@ -89,7 +100,10 @@ t.test('READY=1, STATUS=, STOPPING=1 reach a path socket in order, after the bar
   t.equal(await n.ready('serving on 127.0.0.1:6443'), true);
   // ready() resolves only after systemd-notify's BARRIER=1 was processed, so the message is already there.
   await waitFor(() => r.messages.length >= 2);
-  t.same(r.messages.slice(0, 2).map((m) => m.msg), ['READY=1\nSTATUS=serving on 127.0.0.1:6443', 'BARRIER=1']);
+  t.same(
+    r.messages.slice(0, 2).map((m) => m.msg),
+    ['READY=1\nSTATUS=serving on 127.0.0.1:6443', 'BARRIER=1'],
+  );
   t.equal(r.messages[1]!.fds, 1, 'the barrier carries one fd, which the receiver closed');
   t.type(r.messages[0]!.pid, 'number', 'sent with credentials');
   await n.status('2/3 backends\nup');
@@ -139,7 +153,9 @@ t.test('watchdog interval: WATCHDOG_PID must match when present', async (t) => {
 t.test('failures resolve false and reach onError with APILB_ERR_SYSTEMD; they never reject', async (t) => {
   const dir = tmp(t);
   const errors: Error[] = [];
-  const onError = (e: Error): void => { errors.push(e); };
+  const onError = (e: Error): void => {
+    errors.push(e);
+  };
   const noListener = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'nobody.sock'), PATH: process.env.PATH }, onError });
   t.equal(await noListener.ready(), false);
   t.match(errors.pop(), { code: 'APILB_ERR_SYSTEMD', message: /READY=1 failed: systemd-notify exited with/ });
@@ -152,7 +168,12 @@ t.test('failures resolve false and reach onError with APILB_ERR_SYSTEMD; they ne
   t.equal(await n.send(['lower=1']), false);
   t.equal(errors.length, 2);
   t.ok(errors.every((e) => (e as { code?: string }).code === 'APILB_ERR_SYSTEMD'));
-  const throwing = new Notifier({ env: { NOTIFY_SOCKET: join(dir, 'nobody.sock'), PATH: process.env.PATH }, onError: () => { throw new Error('logger broke'); } });
+  const throwing = new Notifier({
+    env: { NOTIFY_SOCKET: join(dir, 'nobody.sock'), PATH: process.env.PATH },
+    onError: () => {
+      throw new Error('logger broke');
+    },
+  });
   t.equal(await throwing.status('x'), false, 'a throwing onError does not turn into a rejection');
   // Failed sends do not block the queue.
   t.equal(await n.ready(), true);
@@ -213,12 +234,31 @@ t.test('apilb run under Type=notify: READY=1 once serving, WATCHDOG=1, STOPPING=
   t.teardown(() => new Promise<void>((r) => backend.close(() => r())));
   const port = (backend.address() as { port: number }).port;
   const cli = new URL('../dist/cli.js', import.meta.url).pathname;
-  const child = spawn(process.execPath, [cli, 'run', '--backend', `127.0.0.1:${port}`, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--health-check-mode', 'tcp', '--log-level', 'warn'], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-    // WATCHDOG_USEC=1s: systemd expects a ping at least every second; apilb sends one every 500 ms.
-    env: { ...process.env, NOTIFY_SOCKET: sock, WATCHDOG_USEC: '1000000' },
+  const child = spawn(
+    process.execPath,
+    [
+      cli,
+      'run',
+      '--backend',
+      `127.0.0.1:${port}`,
+      '--listen',
+      '127.0.0.1:0',
+      '--admin-listen',
+      '127.0.0.1:0',
+      '--health-check-mode',
+      'tcp',
+      '--log-level',
+      'warn',
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      // WATCHDOG_USEC=1s: systemd expects a ping at least every second; apilb sends one every 500 ms.
+      env: { ...process.env, NOTIFY_SOCKET: sock, WATCHDOG_USEC: '1000000' },
+    },
+  );
+  t.teardown(() => {
+    child.kill('SIGKILL');
   });
-  t.teardown(() => { child.kill('SIGKILL'); });
   await waitFor(() => payloads(receiver).some((m) => m.startsWith('READY=1')), 15_000);
   const ready = payloads(receiver).find((m) => m.startsWith('READY=1'))!;
   t.match(ready, /STATUS=serving 1\/1 backends up/, 'READY=1 carries a status line after the first health round');
@@ -227,7 +267,10 @@ t.test('apilb run under Type=notify: READY=1 once serving, WATCHDOG=1, STOPPING=
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'clean exit on SIGTERM');
-  t.ok(payloads(receiver).some((m) => m.startsWith('STOPPING=1')), 'STOPPING=1 sent on shutdown');
+  t.ok(
+    payloads(receiver).some((m) => m.startsWith('STOPPING=1')),
+    'STOPPING=1 sent on shutdown',
+  );
   const order = payloads(receiver).map((m) => m.split('\n')[0]);
   t.ok(order.indexOf('READY=1') < order.findIndex((m) => m!.startsWith('STOPPING=1')), 'READY before STOPPING');
 });

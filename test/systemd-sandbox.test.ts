@@ -25,7 +25,19 @@ const unreadable = (): string => {
 const cases: { name: string; interfaces: () => ReturnType<typeof networkInterfaces>; ifInet6: () => string; want: boolean }[] = [
   {
     name: 'netlink works, ::1 on lo',
-    interfaces: () => ({ lo: [{ address: '::1', netmask: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', family: 'IPv6', mac: '00:00:00:00:00:00', internal: true, cidr: '::1/128', scopeid: 0 }] }),
+    interfaces: () => ({
+      lo: [
+        {
+          address: '::1',
+          netmask: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff',
+          family: 'IPv6',
+          mac: '00:00:00:00:00:00',
+          internal: true,
+          cidr: '::1/128',
+          scopeid: 0,
+        },
+      ],
+    }),
     ifInet6: unreadable,
     want: true,
   },

@@ -57,7 +57,9 @@ function startSupervisor(t: Tap.Test, fd: number, argv: string[]): Supervisor {
     stdio: ['pipe', 'pipe', 'inherit', fd],
     env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },
   });
-  t.teardown(() => { proc.kill('SIGKILL'); });
+  t.teardown(() => {
+    proc.kill('SIGKILL');
+  });
   const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
   createInterface({ input: proc.stdout! }).on('line', function onSupervisorLine(line: string) {
     const i = waiters.findIndex((w) => w.re.test(line));
@@ -65,12 +67,23 @@ function startSupervisor(t: Tap.Test, fd: number, argv: string[]): Supervisor {
   });
   return {
     proc,
-    send: (cmd) => { proc.stdin!.write(cmd + '\n'); },
-    next: (re) => new Promise((resolve) => { waiters.push({ re, resolve }); }),
+    send: (cmd) => {
+      proc.stdin!.write(cmd + '\n');
+    },
+    next: (re) =>
+      new Promise((resolve) => {
+        waiters.push({ re, resolve });
+      }),
   };
 }
 
-interface LoopStats { attempted: number; ok: number; failed: number; errors: Record<string, number>; maxMs: number }
+interface LoopStats {
+  attempted: number;
+  ok: number;
+  failed: number;
+  errors: Record<string, number>;
+  maxMs: number;
+}
 
 /** One client connection: connect, send 256 random bytes, expect them back, close. */
 function oneEcho(port: number): Promise<void> {
@@ -80,7 +93,9 @@ function oneEcho(port: number): Promise<void> {
     let got = 0;
     const s = connect({ port, host: '127.0.0.1' });
     s.setTimeout(15_000);
-    s.on('timeout', function onEchoTimeout() { s.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })); });
+    s.on('timeout', function onEchoTimeout() {
+      s.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' }));
+    });
     s.on('error', reject);
     s.on('data', function onEchoData(d: Buffer) {
       chunks.push(d);
@@ -95,7 +110,11 @@ function oneEcho(port: number): Promise<void> {
   });
 }
 
-interface HeldStats { reconnects: number; maxGapMs: number; failed: number }
+interface HeldStats {
+  reconnects: number;
+  maxGapMs: number;
+  failed: number;
+}
 
 /**
  * `n` long-lived connections through apilb (watches): each stays open until apilb closes it, then reconnects at
@@ -112,7 +131,9 @@ function longLived(port: number, n: number): { stats: HeldStats; stop: () => voi
     open.add(s);
     s.setNoDelay(true);
     let echoed = false;
-    s.on('error', function onHeldError() { if (!echoed) stats.failed++; });
+    s.on('error', function onHeldError() {
+      if (!echoed) stats.failed++;
+    });
     s.once('data', function onHeldEcho() {
       echoed = true;
       if (closedAt !== undefined) {
@@ -127,7 +148,13 @@ function longLived(port: number, n: number): { stats: HeldStats; stop: () => voi
     s.write('watch\n');
   }
   for (let i = 0; i < n; i++) hold(undefined);
-  return { stats, stop: () => { running = false; for (const s of open) s.destroy(); } };
+  return {
+    stats,
+    stop: () => {
+      running = false;
+      for (const s of open) s.destroy();
+    },
+  };
 }
 
 /** `workers` sequential client loops until stop() is called. */
@@ -150,13 +177,21 @@ function clientLoops(port: number, workers: number): { stats: LoopStats; stop: (
     }
   }
   const all = Promise.all(Array.from({ length: workers }, loop));
-  return { stats, stop: async () => { running = false; await all; } };
+  return {
+    stats,
+    stop: async () => {
+      running = false;
+      await all;
+    },
+  };
 }
 
 /** `p`, or a rejection naming `what` after `ms` (a bound, not a delay). */
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms); });
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
   return Promise.race([p, limit]).finally(() => clearTimeout(timer));
 }
 
@@ -173,9 +208,19 @@ t.test('restarting apilb under a held socket refuses no connection', async (t) =
   const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
 
   const argv = [
-    'run', '--backend', backend.address, '--health-check-mode', 'tcp', '--admin-listen', '127.0.0.1:0',
-    '--listen', '127.0.0.1:1', // must be ignored: the passed socket wins
-    '--shutdown-timeout', '5s', '--log-level', 'info',
+    'run',
+    '--backend',
+    backend.address,
+    '--health-check-mode',
+    'tcp',
+    '--admin-listen',
+    '127.0.0.1:0',
+    '--listen',
+    '127.0.0.1:1', // must be ignored: the passed socket wins
+    '--shutdown-timeout',
+    '5s',
+    '--log-level',
+    'info',
   ];
   const sup = startSupervisor(t, fd, [process.execPath, CLI, ...argv]);
   await new Promise<void>((r) => socket.close(() => r()));
@@ -218,8 +263,13 @@ t.test('restarting apilb under a held socket refuses no connection', async (t) =
       const queued = oneEcho(port);
       const connectedWhileDown = await new Promise<boolean>((resolve) => {
         const probe = connect({ port, host: '127.0.0.1' });
-        probe.on('connect', function onProbeConnect() { probe.destroy(); resolve(true); });
-        probe.on('error', function onProbeError() { resolve(false); });
+        probe.on('connect', function onProbeConnect() {
+          probe.destroy();
+          resolve(true);
+        });
+        probe.on('error', function onProbeError() {
+          resolve(false);
+        });
       });
       t.ok(connectedWhileDown, 'the handshake completes while no apilb process runs (kernel accept queue)');
       await started();
@@ -237,12 +287,19 @@ t.test('restarting apilb under a held socket refuses no connection', async (t) =
   await stopped();
   sup.send('quit');
 
-  t.comment(`restarts=${RESTARTS} attempted=${stats.attempted} ok=${stats.ok} failed=${stats.failed} errors=${JSON.stringify(stats.errors)} slowest=${stats.maxMs}ms`);
-  t.comment(`stop times ${stopTimes.join(', ')} ms; SIGTERM to next "started" ${downTimes.join(', ')} ms; long-lived: ${held.stats.reconnects} reconnects, longest gap ${held.stats.maxGapMs} ms, ${held.stats.failed} failed`);
+  t.comment(
+    `restarts=${RESTARTS} attempted=${stats.attempted} ok=${stats.ok} failed=${stats.failed} errors=${JSON.stringify(stats.errors)} slowest=${stats.maxMs}ms`,
+  );
+  t.comment(
+    `stop times ${stopTimes.join(', ')} ms; SIGTERM to next "started" ${downTimes.join(', ')} ms; long-lived: ${held.stats.reconnects} reconnects, longest gap ${held.stats.maxGapMs} ms, ${held.stats.failed} failed`,
+  );
   const down = Math.max(...downTimes);
   t.equal(exits.filter((l) => / 0$/.test(l)).length, RESTARTS, 'each apilb exited cleanly (0) on SIGTERM');
   // --shutdown-timeout is 5s: a draining stop would hold each restart for 5 s with 20 streams open.
-  t.ok(Math.max(...stopTimes.slice(0, RESTARTS)) < 2000, 'with open long-lived connections, each stop took < 2 s (a short grace under socket activation, not --shutdown-timeout)');
+  t.ok(
+    Math.max(...stopTimes.slice(0, RESTARTS)) < 2000,
+    'with open long-lived connections, each stop took < 2 s (a short grace under socket activation, not --shutdown-timeout)',
+  );
   // Bounds relative to the measured restarts (absolute ones, 2 s and 3 s, are checked under a real systemd in
   // test/real-node.test.ts): a draining stop made connections wait 5 s longer than this.
   t.ok(stats.maxMs < down + 1000, `no new connection waited longer than a restart (slowest ${stats.maxMs} ms, longest restart ${down} ms)`);

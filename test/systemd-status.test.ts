@@ -16,7 +16,14 @@ import { startFakeApiServer, type FakeApiServer } from '../src/demo/fake-apiserv
 import { createTestCA } from '../src/demo/test-ca.js';
 import { waitFor } from './support/index.js';
 
-interface Harness { d: Daemon; started: Promise<void>; sent: () => string[]; file: string; api: FakeApiServer; startedAt: number }
+interface Harness {
+  d: Daemon;
+  started: Promise<void>;
+  sent: () => string[];
+  file: string;
+  api: FakeApiServer;
+  startedAt: number;
+}
 
 async function harness(t: Tap.Test, apiReady: boolean): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'apilb-status-'));
@@ -33,10 +40,21 @@ async function harness(t: Tap.Test, apiReady: boolean): Promise<Harness> {
   chmodSync(helper, 0o755);
   const sent = (): string[] => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : []);
   const file = join(dir, 'apilb.yaml');
-  writeFileSync(file, [
-    `backends: ["${api.address}"]`, `caFile: ${ca.certFile}`, 'listen: ["127.0.0.1:0"]', 'adminListen: 127.0.0.1:0',
-    'healthCheckInterval: 200ms', 'healthCheckTimeout: 200ms', 'rise: 2', 'fall: 1', 'logLevel: silent', '',
-  ].join('\n'));
+  writeFileSync(
+    file,
+    [
+      `backends: ["${api.address}"]`,
+      `caFile: ${ca.certFile}`,
+      'listen: ["127.0.0.1:0"]',
+      'adminListen: 127.0.0.1:0',
+      'healthCheckInterval: 200ms',
+      'healthCheckTimeout: 200ms',
+      'rise: 2',
+      'fall: 1',
+      'logLevel: silent',
+      '',
+    ].join('\n'),
+  );
   const input: ResolveInput = { configFile: file, hasIPv6Loopback: false };
   const notifier = new Notifier({ env: { NOTIFY_SOCKET: '/run/systemd/notify' }, command: helper });
   const d = new Daemon(resolveConfig(input), { resolveInput: input, logger: createLogger('silent'), notifier });
@@ -50,7 +68,10 @@ t.test('READY=1 waits for a backend to come up; STATUS= follows health and reloa
   const h = await harness(t, false);
   // The first round is done once the stand-in answered /readyz with 500.
   await waitFor(() => h.d.pool.backends[0]?.state !== 'unknown', { timeoutMs: 5000 });
-  t.notOk(h.sent().some((l) => l.startsWith('READY=1')), 'no READY=1 while no backend is up after the first round');
+  t.notOk(
+    h.sent().some((l) => l.startsWith('READY=1')),
+    'no READY=1 while no backend is up after the first round',
+  );
   h.api.setReady(true);
   await h.started;
   // The send is fire-and-forget in start(); it lands once the helper ran.
@@ -71,7 +92,14 @@ t.test('READY=1 waits for a backend to come up; STATUS= follows health and reloa
   t.match(rejected, /^STATUS=serving 1\/1 backends up; last reload rejected: /, 'a rejected reload shows in STATUS=');
   const n = h.sent().length;
   await h.d.close(0);
-  t.equal(h.sent().slice(n).filter((l) => l.startsWith('STATUS=')).length, 0, 'no STATUS= after shutdown began');
+  t.equal(
+    h
+      .sent()
+      .slice(n)
+      .filter((l) => l.startsWith('STATUS=')).length,
+    0,
+    'no STATUS= after shutdown began',
+  );
 });
 
 t.test('when no backend comes up, READY=1 follows after rise × interval + timeout, and STATUS= says so', async (t) => {
@@ -82,5 +110,8 @@ t.test('when no backend comes up, READY=1 follows after rise × interval + timeo
   t.comment(`READY=1 after ${took} ms with no backend up`);
   t.ok(took >= 600, 'not before the bound');
   t.ok(took < 5000, 'and not much later');
-  t.equal(await waitFor(() => h.sent().find((l) => l.startsWith('READY=1')), { timeoutMs: 5000 }), 'READY=1 STATUS=no backend up (1 configured): forwarding to all of them (panic)');
+  t.equal(
+    await waitFor(() => h.sent().find((l) => l.startsWith('READY=1')), { timeoutMs: 5000 }),
+    'READY=1 STATUS=no backend up (1 configured): forwarding to all of them (panic)',
+  );
 });

@@ -129,6 +129,9 @@ t.test('the example apilb.yaml uses only known keys and resolves', async (t) => 
   writeFileSync(join(dir, 'apilb.yaml'), text.replace(/^caFile: .*$/m, `caFile: ${join(dir, 'ca.crt')}`));
   const config = resolveConfig({ configFile: join(dir, 'apilb.yaml'), env: {} });
   t.equal(config.backends.length, 3);
-  t.same(config.listen.map((a) => `${a.host}:${a.port}`), ['127.0.0.1:6443', '::1:6443']);
+  t.same(
+    config.listen.map((a) => `${a.host}:${a.port}`),
+    ['127.0.0.1:6443', '::1:6443'],
+  );
   t.equal(config.healthCheckInterval, 2000);
 });

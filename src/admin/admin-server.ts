@@ -77,9 +77,11 @@ export class AdminServer {
 
   constructor(options: AdminServerOptions) {
     this.maxConcurrent = options.maxConcurrent ?? 8;
-    if (!Number.isInteger(this.maxConcurrent) || this.maxConcurrent < 1) throw new OptionError('maxConcurrent', `must be an integer ≥ 1, got ${this.maxConcurrent}`);
+    if (!Number.isInteger(this.maxConcurrent) || this.maxConcurrent < 1)
+      throw new OptionError('maxConcurrent', `must be an integer ≥ 1, got ${this.maxConcurrent}`);
     this.maxPerSecond = options.maxPerSecond ?? 50;
-    if (!Number.isInteger(this.maxPerSecond) || this.maxPerSecond < 1) throw new OptionError('maxPerSecond', `must be an integer ≥ 1, got ${this.maxPerSecond}`);
+    if (!Number.isInteger(this.maxPerSecond) || this.maxPerSecond < 1)
+      throw new OptionError('maxPerSecond', `must be an integer ≥ 1, got ${this.maxPerSecond}`);
     this.clock = options.clock ?? systemClock;
     this.allowedHosts = hostSet(options.allowedHosts ?? []);
     this.route('GET', '/healthz', () => ({ status: 200, body: 'ok\n' }));

@@ -14,8 +14,22 @@ import { formatAddress, formatDuration, type Address } from './values.js';
  * rebalancer).
  */
 export const RESTART_REQUIRED: ReadonlySet<string> = new Set([
-  'listen', 'adminListen', 'metricsListen', 'rise', 'fall', 'discoverEndpointslices', 'stateDir', 'tlsServerName', 'discoveryAllowLocal',
-  'balance', 'rebalance', 'rebalanceInterval', 'rebalanceTolerance', 'rebalanceMaxMovesPercent', 'rebalanceMinAge', 'rebalanceQuiet',
+  'listen',
+  'adminListen',
+  'metricsListen',
+  'rise',
+  'fall',
+  'discoverEndpointslices',
+  'stateDir',
+  'tlsServerName',
+  'discoveryAllowLocal',
+  'balance',
+  'rebalance',
+  'rebalanceInterval',
+  'rebalanceTolerance',
+  'rebalanceMaxMovesPercent',
+  'rebalanceMinAge',
+  'rebalanceQuiet',
 ]);
 
 /** One changed option. */
@@ -33,10 +47,14 @@ export interface ConfigChange {
 function show(spec: OptionSpec, v: unknown): string {
   if (v === undefined) return '(unset)';
   switch (spec.kind) {
-    case 'duration': return formatDuration(v as number);
-    case 'address': return formatAddress(v as Address);
-    case 'address-list': return (v as Address[]).map(formatAddress).join(',') || '(none)';
-    default: return String(v);
+    case 'duration':
+      return formatDuration(v as number);
+    case 'address':
+      return formatAddress(v as Address);
+    case 'address-list':
+      return (v as Address[]).map(formatAddress).join(',') || '(none)';
+    default:
+      return String(v);
   }
 }
 

@@ -116,7 +116,8 @@ function shown(v: unknown): string {
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a mapping';
   // A key or token pasted where a path or setting belongs must never be echoed (stderr, journal, POST /reload).
-  if (typeof v === 'string') return looksLikeContent(v) ? 'what looks like file contents or a secret (not shown)' : JSON.stringify(v.length > 60 ? v.slice(0, 57) + '...' : v);
+  if (typeof v === 'string')
+    return looksLikeContent(v) ? 'what looks like file contents or a secret (not shown)' : JSON.stringify(v.length > 60 ? v.slice(0, 57) + '...' : v);
   return String(v);
 }
 
@@ -148,7 +149,8 @@ function kindSchema(spec: OptionSpec): z.ZodTypeAny {
         } catch (e) {
           return fail(ctx, (e as Error).message);
         }
-        if (spec.min !== undefined && ms < spec.min) return fail(ctx, spec.min <= 1 ? `must be greater than zero, got ${shown(raw)}` : `must be at least ${formatDuration(spec.min)}, got ${shown(raw)}`);
+        if (spec.min !== undefined && ms < spec.min)
+          return fail(ctx, spec.min <= 1 ? `must be greater than zero, got ${shown(raw)}` : `must be at least ${formatDuration(spec.min)}, got ${shown(raw)}`);
         const max = Math.min(spec.max ?? MAX_DURATION_MS, MAX_DURATION_MS);
         if (ms > max) return fail(ctx, `must be at most ${formatDuration(max)}, got ${shown(raw)}`);
         return ms;
@@ -202,7 +204,13 @@ function kindSchema(spec: OptionSpec): z.ZodTypeAny {
     case 'address-list':
       return z.unknown().transform((v, ctx) => {
         // Flags and the environment give `a,b` or a list of strings; YAML gives a list (or one string).
-        const items = typeof v === 'string' ? v.split(',').map((x) => x.trim()).filter(Boolean) : v;
+        const items =
+          typeof v === 'string'
+            ? v
+                .split(',')
+                .map((x) => x.trim())
+                .filter(Boolean)
+            : v;
         if (!Array.isArray(items)) return fail(ctx, `must be a list of HOST:PORT addresses, got ${shown(v)}`);
         if (spec.max !== undefined && items.length > spec.max) return fail(ctx, `holds ${items.length} addresses; at most ${spec.max} are accepted`);
         const out: Address[] = [];
@@ -403,7 +411,10 @@ export function resolveConfig(input: ResolveInput = {}): Config {
     return `--${spec.flag}`;
   };
   if (!input.allowNoBackends && cfg.backends.length === 0 && !cfg.discoverEndpointslices) {
-    issues.push({ path: 'backends', reason: 'no backend configured: pass --backend HOST:PORT (repeatable), set backends: in --config FILE, or set APILB_BACKEND' });
+    issues.push({
+      path: 'backends',
+      reason: 'no backend configured: pass --backend HOST:PORT (repeatable), set backends: in --config FILE, or set APILB_BACKEND',
+    });
   }
   if (cfg.discoverEndpointslices && !cfg.kubeconfig) {
     issues.push({ path: where('discoverEndpointslices'), reason: 'needs --kubeconfig for the credentials to read EndpointSlices' });
@@ -423,7 +434,9 @@ export function resolveConfig(input: ResolveInput = {}): Config {
   });
   issues.push(...credentialIssues(cfg, where));
   if (cfg.healthCheckMode === 'tcp' && !cfg.caFile && !cfg.kubeconfig) {
-    cfg.warnings.push('health-check-mode tcp without a CA (--ca-file or --kubeconfig) only connects: a hung API server that still accepts TCP looks healthy. Set --ca-file so checks complete a TLS handshake');
+    cfg.warnings.push(
+      'health-check-mode tcp without a CA (--ca-file or --kubeconfig) only connects: a hung API server that still accepts TCP looks healthy. Set --ca-file so checks complete a TLS handshake',
+    );
   }
   if (issues.length) throw new ConfigError(issues);
   return cfg;
@@ -460,17 +473,33 @@ function credentialIssues(cfg: Config, where: (key: string) => string): ConfigIs
     return [{ path: where(key), reason: msg }];
   }
   if (loaded.expired) cfg.warnings.push(`${loaded.expired}; checks answered 401 count as up`);
-  cfg.warnings.push(...loaded.missing.map((f) => `"${f}" does not exist yet: running without it (anonymous or partial credentials; checks answered 401/403 count as up) and using it as soon as it appears`));
+  cfg.warnings.push(
+    ...loaded.missing.map(
+      (f) =>
+        `"${f}" does not exist yet: running without it (anonymous or partial credentials; checks answered 401/403 count as up) and using it as soon as it appears`,
+    ),
+  );
   if (cfg.healthCheckMode === 'https' && !cfg.healthCheckInsecure && !loaded.material.ca) {
     if (!cfg.caFile && !cfg.kubeconfig) {
-      return [{ path: 'caFile', reason: 'https health checks verify the API server certificate: pass --ca-file (the cluster CA, e.g. /etc/kubernetes/pki/ca.crt), --kubeconfig, or --health-check-insecure to opt out of verification' }];
+      return [
+        {
+          path: 'caFile',
+          reason:
+            'https health checks verify the API server certificate: pass --ca-file (the cluster CA, e.g. /etc/kubernetes/pki/ca.crt), --kubeconfig, or --health-check-insecure to opt out of verification',
+        },
+      ];
     }
     const why = loaded.missing.includes(cfg.kubeconfig!)
       ? 'does not exist yet'
       : loaded.missing.length > 0
         ? `gives no CA: ${loaded.missing.map((f) => `"${f}"`).join(', ')} does not exist yet`
         : 'has no certificate-authority or certificate-authority-data for its cluster';
-    return [{ path: where('kubeconfig'), reason: `"${cfg.kubeconfig}" ${why}: pass --ca-file too (kubeadm join writes /etc/kubernetes/pki/ca.crt before kubelet.conf)` }];
+    return [
+      {
+        path: where('kubeconfig'),
+        reason: `"${cfg.kubeconfig}" ${why}: pass --ca-file too (kubeadm join writes /etc/kubernetes/pki/ca.crt before kubelet.conf)`,
+      },
+    ];
   }
   return [];
 }
@@ -517,7 +546,13 @@ function fileToKey(k: string): string {
   return OPTIONS.find((o) => fileKey(o) === k)?.key ?? k;
 }
 
-function assignDefined(target: Record<string, unknown>, src: Record<string, unknown>, map: (k: string) => string, origin: Record<string, string>, tag: string): void {
+function assignDefined(
+  target: Record<string, unknown>,
+  src: Record<string, unknown>,
+  map: (k: string) => string,
+  origin: Record<string, string>,
+  tag: string,
+): void {
   for (const [k, v] of Object.entries(src)) {
     if (v === undefined) continue;
     target[map(k)] = v;

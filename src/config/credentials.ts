@@ -84,7 +84,8 @@ export function parseCertificates(pem: string, what: string, source: string): X5
 }
 
 function parsePrivateKey(pem: string, source: string): KeyObject {
-  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) throw tlsError(`client key ${shownSource(source)} holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)`);
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem))
+    throw tlsError(`client key ${shownSource(source)} holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)`);
   try {
     return createPrivateKey(pem);
   } catch {
@@ -107,7 +108,9 @@ export function checkClientIdentity(cert: { pem: string; source: string }, key: 
     throw tlsError(`client key ${shownSource(key.source)} does not belong to client certificate ${shownSource(cert.source)} (swapped or stale files?)`);
   }
   const until = Date.parse(leaf.validTo);
-  return until < now ? `client certificate ${shownSource(cert.source)} expired on ${new Date(until).toISOString()}: the API servers will refuse it (401)` : undefined;
+  return until < now
+    ? `client certificate ${shownSource(cert.source)} expired on ${new Date(until).toISOString()}: the API servers will refuse it (401)`
+    : undefined;
 }
 
 function readOptional(path: string, what: string, missing: string[]): string | undefined {
@@ -203,7 +206,9 @@ export function loadCredentials(cfg: CredentialConfig, opts: LoadCredentialsOpti
   if (m.cert && m.key) {
     expired = checkClientIdentity({ pem: m.cert, source: src.cert! }, { pem: m.key, source: src.key! }, now);
     const leaf = new X509Certificate(m.cert.match(CERT_RE)![0]);
-    summary.push(`client certificate: ${shownSource(src.cert!)} (${leaf.subject.replace(/\n/g, ', ')}; valid until ${new Date(leaf.validTo).toISOString()}), key: ${shownSource(src.key!)}`);
+    summary.push(
+      `client certificate: ${shownSource(src.cert!)} (${leaf.subject.replace(/\n/g, ', ')}; valid until ${new Date(leaf.validTo).toISOString()}), key: ${shownSource(src.key!)}`,
+    );
   }
   if (m.token) summary.push(`bearer token: from ${shownSource(src.token!)} (${m.token.length} characters, value redacted)`);
   if (exec?.expiresAt !== undefined) summary.push(`exec credential expires at ${new Date(exec.expiresAt).toISOString()} (run again before, and on a 401)`);
@@ -452,13 +457,14 @@ export class CredentialWatcher extends EventEmitter<CredentialWatcherEvents> {
     // A file that was there and is gone (deleted, or replaced by delete-then-write) must not drop the CA or the
     // identity in use: keep the previous credentials until it is back.
     const gone = next.missing.filter((f) => !prev.missing.includes(f));
-    const refusal = gone.length > 0
-      ? `${gone.map((f) => `"${f}"`).join(', ')} no longer exists: the previous credentials stay in use until it is back`
-      : prev.material.ca && !next.material.ca
-        ? `the changed kubeconfig "${this.config.kubeconfig}" names no CA any more: the previous CA stays in use`
-        : next.expired && next.material.cert !== prev.material.cert
-          ? `the new ${next.expired}; the previous certificate stays in use`
-          : undefined;
+    const refusal =
+      gone.length > 0
+        ? `${gone.map((f) => `"${f}"`).join(', ')} no longer exists: the previous credentials stay in use until it is back`
+        : prev.material.ca && !next.material.ca
+          ? `the changed kubeconfig "${this.config.kubeconfig}" names no CA any more: the previous CA stays in use`
+          : next.expired && next.material.cert !== prev.material.cert
+            ? `the new ${next.expired}; the previous certificate stays in use`
+            : undefined;
     if (refusal) {
       this.reject(refusal);
       return false;

@@ -46,7 +46,8 @@ export function parseExecSpec(raw: unknown, kubeconfigPath: string): ExecSpec {
   const args = e.args ?? [];
   if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new Error('exec.args must be a list of strings');
   const env = e.env ?? [];
-  if (!Array.isArray(env) || env.some((v) => !v || typeof v.name !== 'string' || typeof v.value !== 'string')) throw new Error('exec.env must be a list of {name, value}');
+  if (!Array.isArray(env) || env.some((v) => !v || typeof v.name !== 'string' || typeof v.value !== 'string'))
+    throw new Error('exec.env must be a list of {name, value}');
   const command = e.command;
   const path = command.includes('/') && !isAbsolute(command) ? resolve(dirname(kubeconfigPath), command) : command;
   return { apiVersion: e.apiVersion, command, path, args: args as string[], env: env as ExecSpec['env'] };
@@ -111,7 +112,13 @@ function failure(spec: ExecSpec, err: unknown): Error {
 export function runExecPluginSync(spec: ExecSpec, env: NodeJS.ProcessEnv = process.env): ExecResult {
   let stdout: string;
   try {
-    stdout = execFileSync(spec.path, spec.args, { env: pluginEnv(spec, env), timeout: EXEC_TIMEOUT_MS, maxBuffer: MAX_OUTPUT_BYTES, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    stdout = execFileSync(spec.path, spec.args, {
+      env: pluginEnv(spec, env),
+      timeout: EXEC_TIMEOUT_MS,
+      maxBuffer: MAX_OUTPUT_BYTES,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
   } catch (e) {
     throw failure(spec, e);
   }

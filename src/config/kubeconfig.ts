@@ -87,7 +87,10 @@ export function loadKubeconfigCredentials(path: string, env: NodeJS.ProcessEnv =
   if (user) {
     for (const [field, what] of Object.entries(UNSUPPORTED_AUTH)) {
       if (user[field] !== undefined) {
-        fail(path, `user "${userName}" uses ${what}: give apilb a kubeconfig whose user has client-certificate/client-key (like kubelet.conf), token, tokenFile or exec`);
+        fail(
+          path,
+          `user "${userName}" uses ${what}: give apilb a kubeconfig whose user has client-certificate/client-key (like kubelet.conf), token, tokenFile or exec`,
+        );
       }
     }
   }

@@ -40,10 +40,7 @@ function typeText(spec: OptionSpec): string {
 
 /** The markdown table: one row per option with flag, YAML key, environment variable, type, default, meaning. */
 export function optionsTable(): string {
-  const rows = [
-    '| Flag | YAML key | Environment | Type | Default | Meaning |',
-    '|---|---|---|---|---|---|',
-  ];
+  const rows = ['| Flag | YAML key | Environment | Type | Default | Meaning |', '|---|---|---|---|---|---|'];
   for (const spec of OPTIONS) {
     const flag = spec.kind === 'address-list' ? `\`--${spec.flag}\` (repeatable)` : `\`--${spec.flag}\``;
     rows.push(`| ${flag} | \`${fileKey(spec)}\` | \`${envName(spec)}\` | ${cell(typeText(spec))} | ${cell(defaultText(spec))} | ${cell(spec.describe)} |`);

@@ -55,7 +55,14 @@ export function readBoundedFile(path: string, what: string, max = MAX_FILE_BYTES
 function describe(e: unknown, path: string, what: string): FileReadError {
   if (e instanceof FileReadError) return e;
   const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
-  const reason = code === 'ENOENT' ? 'does not exist' : code === 'EISDIR' ? 'is a directory, not a file' : code === 'EACCES' ? 'is not readable (EACCES: permission denied)' : `cannot be read (${code})`;
+  const reason =
+    code === 'ENOENT'
+      ? 'does not exist'
+      : code === 'EISDIR'
+        ? 'is a directory, not a file'
+        : code === 'EACCES'
+          ? 'is not readable (EACCES: permission denied)'
+          : `cannot be read (${code})`;
   return new FileReadError(code, `${what} "${path}" ${reason}`);
 }
 

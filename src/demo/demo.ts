@@ -101,12 +101,14 @@ export async function startDemoBackends(opts: DemoOptions = {}): Promise<DemoBac
   try {
     const client = ca.client('demo-user', 'system:masters');
     for (let i = 1; i <= count; i++) {
-      servers.push(await startFakeApiServer({
-        ca,
-        name: `apiserver-${i}`,
-        ...(opts.host !== undefined ? { host: opts.host } : {}),
-        ...(opts.watchIntervalMs !== undefined ? { watchIntervalMs: opts.watchIntervalMs } : {}),
-      }));
+      servers.push(
+        await startFakeApiServer({
+          ca,
+          name: `apiserver-${i}`,
+          ...(opts.host !== undefined ? { host: opts.host } : {}),
+          ...(opts.watchIntervalMs !== undefined ? { watchIntervalMs: opts.watchIntervalMs } : {}),
+        }),
+      );
     }
     const kubeconfigPath = writeKubeconfig({ path: join(ca.dir, 'kubeconfig'), server, caCert: ca.cert, cert: client.cert, key: client.key });
     return { ca, servers, client, kubeconfigPath, backends: servers.map((s) => s.address), close };

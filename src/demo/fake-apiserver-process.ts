@@ -62,18 +62,35 @@ export async function spawnFakeApiServer(opts: SpawnFakeApiServerOptions): Promi
   const startTimeoutMs = opts.startTimeoutMs ?? 15_000;
   if (!(startTimeoutMs > 0)) throw new OptionError('startTimeoutMs', `must be > 0, got ${startTimeoutMs}`);
   if (!opts.ca || typeof opts.ca !== 'object') throw new OptionError('ca', 'is required (a TestCA or {cert, key, caCert})');
-  const tls = isTls(opts.ca) ? opts.ca : (() => {
-    const leaf = (opts.ca as TestCA).server(name);
-    return { cert: leaf.cert, key: leaf.key, caCert: (opts.ca as TestCA).cert };
-  })();
+  const tls = isTls(opts.ca)
+    ? opts.ca
+    : (() => {
+        const leaf = (opts.ca as TestCA).server(name);
+        return { cert: leaf.cert, key: leaf.key, caCert: (opts.ca as TestCA).cert };
+      })();
   const ownDir = opts.dir === undefined;
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'apilb-fake-apiserver-'));
   writeFileSync(join(dir, FILES.caCert), tls.caCert);
   writeFileSync(join(dir, FILES.cert), tls.cert);
   writeFileSync(join(dir, FILES.key), tls.key, { mode: 0o600 });
-  const args = ['--ca-dir', dir, '--port', String(opts.port ?? 0), '--host', host, '--name', name,
-    '--anonymous-auth', String(opts.anonymousAuth ?? true), '--watch-interval-ms', String(opts.watchIntervalMs ?? 1000),
-    '--shutdown-delay-ms', String(opts.shutdownDelayMs ?? 0), '--watch-stdin', 'true'];
+  const args = [
+    '--ca-dir',
+    dir,
+    '--port',
+    String(opts.port ?? 0),
+    '--host',
+    host,
+    '--name',
+    name,
+    '--anonymous-auth',
+    String(opts.anonymousAuth ?? true),
+    '--watch-interval-ms',
+    String(opts.watchIntervalMs ?? 1000),
+    '--shutdown-delay-ms',
+    String(opts.shutdownDelayMs ?? 0),
+    '--watch-stdin',
+    'true',
+  ];
   const entry = mainEntry();
   // stdin is a pipe the child watches: if this process dies, the child sees EOF and exits.
   const child = spawn(process.execPath, [...entry.execArgv, entry.file, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -86,7 +103,9 @@ export async function spawnFakeApiServer(opts: SpawnFakeApiServerOptions): Promi
   child.stderr!.on('data', function onChildStderr(d: string) {
     if (stderr.length < 16_384) stderr += d;
   });
-  child.stdin!.on('error', function onChildStdinError() { /* child gone */ });
+  child.stdin!.on('error', function onChildStdinError() {
+    /* child gone */
+  });
   const removeDir = (): void => {
     if (ownDir) rmSync(dir, { recursive: true, force: true });
   };

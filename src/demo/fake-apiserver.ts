@@ -10,13 +10,7 @@
  */
 import { createServer as createTcpServer, isIP, type Server as TcpServer, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import {
-  createSecureServer,
-  type Http2SecureServer,
-  type Http2ServerRequest,
-  type Http2ServerResponse,
-  type Http2Session,
-} from 'node:http2';
+import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
@@ -131,9 +125,11 @@ function validate(opts: FakeApiServerOptions): Required<Omit<FakeApiServerOption
   const { ca } = opts;
   if (ca === null || typeof ca !== 'object') throw new OptionError('ca', 'is required (a TestCA or {cert, key, caCert})');
   const name = opts.name ?? 'apiserver-1';
-  if (typeof name !== 'string' || !NAME_RE.test(name)) throw new OptionError('name', `must match ${NAME_RE} (it is sent as a header), got ${JSON.stringify(name)}`);
+  if (typeof name !== 'string' || !NAME_RE.test(name))
+    throw new OptionError('name', `must match ${NAME_RE} (it is sent as a header), got ${JSON.stringify(name)}`);
   const host = opts.host ?? '127.0.0.1';
-  if (typeof host !== 'string' || (host !== 'localhost' && isIP(host) === 0)) throw new OptionError('host', `must be an IP literal or localhost, got ${JSON.stringify(host)}`);
+  if (typeof host !== 'string' || (host !== 'localhost' && isIP(host) === 0))
+    throw new OptionError('host', `must be an IP literal or localhost, got ${JSON.stringify(host)}`);
   const port = opts.port ?? 0;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new OptionError('port', `must be an integer 0..65535, got ${port}`);
   const anonymousAuth = opts.anonymousAuth ?? true;
@@ -179,11 +175,18 @@ function podListBody(bytes: number): Buffer {
   let size = head.length + tail.length;
   for (let i = 0; ; i++) {
     const pod = JSON.stringify({
-      metadata: { name: `pod-${i}`, namespace: 'default', uid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`, resourceVersion: String(1000 + i),
-        labels: { app: 'demo', 'pod-template-hash': '5d4f8c7b9' } },
-      spec: { nodeName: `node-${i % 16}`, containers: [{ name: 'app', image: 'registry.k8s.io/pause:3.10', resources: { requests: { cpu: '10m', memory: '16Mi' } } }] },
-      status: { phase: 'Running', podIP: `10.244.${(i >> 8) & 255}.${i & 255}`, conditions: [{ type: 'Ready', status: 'True' }],
-        message: 'x'.repeat(480) },
+      metadata: {
+        name: `pod-${i}`,
+        namespace: 'default',
+        uid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`,
+        resourceVersion: String(1000 + i),
+        labels: { app: 'demo', 'pod-template-hash': '5d4f8c7b9' },
+      },
+      spec: {
+        nodeName: `node-${i % 16}`,
+        containers: [{ name: 'app', image: 'registry.k8s.io/pause:3.10', resources: { requests: { cpu: '10m', memory: '16Mi' } } }],
+      },
+      status: { phase: 'Running', podIP: `10.244.${(i >> 8) & 255}.${i & 255}`, conditions: [{ type: 'Ready', status: 'True' }], message: 'x'.repeat(480) },
     });
     const add = pod.length + (parts.length > 0 ? 1 : 0);
     if (size + add > bytes) break;
@@ -256,8 +259,12 @@ export class FakeApiServer {
     this.http.on('request', (req, res) => this.onRequest(req, res));
     this.http.on('session', (session) => this.onSession(session));
     this.http.on('secureConnection', (socket) => this.onSecureConnection(socket));
-    this.http.on('tlsClientError', function onTlsClientError() { /* a client that fails the handshake is its problem */ });
-    this.http.on('sessionError', function onSessionError() { /* the session is torn down by http2 itself */ });
+    this.http.on('tlsClientError', function onTlsClientError() {
+      /* a client that fails the handshake is its problem */
+    });
+    this.http.on('sessionError', function onSessionError() {
+      /* the session is torn down by http2 itself */
+    });
     this.tcp = createTcpServer({ noDelay: true }, (raw) => this.onConnection(raw));
   }
 
@@ -421,7 +428,9 @@ export class FakeApiServer {
     this.connections++;
     const relay = new RawRelay(raw, this.hung);
     this.raws.set(raw, relay);
-    raw.on('error', function onRawError() { /* resets are expected in fault tests */ });
+    raw.on('error', function onRawError() {
+      /* resets are expected in fault tests */
+    });
     raw.once('close', () => {
       this.raws.delete(raw);
       this.held.delete(raw);
@@ -436,7 +445,9 @@ export class FakeApiServer {
   }
 
   private onSecureConnection(socket: TLSSocket): void {
-    socket.on('error', function onTlsError() { /* mirrored by the raw socket */ });
+    socket.on('error', function onTlsError() {
+      /* mirrored by the raw socket */
+    });
     if (socket.alpnProtocol === 'h2') return;
     const conn: Http1Conn = { active: 0 };
     this.http1.set(socket, conn);
@@ -445,7 +456,9 @@ export class FakeApiServer {
 
   private onSession(session: Http2Session): void {
     this.sessions.add(session);
-    session.on('error', function onSessionError() { /* the raw socket reports it */ });
+    session.on('error', function onSessionError() {
+      /* the raw socket reports it */
+    });
     session.once('close', () => this.sessions.delete(session));
     if (this.listenerClosed) session.close();
   }
@@ -512,8 +525,12 @@ export class FakeApiServer {
 
   private onRequest(req: Request, res: Response): void {
     this.requests++;
-    req.on('error', function onRequestError() { /* client went away */ });
-    res.on('error', function onResponseError() { /* client went away */ });
+    req.on('error', function onRequestError() {
+      /* client went away */
+    });
+    res.on('error', function onResponseError() {
+      /* client went away */
+    });
     req.resume();
     res.setHeader('x-apiserver-name', this.name);
     if (req.httpVersionMajor === 1) this.trackHttp1(req, res);
@@ -589,10 +606,16 @@ export class FakeApiServer {
     if (method === 'GET' && isPublic) return this.health(url, res);
     if (method === 'POST' && /^\/apis\/authentication\.k8s\.io\/v1(beta1|alpha1)?\/selfsubjectreviews$/.test(path) && user) {
       const apiVersion = path.split('/').slice(2, 4).join('/');
-      this.send(res, 201, JSON.stringify({
-        kind: 'SelfSubjectReview', apiVersion, metadata: { creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z') },
-        status: { userInfo: { username: user.username, groups: user.groups } },
-      }));
+      this.send(
+        res,
+        201,
+        JSON.stringify({
+          kind: 'SelfSubjectReview',
+          apiVersion,
+          metadata: { creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z') },
+          status: { userInfo: { username: user.username, groups: user.groups } },
+        }),
+      );
       return;
     }
     if (method !== 'GET') {
@@ -606,22 +629,51 @@ export class FakeApiServer {
       case '/whoami':
         return this.send(res, 200, JSON.stringify({ cn: user?.cn ?? null, o: user?.o ?? [], server: this.name, httpVersion: req.httpVersion }));
       case '/api':
-        return this.send(res, 200, JSON.stringify({ kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: this.address }] }));
+        return this.send(
+          res,
+          200,
+          JSON.stringify({ kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: this.address }] }),
+        );
       case '/api/v1':
-        return this.send(res, 200, JSON.stringify({ kind: 'APIResourceList', groupVersion: 'v1', resources: [
-          { name: 'pods', singularName: 'pod', namespaced: true, kind: 'Pod', verbs: ['get', 'list', 'watch'], shortNames: ['po'] },
-        ] }));
+        return this.send(
+          res,
+          200,
+          JSON.stringify({
+            kind: 'APIResourceList',
+            groupVersion: 'v1',
+            resources: [{ name: 'pods', singularName: 'pod', namespaced: true, kind: 'Pod', verbs: ['get', 'list', 'watch'], shortNames: ['po'] }],
+          }),
+        );
       case '/apis':
-        return this.send(res, 200, JSON.stringify({ kind: 'APIGroupList', apiVersion: 'v1', groups: [{
-          name: 'authentication.k8s.io',
-          versions: [{ groupVersion: 'authentication.k8s.io/v1', version: 'v1' }],
-          preferredVersion: { groupVersion: 'authentication.k8s.io/v1', version: 'v1' },
-        }] }));
+        return this.send(
+          res,
+          200,
+          JSON.stringify({
+            kind: 'APIGroupList',
+            apiVersion: 'v1',
+            groups: [
+              {
+                name: 'authentication.k8s.io',
+                versions: [{ groupVersion: 'authentication.k8s.io/v1', version: 'v1' }],
+                preferredVersion: { groupVersion: 'authentication.k8s.io/v1', version: 'v1' },
+              },
+            ],
+          }),
+        );
       case '/apis/authentication.k8s.io/v1':
-        return this.send(res, 200, JSON.stringify({ kind: 'APIResourceList', apiVersion: 'v1', groupVersion: 'authentication.k8s.io/v1', resources: [
-          { name: 'selfsubjectreviews', singularName: 'selfsubjectreview', namespaced: false, kind: 'SelfSubjectReview', verbs: ['create'] },
-          { name: 'tokenreviews', singularName: 'tokenreview', namespaced: false, kind: 'TokenReview', verbs: ['create'] },
-        ] }));
+        return this.send(
+          res,
+          200,
+          JSON.stringify({
+            kind: 'APIResourceList',
+            apiVersion: 'v1',
+            groupVersion: 'authentication.k8s.io/v1',
+            resources: [
+              { name: 'selfsubjectreviews', singularName: 'selfsubjectreview', namespaced: false, kind: 'SelfSubjectReview', verbs: ['create'] },
+              { name: 'tokenreviews', singularName: 'tokenreview', namespaced: false, kind: 'TokenReview', verbs: ['create'] },
+            ],
+          }),
+        );
       case '/api/v1/pods':
       case '/api/v1/namespaces/default/pods': {
         const bytes = bytesParam(url, DEFAULT_LIST_BYTES, MAX_LIST_BYTES);
@@ -643,10 +695,25 @@ export class FakeApiServer {
     const path = url.pathname;
     if (path === '/version') {
       const m = VERSION_RE.exec(this.opts.version)!;
-      return this.send(res, 200, JSON.stringify({
-        major: m[1], minor: m[2], gitVersion: this.opts.version, gitCommit: '0000000000000000000000000000000000000000', gitTreeState: 'clean',
-        buildDate: '2024-08-13T07:28:49Z', goVersion: 'go1.22.5', compiler: 'gc', platform: 'linux/amd64',
-      }, null, 2));
+      return this.send(
+        res,
+        200,
+        JSON.stringify(
+          {
+            major: m[1],
+            minor: m[2],
+            gitVersion: this.opts.version,
+            gitCommit: '0000000000000000000000000000000000000000',
+            gitTreeState: 'clean',
+            buildDate: '2024-08-13T07:28:49Z',
+            goVersion: 'go1.22.5',
+            compiler: 'gc',
+            platform: 'linux/amd64',
+          },
+          null,
+          2,
+        ),
+      );
     }
     const kind = path.split('/')[1]!;
     const checks = kind === 'readyz' ? [...READYZ_CHECKS, 'shutdown'] : ['ping', 'log', 'etcd'];
@@ -713,11 +780,16 @@ export class FakeApiServer {
       return;
     }
     res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-cache, private' });
-    const event = (type: string): string => JSON.stringify({
-      type,
-      object: { kind: 'Pod', apiVersion: 'v1', metadata: { name: 'watched-pod', namespace: 'default', resourceVersion: String(++this.resourceVersion) },
-        status: { phase: 'Running' } },
-    }) + '\n';
+    const event = (type: string): string =>
+      JSON.stringify({
+        type,
+        object: {
+          kind: 'Pod',
+          apiVersion: 'v1',
+          metadata: { name: 'watched-pod', namespace: 'default', resourceVersion: String(++this.resourceVersion) },
+          status: { phase: 'Running' },
+        },
+      }) + '\n';
     res.write(event('ADDED'));
     let timer: NodeJS.Timeout | undefined;
     if (this.opts.watchIntervalMs > 0) {
@@ -759,7 +831,9 @@ class RawRelay extends Duplex {
   ) {
     super();
     this.held = held;
-    this.on('error', function onRelayError() { /* the raw socket reports it */ });
+    this.on('error', function onRelayError() {
+      /* the raw socket reports it */
+    });
     if (held) raw.pause();
     raw.on('data', (chunk: Buffer) => {
       if (!this.push(chunk)) raw.pause();

@@ -39,17 +39,53 @@ function openssl(args: string[], cwd: string): void {
 export function createTestCA(opts: { dir?: string; name?: string } = {}): TestCA {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'apilb-ca-'));
   const ecParams = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl(['req', '-x509', ...ecParams, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2',
-    '-subj', `/CN=${opts.name ?? 'apilb-test-ca'}`, '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
+  openssl(
+    [
+      'req',
+      '-x509',
+      ...ecParams,
+      '-keyout',
+      'ca.key',
+      '-out',
+      'ca.crt',
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${opts.name ?? 'apilb-test-ca'}`,
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    ],
+    dir,
+  );
   let serial = 0;
   const leaf = (base: string, subj: string, ext: string): LeafCert => {
     serial++;
     const b = `${base}-${serial}`;
     writeFileSync(join(dir, `${b}.ext`), ext);
     openssl(['req', ...ecParams, '-keyout', `${b}.key`, '-out', `${b}.csr`, '-subj', subj], dir);
-    openssl(['x509', '-req', '-in', `${b}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', String(1000 + serial),
-      '-days', '2', '-out', `${b}.crt`, '-extfile', `${b}.ext`], dir);
+    openssl(
+      [
+        'x509',
+        '-req',
+        '-in',
+        `${b}.csr`,
+        '-CA',
+        'ca.crt',
+        '-CAkey',
+        'ca.key',
+        '-set_serial',
+        String(1000 + serial),
+        '-days',
+        '2',
+        '-out',
+        `${b}.crt`,
+        '-extfile',
+        `${b}.ext`,
+      ],
+      dir,
+    );
     const certFile = join(dir, `${b}.crt`);
     const keyFile = join(dir, `${b}.key`);
     return { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8'), certFile, keyFile };
@@ -60,7 +96,11 @@ export function createTestCA(opts: { dir?: string; name?: string } = {}): TestCA
     cert: readFileSync(join(dir, 'ca.crt'), 'utf8'),
     server(name = 'kube-apiserver', sans) {
       const list = sans ?? DEFAULT_SANS;
-      return leaf('server', `/CN=${name}`, `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${list.join(',')}\n`);
+      return leaf(
+        'server',
+        `/CN=${name}`,
+        `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${list.join(',')}\n`,
+      );
     },
     client(cn, org) {
       const subj = org ? `/O=${org}/CN=${cn}` : `/CN=${cn}`;

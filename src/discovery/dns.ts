@@ -244,7 +244,10 @@ export class DnsDiscovery extends EventEmitter<DnsEvents> {
 export function subscribeDnsLogger(log: Logger, dns: DnsDiscovery): () => void {
   function onDnsResolvedLog(ev: DnsResolvedEvent): void {
     if (ev.added.length === 0 && ev.removed.length === 0) return;
-    log.info({ event: 'dns_resolved', name: ev.name, addresses: ev.addresses, added: ev.added, removed: ev.removed }, `${ev.name} resolved to ${ev.addresses.join(', ')}`);
+    log.info(
+      { event: 'dns_resolved', name: ev.name, addresses: ev.addresses, added: ev.added, removed: ev.removed },
+      `${ev.name} resolved to ${ev.addresses.join(', ')}`,
+    );
   }
   function onDnsErrorLog(ev: DnsErrorEvent): void {
     if (ev.fallback) {
@@ -253,12 +256,18 @@ export function subscribeDnsLogger(log: Logger, dns: DnsDiscovery): () => void {
         `cannot resolve ${ev.name} (${ev.error.message}): using the name itself as the backend, resolved per connection, until a refresh succeeds`,
       );
     } else {
-      log.warn({ event: 'dns_failure', name: ev.name, err: ev.error.message, kept: ev.kept }, `cannot resolve ${ev.name} (${ev.error.message}): keeping the last known ${ev.kept} backends`);
+      log.warn(
+        { event: 'dns_failure', name: ev.name, err: ev.error.message, kept: ev.kept },
+        `cannot resolve ${ev.name} (${ev.error.message}): keeping the last known ${ev.kept} backends`,
+      );
     }
   }
   function onDnsStaleLog(ev: DnsStaleEvent): void {
     const what = ev.fallback ? 'using the name itself as the backend' : `keeping the last known ${ev.kept} backends`;
-    log[ev.fallback ? 'error' : 'warn']({ event: 'dns_empty', name: ev.name, kept: ev.kept, fallback: ev.fallback }, `${ev.name} resolved to no address: ${what}`);
+    log[ev.fallback ? 'error' : 'warn'](
+      { event: 'dns_empty', name: ev.name, kept: ev.kept, fallback: ev.fallback },
+      `${ev.name} resolved to no address: ${what}`,
+    );
   }
   dns.on('resolved', onDnsResolvedLog);
   dns.on('error', onDnsErrorLog);

@@ -322,7 +322,10 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       throw new OptionError('target', 'must be the HOST:PORT of a bound apilb listener');
     }
     if (!options.tls?.ca || caFingerprints(options.tls.ca).length === 0) {
-      throw new ApilbError('APILB_ERR_TLS_CONFIG', 'EndpointSlice discovery verifies the API server: the cluster CA (certificate-authority in --kubeconfig, or --ca-file) is missing or holds no certificate');
+      throw new ApilbError(
+        'APILB_ERR_TLS_CONFIG',
+        'EndpointSlice discovery verifies the API server: the cluster CA (certificate-authority in --kubeconfig, or --ca-file) is missing or holds no certificate',
+      );
     }
     if (Boolean(options.tls.cert) !== Boolean(options.tls.key)) throw new OptionError('tls', 'needs both cert and key, or neither');
     this.backendSet = options.backendSet;
@@ -401,8 +404,10 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     }
     if (r.result === 'other-cluster') {
       this.stats.stateFile = 'other-cluster';
-      this.log.warn({ event: 'discovery_state_ignored', file, reason: 'ca-mismatch', fileFingerprints: r.fileFingerprints, caFingerprints: this.fingerprints },
-        `ignoring ${file}: it was written for another cluster (its CA fingerprint differs from the current CA); it will be replaced after the first successful LIST`);
+      this.log.warn(
+        { event: 'discovery_state_ignored', file, reason: 'ca-mismatch', fileFingerprints: r.fileFingerprints, caFingerprints: this.fingerprints },
+        `ignoring ${file}: it was written for another cluster (its CA fingerprint differs from the current CA); it will be replaced after the first successful LIST`,
+      );
       return;
     }
     if (r.result === 'invalid') {
@@ -410,7 +415,10 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       this.log.warn({ event: 'discovery_state_ignored', file, reason: r.reason }, `ignoring ${file}: it ${r.reason}`);
       return;
     }
-    const list = r.backends.map(canonicalAddress).filter((a) => this.policy.refusal(a) === undefined).sort(byAddress);
+    const list = r.backends
+      .map(canonicalAddress)
+      .filter((a) => this.policy.refusal(a) === undefined)
+      .sort(byAddress);
     const why = implausibleReason(list, this.maxBackends);
     if (why) {
       this.stats.stateFile = 'implausible';
@@ -419,12 +427,17 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     }
     this.stats.stateFile = 'loaded';
     const key = keyOf(list);
-    const res = this.backendSet.set(ENDPOINTSLICES_SOURCE, list.map((address) => ({ address, source: 'discovery' as const })));
+    const res = this.backendSet.set(
+      ENDPOINTSLICES_SOURCE,
+      list.map((address) => ({ address, source: 'discovery' as const })),
+    );
     this.appliedKey = key;
     this.persistedKey = key;
     this.stats.listSize = list.length;
-    this.log.info({ event: 'discovery_state_loaded', file, savedAt: r.savedAt, backends: list.map(formatAddress) },
-      `loaded ${list.length} API servers from ${file} (saved ${r.savedAt || 'at an unknown time'})`);
+    this.log.info(
+      { event: 'discovery_state_loaded', file, savedAt: r.savedAt, backends: list.map(formatAddress) },
+      `loaded ${list.length} API servers from ${file} (saved ${r.savedAt || 'at an unknown time'})`,
+    );
     this.emit('applied', { backends: list, added: res.added, removed: res.removed, from: 'state-file' });
   }
 
@@ -672,7 +685,10 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     const refusedKey = refused.join('\n');
     if (refused.length && refusedKey !== this.lastRefused) {
       // Said loudly once per change: EndpointSlices naming loopback or the metadata service are misconfigured or hostile.
-      this.log.warn({ event: 'discovery_refused', code: 'APILB_ERR_DISCOVERY', refused }, `EndpointSlices name addresses apilb refuses as backends: ${refused.join('; ')}`);
+      this.log.warn(
+        { event: 'discovery_refused', code: 'APILB_ERR_DISCOVERY', refused },
+        `EndpointSlices name addresses apilb refuses as backends: ${refused.join('; ')}`,
+      );
     }
     this.lastRefused = refusedKey;
     const why = implausibleReason(backends, this.maxBackends);
@@ -680,8 +696,10 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       this.stats.rejected++;
       const reason = notReady > 0 && backends.length === 0 ? `${why} (${notReady} not ready)` : why;
       if (reason !== this.lastRejectReason) {
-        this.log.warn({ event: 'discovery_rejected', code: 'APILB_ERR_DISCOVERY', reason, keeping: this.stats.listSize },
-          `not applying the discovered list: ${reason}; keeping the last good list (${this.stats.listSize} API servers) and the seeds`);
+        this.log.warn(
+          { event: 'discovery_rejected', code: 'APILB_ERR_DISCOVERY', reason, keeping: this.stats.listSize },
+          `not applying the discovered list: ${reason}; keeping the last good list (${this.stats.listSize} API servers) and the seeds`,
+        );
       }
       this.lastRejectReason = reason;
       this.emit('rejected', { reason });
@@ -691,13 +709,18 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     this.appliedFromApi = true;
     const key = keyOf(backends);
     if (key === this.appliedKey) return;
-    const res = this.backendSet.set(ENDPOINTSLICES_SOURCE, backends.map((address) => ({ address, source: 'discovery' as const })));
+    const res = this.backendSet.set(
+      ENDPOINTSLICES_SOURCE,
+      backends.map((address) => ({ address, source: 'discovery' as const })),
+    );
     this.appliedKey = key;
     this.stats.applied++;
     this.stats.listSize = backends.length;
     this.stats.lastChangeTime = this.clock.now();
-    this.log.info({ event: 'discovery_applied', backends: backends.map(formatAddress), added: res.added, removed: res.removed },
-      `API servers discovered: ${backends.map(formatAddress).join(', ')}`);
+    this.log.info(
+      { event: 'discovery_applied', backends: backends.map(formatAddress), added: res.added, removed: res.removed },
+      `API servers discovered: ${backends.map(formatAddress).join(', ')}`,
+    );
     this.emit('applied', { backends, added: res.added, removed: res.removed, from: 'api' });
     this.persist(backends, key);
   }
@@ -712,8 +735,10 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
         this.persistedKey = key;
       } catch (err) {
         this.stats.stateFileErrors++;
-        this.log.warn({ event: 'discovery_state_write_failed', code: 'APILB_ERR_DISCOVERY', dir, err: (err as Error).message },
-          `cannot write the discovery state file in ${dir}: ${(err as Error).message}`);
+        this.log.warn(
+          { event: 'discovery_state_write_failed', code: 'APILB_ERR_DISCOVERY', dir, err: (err as Error).message },
+          `cannot write the discovery state file in ${dir}: ${(err as Error).message}`,
+        );
       }
     });
   }
@@ -736,11 +761,14 @@ export function discoveryOptionsFromConfig(config: Config, listeners: readonly S
     if (a && typeof a === 'object') bound.push({ host: a.address, port: a.port });
   }
   const first = bound[0];
-  if (!first) throw new ApilbError('APILB_ERR_DISCOVERY', 'EndpointSlice discovery goes through apilb\'s own listener, but no TCP listener is bound');
+  if (!first) throw new ApilbError('APILB_ERR_DISCOVERY', "EndpointSlice discovery goes through apilb's own listener, but no TCP listener is bound");
   const host = first.host === '0.0.0.0' ? '127.0.0.1' : first.host === '::' ? '::1' : first.host;
   const m = loadTlsMaterial(config);
   if (!m.ca) {
-    throw new ApilbError('APILB_ERR_TLS_CONFIG', '--discover-endpointslices verifies the API server: the kubeconfig has no certificate-authority(-data) and no --ca-file is set');
+    throw new ApilbError(
+      'APILB_ERR_TLS_CONFIG',
+      '--discover-endpointslices verifies the API server: the kubeconfig has no certificate-authority(-data) and no --ca-file is set',
+    );
   }
   const tls: DiscoveryTls = { ca: m.ca, serverName: m.serverName || 'kubernetes' };
   if (m.cert && m.key) {
@@ -748,7 +776,12 @@ export function discoveryOptionsFromConfig(config: Config, listeners: readonly S
     tls.key = m.key;
   }
   // The admin address too: its configured port, since it may be bound only later (bind retries).
-  const out: DiscoveryConfigOptions = { target: { host, port: first.port }, tls, exclude: [...bound, config.adminListen], allowLocal: config.discoveryAllowLocal };
+  const out: DiscoveryConfigOptions = {
+    target: { host, port: first.port },
+    tls,
+    exclude: [...bound, config.adminListen],
+    allowLocal: config.discoveryAllowLocal,
+  };
   const stateDir = config.stateDir ?? env.STATE_DIRECTORY?.split(':')[0];
   if (stateDir) out.stateDir = stateDir;
   return out;
@@ -792,7 +825,7 @@ function statusMessage(body: string): string {
 }
 
 function statusHint(code: number): string | undefined {
-  if (code === 401) return 'the API server did not accept the kubeconfig\'s client certificate';
+  if (code === 401) return "the API server did not accept the kubeconfig's client certificate";
   if (code === 403) return 'the kubeconfig identity may not list/watch endpointslices in namespace default: apply contrib/rbac-endpointslices.yaml';
   return undefined;
 }

@@ -234,8 +234,16 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
   private onAdded(backend: Backend): void {
     if (this.closed || this.slots.has(backend)) return;
     const slot: Slot = {
-      backend, checker: this.newChecker(backend), timer: undefined, dueAt: 0, running: undefined, generation: 0,
-      recheckWanted: false, lastStart: Number.NEGATIVE_INFINITY, results: 0, lastResult: undefined,
+      backend,
+      checker: this.newChecker(backend),
+      timer: undefined,
+      dueAt: 0,
+      running: undefined,
+      generation: 0,
+      recheckWanted: false,
+      lastStart: Number.NEGATIVE_INFINITY,
+      results: 0,
+      lastResult: undefined,
     };
     this.slots.set(backend, slot);
     this.schedule(slot, 0);

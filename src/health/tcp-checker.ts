@@ -61,7 +61,14 @@ export class TcpChecker implements Checker {
           }
         });
       };
-      const fail = (err: unknown): void => finish({ ok: false, kind: 'transport', latencyMs: elapsed(start), error: describeTransportError(err), ...(isLocalResourceError(err) ? { local: true } : {}) });
+      const fail = (err: unknown): void =>
+        finish({
+          ok: false,
+          kind: 'transport',
+          latencyMs: elapsed(start),
+          error: describeTransportError(err),
+          ...(isLocalResourceError(err) ? { local: true } : {}),
+        });
       const track = (s: Socket): void => {
         sockets.push(s);
         this.open.add(s);

@@ -39,7 +39,6 @@ export { CLOSE_REASONS, DIAL_FAILURE_REASONS as CONNECT_FAILURE_REASONS, REJECT_
 /** Close reasons exported per backend (the backendless ones are exported once, with `backend=""`). */
 const BACKEND_CLOSE_REASONS: readonly string[] = CLOSE_REASONS.filter((r) => !BACKENDLESS_CLOSE_REASONS.includes(r));
 
-
 /** Default buckets of `apilb_health_check_duration_seconds` (seconds; the default check timeout is 1 s). */
 export const HEALTH_CHECK_BUCKETS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
@@ -155,102 +154,236 @@ export function createMetrics(options: MetricsOptions): Metrics {
     for (const k of new Set([...known, ...(m?.keys() ?? [])])) yield [{ [label]: k }, m?.get(k) ?? 0];
   }
 
-  new Gauge({ name: 'apilb_build_info', help: 'Always 1; the version label is the running apilb version.', labelNames: ['version'], registers: [registry] }).set({ version }, 1);
+  new Gauge({
+    name: 'apilb_build_info',
+    help: 'Always 1; the version label is the running apilb version.',
+    labelNames: ['version'],
+    registers: [registry],
+  }).set({ version }, 1);
 
-  readGauge(registry, 'apilb_backend_up', '1 when the backend is up (passed its health checks), else 0.', ['backend'], () => perBackend((b) => (b.state === 'up' ? 1 : 0)));
-  readGauge(registry, 'apilb_backend_state', '1 for the backend\'s current state (unknown, up, draining, down), 0 for the others.', ['backend', 'state'], function* () {
-    for (const b of backends()) for (const s of BACKEND_STATES) yield [{ backend: b.id, state: s }, b.state === s ? 1 : 0];
-  });
-  readGauge(registry, 'apilb_backend_state_since_timestamp_seconds', 'Unix time at which the backend entered its current state.', ['backend'], () => perBackend((b) => b.since / 1000));
+  readGauge(registry, 'apilb_backend_up', '1 when the backend is up (passed its health checks), else 0.', ['backend'], () =>
+    perBackend((b) => (b.state === 'up' ? 1 : 0)),
+  );
+  readGauge(
+    registry,
+    'apilb_backend_state',
+    "1 for the backend's current state (unknown, up, draining, down), 0 for the others.",
+    ['backend', 'state'],
+    function* () {
+      for (const b of backends()) for (const s of BACKEND_STATES) yield [{ backend: b.id, state: s }, b.state === s ? 1 : 0];
+    },
+  );
+  readGauge(registry, 'apilb_backend_state_since_timestamp_seconds', 'Unix time at which the backend entered its current state.', ['backend'], () =>
+    perBackend((b) => b.since / 1000),
+  );
   readCounter(registry, 'apilb_backend_transitions_total', 'State changes of the backend, by target state.', ['backend', 'to'], () =>
     perBackendMap('to', ['up', 'draining', 'down'], (b) => b.transitions),
   );
-  readGauge(registry, 'apilb_panic', '1 while no backend is eligible and every backend is tried for each connection (panic mode).', [], () => [[{}, pool.panic ? 1 : 0]]);
+  readGauge(registry, 'apilb_panic', '1 while no backend is eligible and every backend is tried for each connection (panic mode).', [], () => [
+    [{}, pool.panic ? 1 : 0],
+  ]);
 
   readGauge(registry, 'apilb_connections_active', 'Open proxied connections per backend.', ['backend'], () => perBackend((b) => b.activeConnections));
-  readGauge(registry, 'apilb_backend_connection_share', 'The backend\'s share of this node\'s open proxied connections (0..1); what rebalancing evens out.', ['backend'], () =>
-    perBackend((b) => connectionShare(pool.backends, b)),
+  readGauge(
+    registry,
+    'apilb_backend_connection_share',
+    "The backend's share of this node's open proxied connections (0..1); what rebalancing evens out.",
+    ['backend'],
+    () => perBackend((b) => connectionShare(pool.backends, b)),
   );
-  readCounter(registry, 'apilb_rebalance_moves_total', 'Connections closed at a quiet moment to be re-opened on a less loaded backend, by the backend they left.', ['backend'], () =>
-    perBackend((b) => options.rebalancer?.moved.get(b.id) ?? 0),
+  readCounter(
+    registry,
+    'apilb_rebalance_moves_total',
+    'Connections closed at a quiet moment to be re-opened on a less loaded backend, by the backend they left.',
+    ['backend'],
+    () => perBackend((b) => options.rebalancer?.moved.get(b.id) ?? 0),
   );
-  readCounter(registry, 'apilb_rebalance_rounds_total', 'Rebalancing rounds, by outcome (moved, balanced, panic, draining, no_quiet_connection).', ['outcome'], () =>
-    byKey('outcome', REBALANCE_OUTCOMES, options.rebalancer?.rounds),
+  readCounter(
+    registry,
+    'apilb_rebalance_rounds_total',
+    'Rebalancing rounds, by outcome (moved, balanced, panic, draining, no_quiet_connection).',
+    ['outcome'],
+    () => byKey('outcome', REBALANCE_OUTCOMES, options.rebalancer?.rounds),
   );
-  readCounter(registry, 'apilb_connections_total', 'Connections established to the backend (TCP handshake done).', ['backend'], () => perBackend((b) => b.totalConnections));
-  readCounter(registry, 'apilb_connect_failures_total', 'Failed dials to the backend, by reason (local_resources: this node was out of file descriptors or memory).', ['backend', 'reason'], () =>
-    perBackendMap('reason', DIAL_FAILURE_REASONS, (b) => {
-      // The pool never hears of local failures (not the backend's fault); the data path counts them.
-      const local = proxy.counters.localDialFailures.get(b.id);
-      return local === undefined ? b.connectFailures : new Map([...b.connectFailures, ['local_resources', local]]);
-    }),
+  readCounter(registry, 'apilb_connections_total', 'Connections established to the backend (TCP handshake done).', ['backend'], () =>
+    perBackend((b) => b.totalConnections),
   );
-  readCounter(registry, 'apilb_first_byte_timeouts_total', 'Connections the backend accepted but sent nothing on within --first-byte-timeout.', ['backend'], () =>
-    perBackend((b) => b.connectFailures.get('first_byte_timeout') ?? 0),
+  readCounter(
+    registry,
+    'apilb_connect_failures_total',
+    'Failed dials to the backend, by reason (local_resources: this node was out of file descriptors or memory).',
+    ['backend', 'reason'],
+    () =>
+      perBackendMap('reason', DIAL_FAILURE_REASONS, (b) => {
+        // The pool never hears of local failures (not the backend's fault); the data path counts them.
+        const local = proxy.counters.localDialFailures.get(b.id);
+        return local === undefined ? b.connectFailures : new Map([...b.connectFailures, ['local_resources', local]]);
+      }),
   );
-  readCounter(registry, 'apilb_connections_closed_total', 'Closed client connections, by backend and reason (normal, backend_down, drain_timeout, ...); backend="" for connections that never had one (no_backend).', ['backend', 'reason'], function* () {
-    yield* perBackendMap('reason', BACKEND_CLOSE_REASONS, (b) => proxy.counters.closed.get(b.id));
-    const none = proxy.counters.closed.get('');
-    for (const r of BACKENDLESS_CLOSE_REASONS) yield [{ backend: '', reason: r }, none?.get(r) ?? 0];
-  });
-  readCounter(registry, 'apilb_bytes_total', 'Bytes proxied, including open connections. direction="to_backend": client to backend; "to_client": backend to client.', ['backend', 'direction'], function* () {
-    for (const b of backends()) {
-      const bytes = proxy.bytesFor(b);
-      yield [{ backend: b.id, direction: 'to_backend' }, bytes.fromClient];
-      yield [{ backend: b.id, direction: 'to_client' }, bytes.toClient];
-    }
-  });
-  readCounter(registry, 'apilb_health_checks_total', 'Active health checks, by result (ok; status: answered not ready; error: transport failure).', ['backend', 'result'], function* () {
-    for (const b of backends()) for (const r of ['ok', 'status', 'error'] as const) yield [{ backend: b.id, result: r }, b.checkCounts[r]];
-  });
+  readCounter(
+    registry,
+    'apilb_first_byte_timeouts_total',
+    'Connections the backend accepted but sent nothing on within --first-byte-timeout.',
+    ['backend'],
+    () => perBackend((b) => b.connectFailures.get('first_byte_timeout') ?? 0),
+  );
+  readCounter(
+    registry,
+    'apilb_connections_closed_total',
+    'Closed client connections, by backend and reason (normal, backend_down, drain_timeout, ...); backend="" for connections that never had one (no_backend).',
+    ['backend', 'reason'],
+    function* () {
+      yield* perBackendMap('reason', BACKEND_CLOSE_REASONS, (b) => proxy.counters.closed.get(b.id));
+      const none = proxy.counters.closed.get('');
+      for (const r of BACKENDLESS_CLOSE_REASONS) yield [{ backend: '', reason: r }, none?.get(r) ?? 0];
+    },
+  );
+  readCounter(
+    registry,
+    'apilb_bytes_total',
+    'Bytes proxied, including open connections. direction="to_backend": client to backend; "to_client": backend to client.',
+    ['backend', 'direction'],
+    function* () {
+      for (const b of backends()) {
+        const bytes = proxy.bytesFor(b);
+        yield [{ backend: b.id, direction: 'to_backend' }, bytes.fromClient];
+        yield [{ backend: b.id, direction: 'to_client' }, bytes.toClient];
+      }
+    },
+  );
+  readCounter(
+    registry,
+    'apilb_health_checks_total',
+    'Active health checks, by result (ok; status: answered not ready; error: transport failure).',
+    ['backend', 'result'],
+    function* () {
+      for (const b of backends()) for (const r of ['ok', 'status', 'error'] as const) yield [{ backend: b.id, result: r }, b.checkCounts[r]];
+    },
+  );
 
   readGauge(registry, 'apilb_client_connections_active', 'Open client connections (dialing or proxied).', [], () => [[{}, proxy.activeConnections]]);
   readCounter(registry, 'apilb_accepted_connections_total', 'Client connections accepted.', [], () => [[{}, proxy.counters.accepted]]);
-  readCounter(registry, 'apilb_retries_total', 'Dials of another backend after a failed connect or first-byte timeout (a connection whose last backend failed is not a retry).', [], () => {
-    let n = 0;
-    for (const v of proxy.counters.retries.values()) n += v;
-    return [[{}, n]];
-  });
-  readCounter(registry, 'apilb_rejected_connections_total', 'Client connections refused by apilb itself, by reason.', ['reason'], () => byKey('reason', REJECT_REASONS, proxy.counters.rejected));
-  readCounter(registry, 'apilb_config_reloads_total', 'Configuration reloads, by result (success, failure).', ['result'], () => byKey('result', RELOAD_RESULTS, options.counters?.reloads));
-  readGauge(registry, 'apilb_config_last_reload_successful', '1 when the latest configuration reload was applied (or none happened), 0 while the latest was rejected.', [], () => [
-    [{}, (options.counters?.lastReloadSuccessful?.() ?? true) ? 1 : 0],
-  ]);
-  readGauge(registry, 'apilb_backend_unauthenticated', '1 when the backend\'s latest health check was refused for credentials (401/403), else 0.', ['backend'], () =>
-    // 401/403 checks pass (the backend answered), so the result is `ok`; the status tells them apart.
-    perBackend((b) => (b.lastCheck?.status !== undefined && UNAUTHENTICATED_STATUSES.has(b.lastCheck.status) ? 1 : 0)),
+  readCounter(
+    registry,
+    'apilb_retries_total',
+    'Dials of another backend after a failed connect or first-byte timeout (a connection whose last backend failed is not a retry).',
+    [],
+    () => {
+      let n = 0;
+      for (const v of proxy.counters.retries.values()) n += v;
+      return [[{}, n]];
+    },
   );
-  readCounter(registry, 'apilb_dns_failures_total', 'Failed or empty resolutions of a DNS-named backend (the last known addresses, or the name itself, stay in use).', ['name'], () =>
-    byKey('name', [], options.counters?.dnsFailures),
+  readCounter(registry, 'apilb_rejected_connections_total', 'Client connections refused by apilb itself, by reason.', ['reason'], () =>
+    byKey('reason', REJECT_REASONS, proxy.counters.rejected),
+  );
+  readCounter(registry, 'apilb_config_reloads_total', 'Configuration reloads, by result (success, failure).', ['result'], () =>
+    byKey('result', RELOAD_RESULTS, options.counters?.reloads),
+  );
+  readGauge(
+    registry,
+    'apilb_config_last_reload_successful',
+    '1 when the latest configuration reload was applied (or none happened), 0 while the latest was rejected.',
+    [],
+    () => [[{}, (options.counters?.lastReloadSuccessful?.() ?? true) ? 1 : 0]],
+  );
+  readGauge(
+    registry,
+    'apilb_backend_unauthenticated',
+    "1 when the backend's latest health check was refused for credentials (401/403), else 0.",
+    ['backend'],
+    () =>
+      // 401/403 checks pass (the backend answered), so the result is `ok`; the status tells them apart.
+      perBackend((b) => (b.lastCheck?.status !== undefined && UNAUTHENTICATED_STATUSES.has(b.lastCheck.status) ? 1 : 0)),
+  );
+  readCounter(
+    registry,
+    'apilb_dns_failures_total',
+    'Failed or empty resolutions of a DNS-named backend (the last known addresses, or the name itself, stay in use).',
+    ['name'],
+    () => byKey('name', [], options.counters?.dnsFailures),
   );
   readGauge(registry, 'apilb_listeners', 'Client listeners bound.', [], () => [[{}, options.listeners?.() ?? 0]]);
   const admin = options.admin ?? (() => ({ listening: false, bindFailures: 0 }));
-  readGauge(registry, 'apilb_admin_listening', '1 when the admin endpoint is bound, 0 while its bind is being retried.', [], () => [[{}, admin().listening ? 1 : 0]]);
-  readCounter(registry, 'apilb_admin_bind_failures_total', 'Failed binds of the admin endpoint (retried with backoff; the data path serves regardless).', [], () => [[{}, admin().bindFailures]]);
+  readGauge(registry, 'apilb_admin_listening', '1 when the admin endpoint is bound, 0 while its bind is being retried.', [], () => [
+    [{}, admin().listening ? 1 : 0],
+  ]);
+  readCounter(
+    registry,
+    'apilb_admin_bind_failures_total',
+    'Failed binds of the admin endpoint (retried with backoff; the data path serves regardless).',
+    [],
+    () => [[{}, admin().bindFailures]],
+  );
   readGauge(registry, 'apilb_ready', '1 when /readyz answers 200.', [], () => [[{}, options.readiness?.().ready ? 1 : 0]]);
 
   // ---- EndpointSlice discovery (owner: src/discovery/endpointslices.ts; only with --discover-endpointslices) ----
   const discovery = options.discovery;
   if (discovery) {
-    readGauge(registry, 'apilb_discovery_state', '1 for the current EndpointSlice discovery phase (starting, listing, watching, backoff, stopped), 0 for the others.', ['state'], function* () {
-      const s = discovery();
-      for (const st of DISCOVERY_STATES) yield [{ state: st }, (s?.state ?? 'stopped') === st ? 1 : 0];
-    });
-    readGauge(registry, 'apilb_discovery_last_success_timestamp_seconds', 'Unix time of the last successful EndpointSlice LIST or watch event; 0 = never.', [], () => [[{}, (discovery()?.lastSuccessTime ?? 0) / 1000]]);
-    readGauge(registry, 'apilb_discovery_backends', 'API servers in the discovered list in use (from the API or the state file); the seeds are not counted.', [], () => [[{}, discovery()?.listSize ?? 0]]);
-    readCounter(registry, 'apilb_discovery_watch_restarts_total', 'EndpointSlice watches that ended (server timeout, connection loss, error) and were started again.', [], () => [[{}, discovery()?.watchRestarts ?? 0]]);
+    readGauge(
+      registry,
+      'apilb_discovery_state',
+      '1 for the current EndpointSlice discovery phase (starting, listing, watching, backoff, stopped), 0 for the others.',
+      ['state'],
+      function* () {
+        const s = discovery();
+        for (const st of DISCOVERY_STATES) yield [{ state: st }, (s?.state ?? 'stopped') === st ? 1 : 0];
+      },
+    );
+    readGauge(
+      registry,
+      'apilb_discovery_last_success_timestamp_seconds',
+      'Unix time of the last successful EndpointSlice LIST or watch event; 0 = never.',
+      [],
+      () => [[{}, (discovery()?.lastSuccessTime ?? 0) / 1000]],
+    );
+    readGauge(
+      registry,
+      'apilb_discovery_backends',
+      'API servers in the discovered list in use (from the API or the state file); the seeds are not counted.',
+      [],
+      () => [[{}, discovery()?.listSize ?? 0]],
+    );
+    readCounter(
+      registry,
+      'apilb_discovery_watch_restarts_total',
+      'EndpointSlice watches that ended (server timeout, connection loss, error) and were started again.',
+      [],
+      () => [[{}, discovery()?.watchRestarts ?? 0]],
+    );
     readCounter(registry, 'apilb_discovery_errors_total', 'Failed EndpointSlice LIST/WATCH requests.', [], () => [[{}, discovery()?.errors ?? 0]]);
     readCounter(registry, 'apilb_discovery_relists_total', 'EndpointSlice re-lists forced by 410 Gone.', [], () => [[{}, discovery()?.relists ?? 0]]);
-    readCounter(registry, 'apilb_discovery_rejected_lists_total', 'Discovered lists not applied because they were empty or implausible (the last good list stayed).', [], () => [[{}, discovery()?.rejected ?? 0]]);
+    readCounter(
+      registry,
+      'apilb_discovery_rejected_lists_total',
+      'Discovered lists not applied because they were empty or implausible (the last good list stayed).',
+      [],
+      () => [[{}, discovery()?.rejected ?? 0]],
+    );
   }
   // ---- end of EndpointSlice discovery ----
 
   // ---- credentials (config/credentials.ts) ----
-  readCounter(registry, 'apilb_credential_reloads_total', 'Credential files (kubeconfig, CA, client certificate/key, token) re-read after they changed on disk, by result (success: in use; failure: refused, the previous credentials stay).', ['result'], () => {
-    const c = options.credentials?.();
-    return [[{ result: 'success' }, c?.reloads ?? 0], [{ result: 'failure' }, c?.rejected ?? 0]];
-  });
-  readGauge(registry, 'apilb_credential_files_missing', 'Credential files named by the configuration that do not exist yet (a node still bootstrapping); their part of the credentials is not in use.', [], () => [[{}, options.credentials?.().missing.length ?? 0]]);
+  readCounter(
+    registry,
+    'apilb_credential_reloads_total',
+    'Credential files (kubeconfig, CA, client certificate/key, token) re-read after they changed on disk, by result (success: in use; failure: refused, the previous credentials stay).',
+    ['result'],
+    () => {
+      const c = options.credentials?.();
+      return [
+        [{ result: 'success' }, c?.reloads ?? 0],
+        [{ result: 'failure' }, c?.rejected ?? 0],
+      ];
+    },
+  );
+  readGauge(
+    registry,
+    'apilb_credential_files_missing',
+    'Credential files named by the configuration that do not exist yet (a node still bootstrapping); their part of the credentials is not in use.',
+    [],
+    () => [[{}, options.credentials?.().missing.length ?? 0]],
+  );
 
   // Ids with histogram series; a backend that left the pool gets its series removed at the next scrape.
   const observed = new Set<string>();
@@ -273,7 +406,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   });
   const unauthenticated = new Counter({
     name: 'apilb_health_check_unauthenticated_total',
-    help: 'Health checks answered 401 or 403: the backend is alive and counts as up, but it refused apilb\'s credentials, so its readiness is not known.',
+    help: "Health checks answered 401 or 403: the backend is alive and counts as up, but it refused apilb's credentials, so its readiness is not known.",
     labelNames: ['backend'],
     registers: [registry],
   });

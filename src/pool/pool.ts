@@ -71,7 +71,8 @@ export class Pool extends EventEmitter<PoolEvents> {
     this.fall = positiveInt('fall', options.fall ?? 2);
     this.clock = options.clock ?? systemClock;
     this.balance = options.balance ?? 'least-connections';
-    if (!BALANCE_POLICIES.includes(this.balance)) throw new OptionError('balance', `must be one of ${BALANCE_POLICIES.join(', ')}, got ${String(this.balance)}`);
+    if (!BALANCE_POLICIES.includes(this.balance))
+      throw new OptionError('balance', `must be one of ${BALANCE_POLICIES.join(', ')}, got ${String(this.balance)}`);
   }
 
   /** Every backend, including removed ones still draining. */

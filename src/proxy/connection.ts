@@ -37,13 +37,25 @@ const LINGER_MS = 30_000;
 
 function dialReason(err: NodeJS.ErrnoException): DialFailureReason {
   switch (err.code) {
-    case 'ECONNREFUSED': return 'refused';
-    case 'ETIMEDOUT': return 'timeout';
-    case 'ECONNRESET': case 'EPIPE': return 'reset';
-    case 'EHOSTUNREACH': case 'ENETUNREACH': case 'EADDRNOTAVAIL': return 'unreachable';
+    case 'ECONNREFUSED':
+      return 'refused';
+    case 'ETIMEDOUT':
+      return 'timeout';
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return 'reset';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EADDRNOTAVAIL':
+      return 'unreachable';
     // Out of file descriptors or memory on this node: not the backend's fault (never reported to the pool).
-    case 'EMFILE': case 'ENFILE': case 'ENOBUFS': case 'ENOMEM': return 'local_resources';
-    default: return 'error';
+    case 'EMFILE':
+    case 'ENFILE':
+    case 'ENOBUFS':
+    case 'ENOMEM':
+      return 'local_resources';
+    default:
+      return 'error';
   }
 }
 

@@ -26,7 +26,13 @@ export function bindListener(server: Server, address: Address, backlog = 4096, f
       server.off('listening', onListening);
       const where = formatAddress(address);
       if (err.code === 'EADDRINUSE') {
-        reject(new ApilbError('APILB_ERR_ADDRESS_IN_USE', `cannot listen on ${where}: address already in use (is kube-apiserver or another apilb bound to it? use ${flag} to pick another port)`, { cause: err }));
+        reject(
+          new ApilbError(
+            'APILB_ERR_ADDRESS_IN_USE',
+            `cannot listen on ${where}: address already in use (is kube-apiserver or another apilb bound to it? use ${flag} to pick another port)`,
+            { cause: err },
+          ),
+        );
       } else if (err.code === 'EADDRNOTAVAIL') {
         reject(new ApilbError('APILB_ERR_LISTEN_FAILED', `cannot listen on ${where}: no such local address`, { cause: err }));
       } else if (err.code === 'EACCES') {

@@ -202,7 +202,11 @@ export class Proxy extends EventEmitter<ProxyEvents> {
    * OptionError and nothing changes. New values apply to the next dial, first-byte wait, accept and drain;
    * timers already running keep their old deadline, and open connections are never touched.
    */
-  update(options: Partial<Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread' | 'clientHelloTimeout' | 'replayBufferTotal'>>): void {
+  update(
+    options: Partial<
+      Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread' | 'clientHelloTimeout' | 'replayBufferTotal'>
+    >,
+  ): void {
     const next = {
       replayBufferTotal: num('replayBufferTotal', options.replayBufferTotal ?? this.replayBufferTotal, 0),
       clientHelloTimeout: num('clientHelloTimeout', options.clientHelloTimeout ?? this.clientHelloTimeout, 0),

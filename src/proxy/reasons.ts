@@ -5,7 +5,18 @@
  */
 
 /** Why a connection ended: label values of `apilb_connections_closed_total{reason}`. */
-export const CLOSE_REASONS = ['normal', 'client_error', 'client_timeout', 'backend_error', 'backend_down', 'drain_timeout', 'shutdown', 'all_backends_failed', 'no_backend', 'rebalance'] as const;
+export const CLOSE_REASONS = [
+  'normal',
+  'client_error',
+  'client_timeout',
+  'backend_error',
+  'backend_down',
+  'drain_timeout',
+  'shutdown',
+  'all_backends_failed',
+  'no_backend',
+  'rebalance',
+] as const;
 export type CloseReason = (typeof CLOSE_REASONS)[number];
 
 /**

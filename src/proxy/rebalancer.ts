@@ -94,10 +94,7 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
   /** Runs one round now: plans and closes. Returns the plan (for tests). */
   runOnce(): RebalancePlan<Connection> {
     const pool = this.proxy.pool;
-    const plan = planRebalance(
-      { backends: pool.backends, panic: pool.panic, connectionsOf: (b) => this.establishedOf(b), now: this.clock.now() },
-      this.policy,
-    );
+    const plan = planRebalance({ backends: pool.backends, panic: pool.panic, connectionsOf: (b) => this.establishedOf(b), now: this.clock.now() }, this.policy);
     this.rounds.set(plan.outcome, (this.rounds.get(plan.outcome) ?? 0) + 1);
     for (const m of plan.moves) {
       this.moved.set(m.from.id, (this.moved.get(m.from.id) ?? 0) + 1);

@@ -88,11 +88,7 @@ export function listenFds(env: NodeJS.ProcessEnv = process.env, pid: number = pr
  * adopts the fd, and the kernel replaces the socket's backlog with it; 0 or negative is rejected. Rejects with APILB_ERR_SYSTEMD (after closing the servers it opened) when an fd cannot be used
  * (e.g. a datagram socket).
  */
-export async function listenOnFds(
-  fds: readonly ListenFd[],
-  create: () => Server = createListener,
-  backlog = 4096,
-): Promise<ActivatedListener[]> {
+export async function listenOnFds(fds: readonly ListenFd[], create: () => Server = createListener, backlog = 4096): Promise<ActivatedListener[]> {
   if (!Number.isInteger(backlog) || backlog <= 0) {
     throw new OptionError('backlog', `must be a positive integer, got ${backlog}`);
   }

@@ -130,7 +130,9 @@ export class Notifier {
       this.timer = this.clock.setTimeout(tick, this.watchdogInterval);
       if (this.pinging) return;
       this.pinging = true;
-      void this.watchdog().finally(() => { this.pinging = false; });
+      void this.watchdog().finally(() => {
+        this.pinging = false;
+      });
     };
     tick();
     return true;
@@ -163,13 +165,15 @@ export class Notifier {
         return Promise.resolve(false);
       }
     }
-    const next = this.queue.then(() => this.runHelper(fields)).then(
-      (delivered) => delivered,
-      (err: ApilbError) => {
-        this.onError(err);
-        return false;
-      },
-    );
+    const next = this.queue
+      .then(() => this.runHelper(fields))
+      .then(
+        (delivered) => delivered,
+        (err: ApilbError) => {
+          this.onError(err);
+          return false;
+        },
+      );
     this.queue = next.then(() => {});
     return next;
   }

@@ -39,8 +39,10 @@ export function findBinary(name: string): string | undefined {
 export function requireBinary(tt: Test, name: string, debianPackage: string): string | undefined {
   const p = findBinary(name);
   if (!p) {
-    tt.fail(`!!! ${name} NOT FOUND${name.includes('/') ? '' : ` in PATH (${process.env.PATH ?? ''})`} — install the Debian package "${debianPackage}" ` +
-      `(npm test's pretest step, scripts/test-deps.sh, does as root); this end-to-end test cannot run without it !!!`);
+    tt.fail(
+      `!!! ${name} NOT FOUND${name.includes('/') ? '' : ` in PATH (${process.env.PATH ?? ''})`} — install the Debian package "${debianPackage}" ` +
+        `(npm test's pretest step, scripts/test-deps.sh, does as root); this end-to-end test cannot run without it !!!`,
+    );
   }
   return p;
 }
@@ -99,11 +101,13 @@ export async function startStack(tt: Test, keys: E2eKeys, opts: StackOptions = {
   tt.teardown(() => Promise.all(servers.map((s) => s.close())));
   const count = opts.count ?? 3;
   for (let i = 1; i <= count; i++) {
-    servers.push(await startFakeApiServer({
-      ca: { cert: keys.leaf.cert, key: keys.leaf.key, caCert: keys.ca.cert },
-      name: `apiserver-${i}`,
-      watchIntervalMs: opts.watchIntervalMs ?? 200,
-    }));
+    servers.push(
+      await startFakeApiServer({
+        ca: { cert: keys.leaf.cert, key: keys.leaf.key, caCert: keys.ca.cert },
+        name: `apiserver-${i}`,
+        watchIntervalMs: opts.watchIntervalMs ?? 200,
+      }),
+    );
   }
   const config = resolveConfig({
     flags: {
@@ -120,7 +124,12 @@ export async function startStack(tt: Test, keys: E2eKeys, opts: StackOptions = {
   const port = (daemon.listeners[0]!.address() as { port: number }).port;
   const url = `https://127.0.0.1:${port}`;
   const kubeconfig = writeKubeconfig({
-    path: join(dir, 'kubeconfig'), server: url, caCert: keys.ca.cert, cert: keys.client.cert, key: keys.client.key, name: 'apilb-e2e',
+    path: join(dir, 'kubeconfig'),
+    server: url,
+    caCert: keys.ca.cert,
+    cert: keys.client.cert,
+    key: keys.client.key,
+    name: 'apilb-e2e',
   });
   const server = (name: string): FakeApiServer => {
     const s = servers.find((x) => x.name === name);
@@ -150,7 +159,9 @@ export interface Watch {
 export function openWatch(port: number, keys: E2eKeys, timeoutMs = 5000): Promise<Watch> {
   return new Promise((resolve, reject) => {
     const session = http2Connect(`https://127.0.0.1:${port}`, { ca: keys.ca.cert, cert: keys.client.cert, key: keys.client.key, servername: 'kubernetes' });
-    session.on('error', function onWatchSessionError() { /* reported through the stream */ });
+    session.on('error', function onWatchSessionError() {
+      /* reported through the stream */
+    });
     const stream = session.request({ ':path': '/api/v1/namespaces/default/pods?watch=true' });
     stream.end();
     const timer = setTimeout(() => {
@@ -170,7 +181,11 @@ export function openWatch(port: number, keys: E2eKeys, timeoutMs = 5000): Promis
     stream.once('response', (headers) => {
       clearTimeout(timer);
       const w: Watch = {
-        session, stream, server: String(headers['x-apiserver-name']), events: [], lastEventAt: performance.now(),
+        session,
+        stream,
+        server: String(headers['x-apiserver-name']),
+        events: [],
+        lastEventAt: performance.now(),
         get closedAt() {
           return closedAt;
         },
@@ -314,31 +329,37 @@ export function listeningPorts(pid: number): number[] {
  */
 export async function startPrometheus(tt: Test, binary: string, dir: string, targets: string[]): Promise<Prometheus> {
   const config = join(dir, 'prometheus.yml');
-  writeFileSync(config, [
-    'global:',
-    '  scrape_interval: 1s',
-    '  scrape_timeout: 1s',
-    '  evaluation_interval: 1s',
-    'scrape_configs:',
-    '  - job_name: apilb',
-    '    metrics_path: /metrics',
-    '    static_configs:',
-    `      - targets: ${JSON.stringify(targets)}`,
-    '',
-  ].join('\n'));
+  writeFileSync(
+    config,
+    [
+      'global:',
+      '  scrape_interval: 1s',
+      '  scrape_timeout: 1s',
+      '  evaluation_interval: 1s',
+      'scrape_configs:',
+      '  - job_name: apilb',
+      '    metrics_path: /metrics',
+      '    static_configs:',
+      `      - targets: ${JSON.stringify(targets)}`,
+      '',
+    ].join('\n'),
+  );
   const child = spawnChild(tt, binary, [
     `--config.file=${config}`,
     `--storage.tsdb.path=${join(dir, 'tsdb')}`,
     '--web.listen-address=127.0.0.1:0',
     '--log.level=info',
   ]);
-  const port = await waitFor(() => {
-    if (child.done) throw new Error(`prometheus exited: ${child.stderr.slice(-2000)}`);
-    const m = /msg="Listening on" address=127\.0\.0\.1:(\d+)/.exec(child.stderr);
-    if (m && m[1] !== '0') return Number(m[1]);
-    if (!/Server is ready to receive web requests/.test(child.stderr) || child.proc.pid === undefined) return undefined;
-    return listeningPorts(child.proc.pid)[0];
-  }, { timeoutMs: 15_000, intervalMs: 20, what: 'prometheus to listen' });
+  const port = await waitFor(
+    () => {
+      if (child.done) throw new Error(`prometheus exited: ${child.stderr.slice(-2000)}`);
+      const m = /msg="Listening on" address=127\.0\.0\.1:(\d+)/.exec(child.stderr);
+      if (m && m[1] !== '0') return Number(m[1]);
+      if (!/Server is ready to receive web requests/.test(child.stderr) || child.proc.pid === undefined) return undefined;
+      return listeningPorts(child.proc.pid)[0];
+    },
+    { timeoutMs: 15_000, intervalMs: 20, what: 'prometheus to listen' },
+  );
   const url = `http://127.0.0.1:${port}`;
   await waitFor(async () => (await fetch(`${url}/-/ready`)).status === 200, { timeoutMs: 15_000, intervalMs: 50, what: 'prometheus /-/ready' });
   const query = async <T = PromSeries[]>(promql: string): Promise<T> => {

@@ -104,7 +104,11 @@ export class FakeCluster {
 
   /** Sends a BOOKMARK at the current resourceVersion to every open watch. */
   bookmark(): void {
-    const line = JSON.stringify({ type: 'BOOKMARK', object: { kind: 'EndpointSlice', apiVersion: 'discovery.k8s.io/v1', metadata: { resourceVersion: String(this.rv) } } }) + '\n';
+    const line =
+      JSON.stringify({
+        type: 'BOOKMARK',
+        object: { kind: 'EndpointSlice', apiVersion: 'discovery.k8s.io/v1', metadata: { resourceVersion: String(this.rv) } },
+      }) + '\n';
     for (const w of this.watchers) w.res.write(line);
   }
 

@@ -90,7 +90,9 @@ export async function runScenario(sc: Scenario, ca: TestCA, other: TestCA, opts:
   try {
     for (const name of ['victim', 'b', 'c']) {
       const s = await startFakeApiServer({
-        ca: { cert: leaf.cert, key: leaf.key, caCert: ca.cert }, name, watchIntervalMs: 200,
+        ca: { cert: leaf.cert, key: leaf.key, caCert: ca.cert },
+        name,
+        watchIntervalMs: 200,
         anonymousAuth: !(sc.setup === 'anonymous-off' && name === 'victim'),
       });
       servers.push(s);

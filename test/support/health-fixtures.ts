@@ -38,7 +38,10 @@ export class ScriptedChecker implements Checker {
   /** Result given to checks at once when set; otherwise checks wait for resolveNext(). */
   auto: CheckResult | undefined = { ok: true, latencyMs: 1 };
 
-  constructor(readonly backend: Backend, private readonly now: () => number) {}
+  constructor(
+    readonly backend: Backend,
+    private readonly now: () => number,
+  ) {}
 
   check(signal: AbortSignal): Promise<CheckResult> {
     this.starts.push(this.now());

@@ -130,19 +130,32 @@ function timeoutError(ms: number): NodeJS.ErrnoException {
 export function h1Request(r: TestRequest): Promise<TestResponse> {
   const timeoutMs = r.timeoutMs ?? 5000;
   return new Promise((resolve, reject) => {
-    const req = httpsRequest({
-      host: r.host ?? '127.0.0.1', port: r.port, path: r.path ?? '/', method: r.method ?? 'GET', agent: false,
-      ca: r.ca, cert: r.cert, key: r.key, rejectUnauthorized: r.ca !== undefined,
-      headers: r.headers,
-    }, (res) => {
-      collect(res).then((body) => {
-        clearTimeout(timer);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString('utf8'), httpVersion: res.httpVersion });
-      }, (err: Error) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-    });
+    const req = httpsRequest(
+      {
+        host: r.host ?? '127.0.0.1',
+        port: r.port,
+        path: r.path ?? '/',
+        method: r.method ?? 'GET',
+        agent: false,
+        ca: r.ca,
+        cert: r.cert,
+        key: r.key,
+        rejectUnauthorized: r.ca !== undefined,
+        headers: r.headers,
+      },
+      (res) => {
+        collect(res).then(
+          (body) => {
+            clearTimeout(timer);
+            resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString('utf8'), httpVersion: res.httpVersion });
+          },
+          (err: Error) => {
+            clearTimeout(timer);
+            reject(err);
+          },
+        );
+      },
+    );
     const timer = setTimeout(() => req.destroy(timeoutError(timeoutMs)), timeoutMs);
     req.once('error', (err) => {
       clearTimeout(timer);
@@ -158,7 +171,10 @@ export function h2Request(r: TestRequest): Promise<TestResponse> {
   return new Promise((resolve, reject) => {
     const host = r.host ?? '127.0.0.1';
     const session = http2Connect(`https://${host.includes(':') ? `[${host}]` : host}:${r.port}`, {
-      ca: r.ca, cert: r.cert, key: r.key, rejectUnauthorized: r.ca !== undefined,
+      ca: r.ca,
+      cert: r.cert,
+      key: r.key,
+      rejectUnauthorized: r.ca !== undefined,
     });
     let settled = false;
     const finish = (err: Error | undefined, res?: TestResponse): void => {
@@ -176,9 +192,12 @@ export function h2Request(r: TestRequest): Promise<TestResponse> {
     // A stream cancelled because the session failed carries the session's error (e.g. ECONNREFUSED) as cause.
     stream.on('error', (err: Error & { cause?: unknown }) => finish(err.cause instanceof Error ? err.cause : err));
     stream.once('response', (headers) => {
-      collect(stream).then((body) => {
-        finish(undefined, { status: Number(headers[h2c.HTTP2_HEADER_STATUS]), headers, body, text: body.toString('utf8'), httpVersion: '2.0' });
-      }, (err: Error) => finish(err));
+      collect(stream).then(
+        (body) => {
+          finish(undefined, { status: Number(headers[h2c.HTTP2_HEADER_STATUS]), headers, body, text: body.toString('utf8'), httpVersion: '2.0' });
+        },
+        (err: Error) => finish(err),
+      );
     });
     stream.end(r.body);
   });

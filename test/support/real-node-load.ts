@@ -78,8 +78,12 @@ function probe(tls: RequestOptions): void {
   const req = request({ ...tls, path: '/whoami' }, function onProbeResponse(res) {
     let body = '';
     res.setEncoding('utf8');
-    res.on('data', (d: string) => { body += d; });
-    res.on('end', () => { process.stdout.write(JSON.stringify({ status: res.statusCode, body }) + '\n'); });
+    res.on('data', (d: string) => {
+      body += d;
+    });
+    res.on('end', () => {
+      process.stdout.write(JSON.stringify({ status: res.statusCode, body }) + '\n');
+    });
   });
   req.setTimeout(5000, () => req.destroy(new Error('timeout')));
   req.on('error', (err) => {
@@ -189,17 +193,19 @@ function load(tls: RequestOptions, args: LoadArgs): void {
       periodMs: now - periodStart,
     };
   }
-  createInterface({ input: process.stdin }).on('line', function onCommand(line: string) {
-    const cmd = line.trim();
-    if (cmd === 'peek' || cmd === 'report') process.stdout.write(JSON.stringify(snapshot()) + '\n');
-    if (cmd === 'report') {
-      period = fresh();
-      periodStart = Date.now();
-    }
-  }).on('close', () => {
-    clearInterval(timer);
-    process.exit(0);
-  });
+  createInterface({ input: process.stdin })
+    .on('line', function onCommand(line: string) {
+      const cmd = line.trim();
+      if (cmd === 'peek' || cmd === 'report') process.stdout.write(JSON.stringify(snapshot()) + '\n');
+      if (cmd === 'report') {
+        period = fresh();
+        periodStart = Date.now();
+      }
+    })
+    .on('close', () => {
+      clearInterval(timer);
+      process.exit(0);
+    });
 }
 
 main();

@@ -29,7 +29,11 @@ const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export function whyNoRealNode(): string | undefined {
   if (process.platform !== 'linux') return 'not Linux';
   if (process.getuid?.() !== 0) return 'not root (systemd-nspawn needs root)';
-  const need: [string, string][] = [['systemd-nspawn', 'systemd-container'], ['debootstrap', 'debootstrap'], ['nsenter', 'util-linux']];
+  const need: [string, string][] = [
+    ['systemd-nspawn', 'systemd-container'],
+    ['debootstrap', 'debootstrap'],
+    ['nsenter', 'util-linux'],
+  ];
   for (const [bin, pkg] of need) if (!findBinary(bin)) return `${bin} not found (apt-get install ${pkg}; npm test's pretest step installs it as root)`;
   return undefined;
 }
@@ -76,7 +80,11 @@ export class RealNode {
   boots = 0;
 
   /** `dir`: the node's root filesystem (a fresh copy); `name`: its machine name. */
-  constructor(readonly dir: string, readonly name: string, private readonly logFile: string) {}
+  constructor(
+    readonly dir: string,
+    readonly name: string,
+    private readonly logFile: string,
+  ) {}
 
   /** Copies the cached root filesystem to `dir` and boots it. */
   static async create(dir: string, name: string, log: (line: string) => void): Promise<RealNode> {
@@ -104,10 +112,13 @@ export class RealNode {
     const nspawnPid = child.pid!;
     // A short-lived intermediate child exists at first: wait for the one named systemd.
     this.pid = await waitFor(() => childNamed(nspawnPid, 'systemd'), { timeoutMs: 30_000, intervalMs: 100, what: 'container PID 1 (systemd)' });
-    await waitFor(async () => {
-      const r = await this.exec('systemctl is-system-running', 10_000);
-      return ['running', 'degraded'].includes(r.stdout.trim());
-    }, { timeoutMs: 90_000, intervalMs: 200, what: `boot of ${this.name} (console: ${this.logFile})` });
+    await waitFor(
+      async () => {
+        const r = await this.exec('systemctl is-system-running', 10_000);
+        return ['running', 'degraded'].includes(r.stdout.trim());
+      },
+      { timeoutMs: 90_000, intervalMs: 200, what: `boot of ${this.name} (console: ${this.logFile})` },
+    );
   }
 
   /** Runs `script` with bash inside the node (all its namespaces, a clean environment). Never rejects. */
@@ -188,7 +199,9 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     p,
-    new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms); }),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+    }),
   ]).finally(() => clearTimeout(timer));
 }
 
@@ -216,10 +229,13 @@ export async function installApilb(node: RealNode, repo: string): Promise<Instal
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
-  await node.run([
-    'dpkg -i /root/apilb.deb',
-    'install -D -m 0644 /usr/share/apilb/kubelet.service.d/10-apilb.conf /etc/systemd/system/kubelet.service.d/10-apilb.conf',
-    'systemctl daemon-reload',
-  ].join(' && '), 120_000);
+  await node.run(
+    [
+      'dpkg -i /root/apilb.deb',
+      'install -D -m 0644 /usr/share/apilb/kubelet.service.d/10-apilb.conf /etc/systemd/system/kubelet.service.d/10-apilb.conf',
+      'systemctl daemon-reload',
+    ].join(' && '),
+    120_000,
+  );
   return { node: '/usr/lib/apilb/node/bin/node', appDir: '/usr/lib/apilb' };
 }

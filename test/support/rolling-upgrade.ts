@@ -160,14 +160,15 @@ export async function runRollingUpgrade(ca: TestCA, opts: RollingUpgradeOptions)
     const samples: string[] = [];
     interval = setInterval(function startRequest() {
       requests++;
-      const p: Promise<void> = get(port, '/version', tls).then(
-        (r) => {
+      const p: Promise<void> = get(port, '/version', tls)
+        .then((r) => {
           if (r.status !== 200) throw new Error(`status ${r.status}`);
-        },
-      ).catch((err: Error) => {
-        failedRequests++;
-        if (samples.length < 5) samples.push(err.message);
-      }).finally(() => inflight.delete(p));
+        })
+        .catch((err: Error) => {
+          failedRequests++;
+          if (samples.length < 5) samples.push(err.message);
+        })
+        .finally(() => inflight.delete(p));
       inflight.add(p);
     }, opts.requestEveryMs ?? 50);
 
