@@ -256,7 +256,14 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
       async () => ((await node.show('kube-apiserver.service', 'SubState')) === 'running' ? node.show('kube-apiserver.service', 'MainPID') : ''),
       { timeoutMs: 30_000, intervalMs: 100, what: 'kube-apiserver running' },
     );
-    const holders = await node.run("ss -Hltnp 'sport = :6443'");
+    // `running` comes right after the fork (Type=simple): wait, with a bound, for the stand-in to have bound 6443.
+    const holders = await waitFor(
+      async () => {
+        const out = await node.run("ss -Hltnp 'sport = :6443'");
+        return out.includes(`pid=${api},`) ? out : '';
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: 'kube-apiserver listening on 6443' },
+    );
     t.match(holders, new RegExp(`pid=${api},`), 'kube-apiserver holds 6443');
     t.notMatch(holders, /127\.0\.0\.1:6443/, 'nothing else holds 127.0.0.1:6443');
     t.equal(await node.show('kube-apiserver.service', 'NRestarts'), '0', 'kube-apiserver started once (no EADDRINUSE loop)');
