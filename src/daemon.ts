@@ -502,7 +502,7 @@ export class Daemon {
     if (changes instanceof Error) return fail(changes.message);
     // Discovery reads the kubeconfig once at start: with it on, a new kubeconfig needs a restart too.
     for (const c of changes) if (c.key === 'kubeconfig' && this.discovery) c.applies = false;
-    const changed = (key: string) => changes.some((c) => c.key === key && c.applies);
+    const changed = (key: keyof Config) => changes.some((c) => c.key === key && c.applies);
     // Everything that can still fail is done before anything is applied.
     try {
       // Re-read the TLS material even when no option changed: a reload then also picks up rotated certificate
@@ -521,7 +521,7 @@ export class Daemon {
       return fail((err as Error).message);
     }
     const effective: Config = { ...next! };
-    for (const c of changes) if (!c.applies) (effective as unknown as Record<string, unknown>)[c.key] = (prev as unknown as Record<string, unknown>)[c.key];
+    for (const c of changes) if (!c.applies) Object.assign(effective, { [c.key]: prev[c.key] });
     this.current = effective;
     this.proxy.update({
       connectTimeout: effective.connectTimeout,
@@ -539,7 +539,7 @@ export class Daemon {
     if (changed('backends')) this.backendSet.set('static', literals);
     if (changed('backends') || changed('dnsRefresh')) await this.dns.update(names, { refresh: effective.dnsRefresh });
     const lines = changes.map(describeChange);
-    if (tls && !['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'].some(changed)) {
+    if (tls && !(['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'] as const).some(changed)) {
       lines.push('health-check TLS material: files changed on disk, reloaded');
     }
     this.reloads.set('success', (this.reloads.get('success') ?? 0) + 1);
