@@ -21,7 +21,7 @@ import { createMetrics, type Metrics } from './metrics/metrics.js';
 import { createLogger, subscribeCredentialsLogger, subscribeHealthLogger, subscribeLogger, type Logger } from './logging.js';
 import { CredentialWatcher, sameMaterial } from './config/credentials.js';
 import type { TlsMaterial } from './config/tls.js';
-import { HealthMonitor } from './health/health-monitor.js';
+import { HealthMonitor, type HealthMonitorUpdate } from './health/health-monitor.js';
 import { isUnauthenticated } from './health/https-checker.js';
 import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
@@ -164,19 +164,7 @@ export class Daemon {
     this.unsubscribe.push(subscribeDnsLogger(this.logger, this.dns));
     const fdLimit = deps.openFileLimit ?? readOpenFileLimit();
     this.fdConnectionCap = fdLimit === undefined ? undefined : connectionsForFdLimit(fdLimit);
-    const proxyOpts: ConstructorParameters<typeof Proxy>[0] = {
-      pool: this.pool,
-      connectTimeout: config.connectTimeout,
-      firstByteTimeout: config.firstByteTimeout,
-      maxConnections: this.maxConnections(config),
-      drainTimeout: config.drainTimeout,
-      closeSpread: config.closeSpread,
-      clientHelloTimeout: config.clientHelloTimeout,
-      replayBufferTotal: config.replayBufferTotal,
-      clock,
-    };
-    if (deps.dial) proxyOpts.dial = deps.dial;
-    this.proxy = new Proxy(proxyOpts);
+    this.proxy = new Proxy({ pool: this.pool, clock, ...(deps.dial ? { dial: deps.dial } : {}), ...this.proxyOptionsFrom(config) });
     if (config.rebalance) {
       this.rebalancer = new Rebalancer({
         proxy: this.proxy,
@@ -197,15 +185,7 @@ export class Daemon {
       });
     this.credentials = new CredentialWatcher({ config, clock });
     this.unsubscribe.push(subscribeCredentialsLogger(this.logger, this.credentials));
-    this.health = new HealthMonitor({
-      pool: this.pool,
-      mode: config.healthCheckMode,
-      path: config.healthCheckPath,
-      interval: config.healthCheckInterval,
-      timeout: config.healthCheckTimeout,
-      tls: this.credentials.material,
-      clock,
-    });
+    this.health = new HealthMonitor({ pool: this.pool, clock, ...healthOptionsFrom(config, this.credentials.material) });
     this.credentials.on('reloaded', (ev) => {
       try {
         this.health.update({ tls: ev.material });
@@ -260,6 +240,19 @@ export class Daemon {
       now: this.clock.now(),
       credentials: this.credentials.status(),
     });
+  }
+
+  /** The proxy's settings from a configuration, at start and on reload. */
+  private proxyOptionsFrom(config: Config): ProxySettings {
+    return {
+      connectTimeout: config.connectTimeout,
+      firstByteTimeout: config.firstByteTimeout,
+      maxConnections: this.maxConnections(config),
+      drainTimeout: config.drainTimeout,
+      closeSpread: config.closeSpread,
+      clientHelloTimeout: config.clientHelloTimeout,
+      replayBufferTotal: config.replayBufferTotal,
+    };
   }
 
   /**
@@ -502,36 +495,23 @@ export class Daemon {
     if (changes instanceof Error) return fail(changes.message);
     // Discovery reads the kubeconfig once at start: with it on, a new kubeconfig needs a restart too.
     for (const c of changes) if (c.key === 'kubeconfig' && this.discovery) c.applies = false;
-    const changed = (key: string) => changes.some((c) => c.key === key && c.applies);
+    const changed = (key: keyof Config) => changes.some((c) => c.key === key && c.applies);
     // Everything that can still fail is done before anything is applied.
     try {
       // Re-read the TLS material even when no option changed: a reload then also picks up rotated certificate
       // files. The server name is restart-only, so the active one stays inside the new material.
       const fresh = this.credentials.reconfigure({ ...next!, tlsServerName: prev.tlsServerName });
       if (!sameMaterial(fresh, this.health.options.tls)) tls = fresh;
-      const healthUpdate = {
-        ...(changed('healthCheckMode') ? { mode: next!.healthCheckMode } : {}),
-        ...(changed('healthCheckPath') ? { path: next!.healthCheckPath } : {}),
-        ...(changed('healthCheckInterval') ? { interval: next!.healthCheckInterval } : {}),
-        ...(changed('healthCheckTimeout') ? { timeout: next!.healthCheckTimeout } : {}),
-        ...(tls ? { tls } : {}),
-      };
-      if (Object.keys(healthUpdate).length > 0) this.health.update(healthUpdate);
+      // The monitor compares each setting with its own: it replaces or retimes checkers only for what changed
+      // (unchanged material is passed as the same object, so it keeps its checkers).
+      this.health.update(healthOptionsFrom(next!, tls ?? this.health.options.tls));
     } catch (err) {
       return fail((err as Error).message);
     }
     const effective: Config = { ...next! };
-    for (const c of changes) if (!c.applies) (effective as unknown as Record<string, unknown>)[c.key] = (prev as unknown as Record<string, unknown>)[c.key];
+    for (const c of changes) if (!c.applies) Object.assign(effective, { [c.key]: prev[c.key] });
     this.current = effective;
-    this.proxy.update({
-      connectTimeout: effective.connectTimeout,
-      firstByteTimeout: effective.firstByteTimeout,
-      maxConnections: this.maxConnections(effective),
-      drainTimeout: effective.drainTimeout,
-      closeSpread: effective.closeSpread,
-      clientHelloTimeout: effective.clientHelloTimeout,
-      replayBufferTotal: effective.replayBufferTotal,
-    });
+    this.proxy.update(this.proxyOptionsFrom(effective));
     if (changed('logLevel')) this.logger.level = effective.logLevel;
     if (changed('adminAllowedHosts')) this.admin.allowHosts((effective.adminAllowedHosts ?? '').split(','));
     const { literals, names } = splitBackends(effective.backends);
@@ -539,7 +519,7 @@ export class Daemon {
     if (changed('backends')) this.backendSet.set('static', literals);
     if (changed('backends') || changed('dnsRefresh')) await this.dns.update(names, { refresh: effective.dnsRefresh });
     const lines = changes.map(describeChange);
-    if (tls && !['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'].some(changed)) {
+    if (tls && !(['caFile', 'clientCertFile', 'clientKeyFile', 'kubeconfig', 'healthCheckInsecure'] as const).some(changed)) {
       lines.push('health-check TLS material: files changed on disk, reloaded');
     }
     this.reloads.set('success', (this.reloads.get('success') ?? 0) + 1);
@@ -605,6 +585,14 @@ export class Daemon {
     })();
     return this.closing;
   }
+}
+
+/** What {@link Daemon} sets on its proxy from the configuration (at start and on reload). */
+type ProxySettings = Required<Parameters<Proxy['update']>[0]>;
+
+/** The health-check settings of a configuration, checking with `tls` (at start and on reload). */
+function healthOptionsFrom(config: Config, tls: TlsMaterial): Required<Pick<HealthMonitorUpdate, 'mode' | 'path' | 'interval' | 'timeout' | 'tls'>> {
+  return { mode: config.healthCheckMode, path: config.healthCheckPath, interval: config.healthCheckInterval, timeout: config.healthCheckTimeout, tls };
 }
 
 /** IP-literal backends go to the pool as they are ('static' source); DNS names are expanded by DnsDiscovery. */

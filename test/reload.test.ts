@@ -213,6 +213,73 @@ t.test('reload re-reads certificate files that changed on disk (rotation)', asyn
   tt.equal(h.d.health.options.tls.cert, two.cert + two.key, 'health checks use the new certificate');
 });
 
+/** The proxy settings the daemon sets from a configuration. */
+function proxySettings(d: Daemon) {
+  const p = d.proxy;
+  return {
+    connectTimeout: p.connectTimeout,
+    firstByteTimeout: p.firstByteTimeout,
+    maxConnections: p.maxConnections,
+    drainTimeout: p.drainTimeout,
+    closeSpread: p.closeSpread,
+    clientHelloTimeout: p.clientHelloTimeout,
+    replayBufferTotal: p.replayBufferTotal,
+  };
+}
+
+/** The health-check settings the daemon sets from a configuration (TLS material aside). */
+function healthSettings(d: Daemon) {
+  const { mode, path, interval, timeout } = d.health.options;
+  return { mode, path, interval, timeout };
+}
+
+t.test('a daemon reloaded into a configuration has the proxy and health settings of one started with it', async (tt) => {
+  const settings = [
+    'connectTimeout: 2s',
+    'firstByteTimeout: 0',
+    'maxConnections: 50',
+    'drainTimeout: 5s',
+    'closeSpread: 0',
+    'clientHelloTimeout: 3s',
+    'replayBufferTotal: 1024',
+    'healthCheckPath: /livez',
+    'healthCheckInterval: 3s',
+    'healthCheckTimeout: 500ms',
+  ];
+  const started = await harness(tt, 1, (b) => [`backends: [${b[0]!.address}]`, ...settings]);
+  const reloaded = await harness(tt, 1, (b) => [`backends: [${b[0]!.address}]`]);
+  tt.notSame(proxySettings(reloaded.d), proxySettings(started.d), 'the defaults differ from the settings');
+  tt.notSame(healthSettings(reloaded.d), healthSettings(started.d));
+  reloaded.write([`backends: [${reloaded.backends[0]!.address}]`, ...settings]);
+  tt.equal((await reloaded.d.reload()).ok, true);
+  tt.same(proxySettings(reloaded.d), proxySettings(started.d), 'proxy: same settings after reload as at start');
+  tt.same(healthSettings(reloaded.d), healthSettings(started.d), 'health checks: same settings after reload as at start');
+});
+
+t.test('reload: health checks get every setting, and only a changed mode, path or timeout replaces the checkers', async (tt) => {
+  const cases: { name: string; lines: string[]; replaced: boolean; interval: number; timeout: number; path: string }[] = [
+    { name: 'nothing changed', lines: [], replaced: false, interval: 2000, timeout: 1000, path: '/readyz' },
+    { name: 'a proxy setting only', lines: ['connectTimeout: 2s'], replaced: false, interval: 2000, timeout: 1000, path: '/readyz' },
+    { name: 'interval only (retimed, same checkers)', lines: ['healthCheckInterval: 3s'], replaced: false, interval: 3000, timeout: 1000, path: '/readyz' },
+    { name: 'timeout', lines: ['healthCheckTimeout: 500ms'], replaced: true, interval: 2000, timeout: 500, path: '/readyz' },
+    { name: 'path', lines: ['healthCheckPath: /livez'], replaced: true, interval: 2000, timeout: 1000, path: '/livez' },
+  ];
+  for (const c of cases) {
+    await tt.test(c.name, async (ct) => {
+      const h = await harness(ct, 1, (b) => [`backends: [${b[0]!.address}]`]);
+      const backend = h.d.pool.backends[0]!;
+      const before = h.d.health.checkerOf(backend);
+      ct.ok(before, 'the backend has a checker');
+      h.write([`backends: [${h.backends[0]!.address}]`, ...c.lines]);
+      const r = await h.d.reload();
+      ct.equal(r.ok, true);
+      ct.equal(r.changes.length, c.lines.length, 'one change line per changed option');
+      ct.equal(h.d.health.checkerOf(backend) !== before, c.replaced, c.replaced ? 'checker replaced' : 'same checker kept');
+      ct.match(h.d.health.options, { interval: c.interval, timeout: c.timeout, path: c.path, mode: 'tcp' });
+    });
+  }
+});
+
 t.test('a daemon without a configuration source refuses to reload', async (tt) => {
   const b = await echoServer('x');
   tt.teardown(() => b.close());

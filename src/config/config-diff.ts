@@ -13,7 +13,7 @@ import { formatAddress, formatDuration, type Address } from './values.js';
  * stateDir, discoveryAllowLocal), the TLS server name already stamped on existing backends, and balancing (pick policy,
  * rebalancer).
  */
-export const RESTART_REQUIRED: ReadonlySet<string> = new Set([
+export const RESTART_REQUIRED: ReadonlySet<keyof Config> = new Set<keyof Config>([
   'listen',
   'adminListen',
   'metricsListen',
@@ -34,7 +34,7 @@ export const RESTART_REQUIRED: ReadonlySet<string> = new Set([
 
 /** One changed option. */
 export interface ConfigChange {
-  key: string;
+  key: keyof Config;
   from: string;
   to: string;
   /** False when the change needs a restart (see {@link RESTART_REQUIRED}). */
@@ -62,8 +62,8 @@ function show(spec: OptionSpec, v: unknown): string {
 export function diffConfig(prev: Config, next: Config): ConfigChange[] {
   const out: ConfigChange[] = [];
   for (const spec of OPTIONS) {
-    const a = (prev as unknown as Record<string, unknown>)[spec.key];
-    const b = (next as unknown as Record<string, unknown>)[spec.key];
+    const a = prev[spec.key];
+    const b = next[spec.key];
     const from = show(spec, a);
     const to = show(spec, b);
     if (from === to) continue;

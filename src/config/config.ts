@@ -529,7 +529,7 @@ export function resolveAdminListen(input: { flag?: string; env?: NodeJS.ProcessE
 export function formatConfig(cfg: Config): string {
   const lines: string[] = [];
   for (const spec of OPTIONS) {
-    const v = (cfg as unknown as Record<string, unknown>)[spec.key];
+    const v = cfg[spec.key];
     if (v === undefined) continue;
     const k = fileKey(spec);
     if (spec.kind === 'address-list') {

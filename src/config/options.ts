@@ -6,14 +6,15 @@
  * `APILB_HEALTH_CHECK_INTERVAL`. Repeatable flags take plural YAML keys (`--backend` ⇔ `backends:`).
  */
 import { BALANCE_POLICIES } from '../pool/pool.js';
+import type { Config } from './config.js';
 
 /** The value kinds an option can have. */
 export type OptionKind = 'duration' | 'int' | 'string' | 'bool' | 'address' | 'address-list' | 'enum' | 'file';
 
 /** One row of the option table. */
 export interface OptionSpec {
-  /** Config key (camelCase); also the key in the resolved Config. */
-  key: string;
+  /** Config key (camelCase); also the key in the resolved Config (a typo here is a compile error). */
+  key: keyof Config;
   /** Flag name without dashes (kebab-case). */
   flag: string;
   /** YAML key when it differs from `key` (plural for repeatable flags). */
