@@ -12,6 +12,9 @@ import type { CredentialReload } from './config/credentials.js';
 import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
 import type { Rebalancer } from './proxy/rebalancer.js';
 import type { ErrorCode } from './errors.js';
+import { formatAddress } from './config/values.js';
+import type { DiscoveryEvents, EndpointSliceDiscovery } from './discovery/endpointslices.js';
+import type { ListWatchEvents } from './discovery/list-watch.js';
 
 export type { Logger } from 'pino';
 
@@ -307,5 +310,92 @@ export function subscribeCredentialsLogger(log: Logger, source: CredentialsLogSo
   return function unsubscribeCredentialsLogger() {
     source.off('reloaded', onCredentialsReloaded);
     source.off('rejected', onCredentialsRejected);
+  };
+}
+
+/**
+ * Subscribes `log` (as child `component: endpointslices`) to EndpointSlice discovery and its list-watch client:
+ * applied lists and state-file outcomes at info; refused addresses, rejected lists, failed requests and state-file
+ * writes at warn (a repeated failure or rejection at debug or not again, so a long outage does not flood the
+ * journal); skipped entries, ended watches at debug. Returns a function that unsubscribes.
+ */
+export function subscribeDiscoveryLogger(parent: Logger, discovery: EndpointSliceDiscovery): () => void {
+  const log = parent.child({ component: 'endpointslices' });
+  type Events<E> = { [K in keyof E]: E[K] extends [infer A] ? (ev: A) => void : never };
+  const onDiscovery: Partial<Events<DiscoveryEvents>> = {
+    applied(ev) {
+      if (ev.from !== 'api') return; // the state file's list is logged by its 'state-file' event
+      const backends = ev.backends.map(formatAddress);
+      log.info({ event: 'discovery_applied', backends, added: ev.added, removed: ev.removed }, `API servers discovered: ${backends.join(', ')}`);
+    },
+    rejected(ev) {
+      if (ev.repeated) return;
+      log.warn(
+        { event: 'discovery_rejected', code: 'APILB_ERR_DISCOVERY', reason: ev.reason, keeping: ev.keeping },
+        `not applying the discovered list: ${ev.reason}; keeping the last good list (${ev.keeping} API servers) and the seeds`,
+      );
+    },
+    skipped(ev) {
+      log.debug({ event: 'discovery_skipped', skipped: ev.skipped }, `left out of the discovered list: ${ev.skipped.join('; ')}`);
+    },
+    refused(ev) {
+      // Said loudly once per change: EndpointSlices naming loopback or the metadata service are misconfigured or hostile.
+      log.warn(
+        { event: 'discovery_refused', code: 'APILB_ERR_DISCOVERY', refused: ev.refused },
+        `EndpointSlices name addresses apilb refuses as backends: ${ev.refused.join('; ')}`,
+      );
+    },
+    'state-file'(ev) {
+      const { file } = ev;
+      if (ev.status === 'missing') log.info({ event: 'discovery_state_missing', file }, `no discovery state file ${file} yet: starting from the seeds`);
+      else if (ev.status === 'other-cluster')
+        log.warn(
+          { event: 'discovery_state_ignored', file, reason: 'ca-mismatch', fileFingerprints: ev.fileFingerprints, caFingerprints: ev.caFingerprints },
+          `ignoring ${file}: it was written for another cluster (its CA fingerprint differs from the current CA); it will be replaced after the first successful LIST`,
+        );
+      else if (ev.status === 'invalid') log.warn({ event: 'discovery_state_ignored', file, reason: ev.reason }, `ignoring ${file}: it ${ev.reason}`);
+      else if (ev.status === 'implausible') log.warn({ event: 'discovery_state_ignored', file, reason: ev.reason }, `ignoring ${file}: ${ev.reason}`);
+      else
+        log.info(
+          { event: 'discovery_state_loaded', file, savedAt: ev.savedAt, backends: ev.backends.map(formatAddress) },
+          `loaded ${ev.backends.length} API servers from ${file} (saved ${ev.savedAt || 'at an unknown time'})`,
+        );
+    },
+    'state-write-failed'(ev) {
+      log.warn(
+        { event: 'discovery_state_write_failed', code: 'APILB_ERR_DISCOVERY', dir: ev.dir, err: ev.error },
+        `cannot write the discovery state file in ${ev.dir}: ${ev.error}`,
+      );
+    },
+  };
+  const onListWatch: Partial<Events<ListWatchEvents>> = {
+    'request-failed'(ev) {
+      const text = `EndpointSlice ${ev.what} failed: ${ev.error}${ev.hint ? ` (${ev.hint})` : ''}; keeping the current backend list`;
+      // Repeats of one error go to debug: a long outage must not flood the journal at every retry.
+      log[ev.repeated ? 'debug' : 'warn']({ event: 'discovery_error', code: 'APILB_ERR_DISCOVERY', what: ev.what, err: ev.error, failures: ev.failures }, text);
+    },
+    recovered(ev) {
+      log.info({ event: 'discovery_recovered', after: ev.after }, 'EndpointSlice discovery works again');
+    },
+    relist(ev) {
+      if (ev.reason === '410')
+        log.info({ event: 'discovery_relist', reason: '410' }, `watch from resourceVersion ${ev.resourceVersion} answered 410 Gone: re-listing`);
+      else log.info({ event: 'discovery_relist', reason: '410-event' }, `watch reported 410 Gone (${ev.message ?? 'resourceVersion too old'}): re-listing`);
+    },
+    'watch-ended'(ev) {
+      log.debug({ event: 'discovery_watch_ended', events: ev.events, resourceVersion: ev.resourceVersion }, 'watch ended; resuming');
+    },
+    crashed(ev) {
+      log.error({ event: 'discovery_crashed', code: 'APILB_ERR_DISCOVERY', err: ev.error.message }, `EndpointSlice discovery stopped: ${ev.error.message}`);
+    },
+  };
+  type Em = { on(e: string, f: never): unknown; off(e: string, f: never): unknown };
+  const subs: Array<[Em, string, unknown]> = [
+    ...Object.entries(onDiscovery).map(([e, f]): [Em, string, unknown] => [discovery, e, f]),
+    ...Object.entries(onListWatch).map(([e, f]): [Em, string, unknown] => [discovery.listWatch, e, f]),
+  ];
+  for (const [em, ev, fn] of subs) em.on(ev, fn as never);
+  return function unsubscribeDiscoveryLogger() {
+    for (const [em, ev, fn] of subs) em.off(ev, fn as never);
   };
 }
