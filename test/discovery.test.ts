@@ -519,6 +519,22 @@ t.test('state file: written atomically after each applied change, with the CA fi
   t.equal(r.d.stats.stateFileErrors, 0);
 });
 
+t.test('state file: a failed write is counted and said (warn, APILB_ERR_DISCOVERY); the list is applied anyway', async (t) => {
+  const dir = tmp(t, 'apilb-state-');
+  const notADir = join(dir, 'file');
+  writeFileSync(notADir, 'x');
+  const r = await rig(t, { stateDir: join(notADir, 'state'), setup: (c, port) => c.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), port) });
+  await until(() => r.d.stats.stateFileErrors === 1, 'the write failed');
+  t.equal(r.d.stats.applied, 1, 'applied regardless');
+  t.same(r.discovered(), [`127.0.0.2:${r.port}`, `127.0.0.3:${r.port}`]);
+  const line = r.lines.find((l) => l.event === 'discovery_state_write_failed');
+  t.equal(line?.level, 'warn');
+  t.equal(line?.code, 'APILB_ERR_DISCOVERY');
+  t.equal(line?.component, 'endpointslices');
+  t.equal(line?.dir, join(notADir, 'state'));
+  t.match(String(line?.msg), /^cannot write the discovery state file in .*\/file\/state: .*ENOTDIR/);
+});
+
 t.test("state file: loaded before the first LIST; another cluster's file or a corrupt one is ignored", async (t) => {
   const fps = caFingerprints(ca.cert);
 
