@@ -11,6 +11,8 @@ import { createTestCA, type LeafCert, type TestCA } from '../src/demo/test-ca.js
 import { BackendSet } from '../src/discovery/backend-set.js';
 import { backendsFromSlices, EndpointSliceDiscovery, ENDPOINTSLICES_SOURCE, implausibleReason, type DiscoveryTuning } from '../src/discovery/endpointslices.js';
 import { caFingerprints, loadStateFile, saveStateFile } from '../src/discovery/state-file.js';
+import { ListWatch } from '../src/discovery/list-watch.js';
+import type { EndpointSlice } from '../src/discovery/slices.js';
 import { createLogger } from '../src/logging.js';
 import { Pool } from '../src/pool/pool.js';
 import { AddressPolicy, canonicalHost } from '../src/discovery/address-policy.js';
@@ -398,6 +400,44 @@ t.test('backoff is capped at backoffMaxMs', async (t) => {
   }
   t.same(failures, [1000, 2000, 4000, 5000, 5000, 5000]);
   t.equal(r.d.stats.lists, 0);
+});
+
+t.test('ListWatch alone: LIST items, then ADDED/MODIFIED/DELETED changes; bookmarks and 410 events move only the resourceVersion', async (t) => {
+  const cluster = new FakeCluster();
+  const [standIn] = await startApiStandIns(cluster, ['127.0.0.2'], { tls: serverCert, ca: ca.cert });
+  t.teardown(() => standIn!.close());
+  cluster.setSlice('a', eps('127.0.0.2'), 6443);
+  const seen: string[] = [];
+  const relists: string[] = [];
+  const lw = new ListWatch<EndpointSlice>({
+    target: { host: standIn!.host, port: standIn!.port },
+    tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key },
+    path: '/apis/discovery.k8s.io/v1/namespaces/default/endpointslices',
+    labelSelector: 'kubernetes.io/service-name=kubernetes',
+    listName: 'an EndpointSliceList',
+    timing: { backoffBaseMs: 1000, backoffMaxMs: 30_000, requestTimeoutMs: 10_000, watchTimeoutSeconds: 300, minWatchMs: 1000 },
+    clock: new FakeClock(),
+    random: () => 0.5,
+    onList: (items) => seen.push(`LIST ${items.map((s) => s.metadata?.name).join(',')}`),
+    onChange: (type, s) => seen.push(`${type} ${s.metadata?.name}`),
+  });
+  lw.on('relist', (ev) => relists.push(ev.reason));
+  t.teardown(() => lw.close());
+  lw.start();
+  await until(() => cluster.openWatches === 1, 'watching');
+  cluster.setSlice('b', eps('127.0.0.3'), 6443);
+  cluster.setSlice('a', eps('127.0.0.4'), 6443);
+  cluster.deleteSlice('b');
+  await until(() => lw.stats.resourceVersion === cluster.resourceVersion, 'caught up');
+  cluster.goneAsEvent = true;
+  cluster.expireWatches();
+  await until(() => lw.stats.lists === 2 && cluster.openWatches === 1, 're-listed and watching');
+  t.same(seen, ['LIST a', 'ADDED b', 'MODIFIED a', 'DELETED b', 'LIST a']);
+  t.same(relists, ['410-event']);
+  t.equal(lw.stats.relists, 1);
+  t.equal(lw.stats.errors, 0);
+  await lw.close();
+  t.equal(cluster.openWatches, 0, 'close() ends the watch');
 });
 
 t.test('410 Gone on the watch request re-lists', async (t) => {
