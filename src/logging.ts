@@ -6,7 +6,7 @@ import { fstatSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import type { Backend } from './pool/backend.js';
 import type { CheckResult, Pool, TransitionEvent } from './pool/pool.js';
-import { TLS_ERROR_PREFIX } from './health/checker.js';
+import { TLS_ERROR_PREFIX } from './net-errors.js';
 import { isUnauthenticated } from './health/https-checker.js';
 import type { CredentialReload } from './config/credentials.js';
 import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';

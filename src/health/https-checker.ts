@@ -18,7 +18,8 @@ import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
 import { VERSION } from '../version.js';
-import { describeTransportError, elapsed, isLocalResourceError, type Checker } from './checker.js';
+import { describeTransportError, errnoReason, isLocalResourceError } from '../net-errors.js';
+import { elapsed, type Checker } from './checker.js';
 
 /** Options of {@link HttpsChecker}. Durations in milliseconds. */
 export interface HttpsCheckerOptions {
@@ -207,6 +208,5 @@ function summarize(text: string): string | undefined {
 }
 
 function isStaleConnectionError(err: unknown): boolean {
-  const code = (err as { code?: string })?.code;
-  return code === 'ECONNRESET' || code === 'EPIPE';
+  return errnoReason((err as { code?: string })?.code) === 'reset';
 }

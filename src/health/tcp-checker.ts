@@ -8,7 +8,8 @@ import type { TlsMaterial } from '../config/tls.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
-import { describeTransportError, elapsed, isLocalResourceError, type Checker } from './checker.js';
+import { describeTransportError, isLocalResourceError } from '../net-errors.js';
+import { elapsed, type Checker } from './checker.js';
 import { checkServerName } from './https-checker.js';
 
 /** Options of {@link TcpChecker}. */
