@@ -58,10 +58,16 @@ export interface HealthMonitorOptions {
 /** Options {@link HealthMonitor.update} can change at run time. */
 export type HealthMonitorUpdate = Partial<Pick<HealthMonitorOptions, 'mode' | 'path' | 'interval' | 'timeout' | 'tls' | 'recheckDelay'>>;
 
-/** Emitted after each result was reported into the pool. */
+/** One active health check result, emitted (`check` event) after it was reported into the pool. */
 export interface HealthCheckEvent {
   backend: Backend;
   result: CheckResult;
+}
+
+/** Anything that emits `check` events: the health monitor; an EventEmitter in tests. Metrics and logs take one. */
+export interface HealthCheckSource {
+  on(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
+  off(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
 }
 
 /** Events of {@link HealthMonitor}. */
