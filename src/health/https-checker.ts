@@ -13,7 +13,7 @@
  */
 import { Agent, request as httpsRequest, type AgentOptions } from 'node:https';
 import type { IncomingMessage } from 'node:http';
-import type { TlsMaterial } from '../config/tls.js';
+import { tlsClientOptions, type TlsMaterial } from '../config/tls.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
@@ -86,8 +86,6 @@ export class HttpsChecker implements Checker {
   }
 
   private createAgent(): Agent {
-    const { tls } = this;
-    const servername = checkServerName(tls, this.backend);
     const opts: AgentOptions = {
       keepAlive: true,
       maxSockets: 1,
@@ -95,13 +93,8 @@ export class HttpsChecker implements Checker {
       // Idle timeout of the kept-alive socket: outlive one jittered interval plus a check, so the next check
       // finds the connection open.
       timeout: Math.ceil(this.interval * 1.1 + this.timeout + 1000),
-      rejectUnauthorized: !tls.insecure,
+      ...tlsClientOptions(this.tls, checkServerName(this.tls, this.backend)),
     };
-    if (tls.ca) opts.ca = tls.ca;
-    if (tls.cert) opts.cert = tls.cert;
-    if (tls.key) opts.key = tls.key;
-    // No name: Node sends no SNI for an IP literal and verifies the certificate's IP SAN.
-    if (servername) opts.servername = servername;
     return new Agent(opts);
   }
 
