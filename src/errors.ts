@@ -96,6 +96,15 @@ export class OptionError extends ApilbError {
   }
 }
 
+/**
+ * Returns `v` when it is a finite number ≥ `min`, else throws an {@link OptionError} naming `name`: the one check
+ * of numeric constructor options (validated once, at construction).
+ */
+export function numberOption(name: string, v: number, min: number): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min) throw new OptionError(name, `must be a number ≥ ${min}, got ${v}`);
+  return v;
+}
+
 /** True when `err` is an ApilbError with the given code. */
 export function hasCode(err: unknown, code: ErrorCode): boolean {
   return err instanceof ApilbError && err.code === code;

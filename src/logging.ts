@@ -5,8 +5,9 @@
 import { fstatSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import type { Backend } from './pool/backend.js';
-import type { CheckResult, Pool, TransitionEvent } from './pool/pool.js';
-import { TLS_ERROR_PREFIX } from './health/checker.js';
+import type { Pool, TransitionEvent } from './pool/pool.js';
+import { TLS_ERROR_PREFIX } from './net-errors.js';
+import type { HealthCheckEvent, HealthCheckSource } from './health/health-monitor.js';
 import { isUnauthenticated } from './health/https-checker.js';
 import type { CredentialReload } from './config/credentials.js';
 import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
@@ -202,12 +203,6 @@ export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalance
   };
 }
 
-/** What {@link subscribeHealthLogger} needs of the health monitor. */
-export interface HealthLogSource {
-  on(event: 'check', listener: (ev: { backend: Backend; result: CheckResult }) => void): unknown;
-  off(event: 'check', listener: (ev: { backend: Backend; result: CheckResult }) => void): unknown;
-}
-
 /** Minimum time between two hint lines of one kind for one backend (a failing check repeats every few 100 ms). */
 const HEALTH_HINT_INTERVAL_MS = 60_000;
 
@@ -216,7 +211,7 @@ const HEALTH_HINT_INTERVAL_MS = 60_000;
  * or fails certificate verification (CA / server name), at most once a minute per backend and kind; every
  * result at debug level. Transitions are logged by {@link subscribeLogger}. Returns a function that unsubscribes.
  */
-export function subscribeHealthLogger(log: Logger, source: HealthLogSource, now: () => number = Date.now): () => void {
+export function subscribeHealthLogger(log: Logger, source: HealthCheckSource, now: () => number = Date.now): () => void {
   const lastHint = new Map<string, number>();
   function hint(key: string): boolean {
     const t = now();
@@ -226,7 +221,7 @@ export function subscribeHealthLogger(log: Logger, source: HealthLogSource, now:
     return true;
   }
   const debug = log.isLevelEnabled('debug');
-  function onCheckLog(ev: { backend: Backend; result: CheckResult }): void {
+  function onCheckLog(ev: HealthCheckEvent): void {
     const { backend, result: r } = ev;
     if (debug)
       log.debug(

@@ -8,3 +8,19 @@ const http = process.getBuiltinModule('node:http');
 
 export const createServer = http.createServer;
 export const get = http.get;
+
+/**
+ * Reads a body (an IncomingMessage or any stream of Buffers) to its end as UTF-8 text. Rejects with "the answer
+ * is larger than `limit` bytes" as soon as it grows past `limit` (the caller drops the connection), and with the
+ * stream's error if it fails.
+ */
+export async function readBodyText(body: AsyncIterable<Buffer>, limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.length;
+    if (size > limit) throw new Error(`the answer is larger than ${limit} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -79,11 +79,16 @@ t.test('out of file descriptors: counted as connect_failures{reason=local_resour
 t.test('every reason the code can produce is an exported label', async (tt) => {
   const src = (f: string) => readFileSync(fileURLToPath(new URL(`../src/proxy/${f}`, import.meta.url)), 'utf8');
   const code = src('connection.ts') + src('proxy.ts');
+  const errnoTable = readFileSync(fileURLToPath(new URL('../src/net-errors.ts', import.meta.url)), 'utf8');
   // Close reasons passed to destroy/fail/closeBackendConnections, dial failure reasons returned by dialReason or
-  // passed to retry, reject reasons counted: every quoted literal in those positions.
+  // passed to retry or in the errno table of net-errors.ts, reject reasons counted: every quoted literal in those
+  // positions.
   const produced = {
     close: [...code.matchAll(/(?:destroy|fail|closeBackendConnections\([^,]+,)\s*\(?\s*'([a-z_]+)'/g)].map((m) => m[1]!),
-    dial: [...code.matchAll(/return '([a-z_]+)';|retry\('([a-z_]+)'/g)].map((m) => (m[1] ?? m[2])!),
+    dial: [
+      ...[...code.matchAll(/return '([a-z_]+)';|\?\? '([a-z_]+)';|retry\('([a-z_]+)'/g)].map((m) => (m[1] ?? m[2] ?? m[3])!),
+      ...[...errnoTable.matchAll(/\['E[A-Z]+', '([a-z_]+)'\]/g)].map((m) => m[1]!),
+    ],
     reject: [...code.matchAll(/inc\(this\.counters\.rejected, '([a-z_]+)'\)/g)].map((m) => m[1]!),
   };
   tt.ok(produced.close.length >= 3 && produced.dial.length >= 5 && produced.reject.length >= 2, 'the scan finds the reasons');

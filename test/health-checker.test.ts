@@ -11,7 +11,7 @@ import { createLogger, subscribeHealthLogger } from '../src/logging.js';
 import { HttpsChecker, isUnauthenticated } from '../src/health/https-checker.js';
 import { TcpChecker } from '../src/health/tcp-checker.js';
 import { HealthMonitor } from '../src/health/health-monitor.js';
-import { TLS_ERROR_PREFIX } from '../src/health/checker.js';
+import { TLS_ERROR_PREFIX } from '../src/net-errors.js';
 import { Pool } from '../src/pool/pool.js';
 import { hasCode } from '../src/errors.js';
 import type { CheckResult } from '../src/pool/pool.js';

@@ -2,7 +2,7 @@
  * GET /status: a JSON snapshot of the daemon for humans and scripts, and its rendering as a table for
  * `apilb status`. Field names are a contract like metric names: add fields, never rename or remove them.
  */
-import { get as httpGet } from '../node-http.js';
+import { get as httpGet, readBodyText } from '../node-http.js';
 import type { CredentialStatus } from '../config/credentials.js';
 import { formatAddress, parseAddress, type Address } from '../config/values.js';
 import { ApilbError } from '../errors.js';
@@ -260,30 +260,22 @@ export function fetchStatus(admin: string, timeoutMs = 3000): Promise<{ doc: Sta
       reject(new ApilbError('APILB_ERR_ADMIN_UNREACHABLE', `cannot read ${url}: ${why} (is apilb running, and is --admin-listen the daemon's admin address?)`));
     }
     const req = httpGet(url, { timeout: timeoutMs }, function onStatusResponse(res) {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        size += c.length;
-        if (size > MAX_STATUS_BYTES) {
-          res.destroy();
+      readBodyText(res, MAX_STATUS_BYTES).then(
+        function onStatusBody(raw) {
+          if (res.statusCode !== 200) return unreachable(`HTTP ${res.statusCode}`);
+          try {
+            const doc = JSON.parse(raw) as StatusDoc;
+            if (!Array.isArray(doc.backends)) return unreachable('the answer is not an apilb /status document');
+            resolve({ doc, raw: terminalSafeJson(doc) });
+          } catch {
+            unreachable('the answer is not JSON');
+          }
+        },
+        function onStatusBodyError(err: Error) {
           req.destroy();
-          unreachable(`the answer is larger than ${MAX_STATUS_BYTES} bytes`);
-          return;
-        }
-        chunks.push(c);
-      });
-      res.on('error', (err) => unreachable(err.message));
-      res.on('end', function onStatusEnd() {
-        const raw = Buffer.concat(chunks).toString('utf8');
-        if (res.statusCode !== 200) return unreachable(`HTTP ${res.statusCode}`);
-        try {
-          const doc = JSON.parse(raw) as StatusDoc;
-          if (!Array.isArray(doc.backends)) return unreachable('the answer is not an apilb /status document');
-          resolve({ doc, raw: terminalSafeJson(doc) });
-        } catch {
-          unreachable('the answer is not JSON');
-        }
-      });
+          unreachable(err.message);
+        },
+      );
     });
     req.on('timeout', function onStatusTimeout() {
       req.destroy(new Error(`no answer within ${timeoutMs} ms`));

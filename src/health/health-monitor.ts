@@ -9,7 +9,7 @@
 import { EventEmitter } from 'node:events';
 import { jitter, systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { TlsMaterial } from '../config/tls.js';
-import { OptionError } from '../errors.js';
+import { numberOption, OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult, Pool } from '../pool/pool.js';
 import type { Checker } from './checker.js';
@@ -58,10 +58,16 @@ export interface HealthMonitorOptions {
 /** Options {@link HealthMonitor.update} can change at run time. */
 export type HealthMonitorUpdate = Partial<Pick<HealthMonitorOptions, 'mode' | 'path' | 'interval' | 'timeout' | 'tls' | 'recheckDelay'>>;
 
-/** Emitted after each result was reported into the pool. */
+/** One active health check result, emitted (`check` event) after it was reported into the pool. */
 export interface HealthCheckEvent {
   backend: Backend;
   result: CheckResult;
+}
+
+/** Anything that emits `check` events: the health monitor; an EventEmitter in tests. Metrics and logs take one. */
+export interface HealthCheckSource {
+  on(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
+  off(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
 }
 
 /** Events of {@link HealthMonitor}. */
@@ -102,7 +108,7 @@ function validate(o: HealthMonitorOptions | Settings, base?: Settings): Settings
   if (!Number.isFinite(s.interval) || s.interval <= 0) throw new OptionError('interval', `must be a number > 0, got ${s.interval}`);
   if (!Number.isFinite(s.timeout) || s.timeout <= 0) throw new OptionError('timeout', `must be a number > 0, got ${s.timeout}`);
   if (s.timeout > s.interval) throw new OptionError('timeout', `must not exceed interval (${s.interval}), got ${s.timeout}`);
-  if (!Number.isFinite(s.recheckDelay) || s.recheckDelay < 0) throw new OptionError('recheckDelay', `must be a number ≥ 0, got ${s.recheckDelay}`);
+  numberOption('recheckDelay', s.recheckDelay, 0);
   if (!s.tls || typeof s.tls !== 'object') throw new OptionError('tls', 'is required (TLS material from loadTlsMaterial)');
   if (s.mode === 'https' && !s.tls.ca && !s.tls.insecure) {
     throw new OptionError('tls', 'needs a CA to verify API servers in https checks, or insecure: true (--health-check-insecure)');

@@ -13,12 +13,13 @@
  */
 import { Agent, request as httpsRequest, type AgentOptions } from 'node:https';
 import type { IncomingMessage } from 'node:http';
-import type { TlsMaterial } from '../config/tls.js';
+import { tlsClientOptions, type TlsMaterial } from '../config/tls.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
 import { VERSION } from '../version.js';
-import { describeTransportError, elapsed, isLocalResourceError, type Checker } from './checker.js';
+import { describeTransportError, errnoReason, isLocalResourceError } from '../net-errors.js';
+import { elapsed, type Checker } from './checker.js';
 
 /** Options of {@link HttpsChecker}. Durations in milliseconds. */
 export interface HttpsCheckerOptions {
@@ -85,8 +86,6 @@ export class HttpsChecker implements Checker {
   }
 
   private createAgent(): Agent {
-    const { tls } = this;
-    const servername = checkServerName(tls, this.backend);
     const opts: AgentOptions = {
       keepAlive: true,
       maxSockets: 1,
@@ -94,13 +93,8 @@ export class HttpsChecker implements Checker {
       // Idle timeout of the kept-alive socket: outlive one jittered interval plus a check, so the next check
       // finds the connection open.
       timeout: Math.ceil(this.interval * 1.1 + this.timeout + 1000),
-      rejectUnauthorized: !tls.insecure,
+      ...tlsClientOptions(this.tls, checkServerName(this.tls, this.backend)),
     };
-    if (tls.ca) opts.ca = tls.ca;
-    if (tls.cert) opts.cert = tls.cert;
-    if (tls.key) opts.key = tls.key;
-    // No name: Node sends no SNI for an IP literal and verifies the certificate's IP SAN.
-    if (servername) opts.servername = servername;
     return new Agent(opts);
   }
 
@@ -207,6 +201,5 @@ function summarize(text: string): string | undefined {
 }
 
 function isStaleConnectionError(err: unknown): boolean {
-  const code = (err as { code?: string })?.code;
-  return code === 'ECONNRESET' || code === 'EPIPE';
+  return errnoReason((err as { code?: string })?.code) === 'reset';
 }

@@ -4,11 +4,12 @@
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
-import type { TlsMaterial } from '../config/tls.js';
+import { tlsClientOptions, type TlsMaterial } from '../config/tls.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
-import { describeTransportError, elapsed, isLocalResourceError, type Checker } from './checker.js';
+import { describeTransportError, isLocalResourceError } from '../net-errors.js';
+import { elapsed, type Checker } from './checker.js';
 import { checkServerName } from './https-checker.js';
 
 /** Options of {@link TcpChecker}. */
@@ -87,11 +88,7 @@ export class TcpChecker implements Checker {
         raw.once('connect', () => finish({ ok: true, latencyMs: elapsed(start) }));
         return;
       }
-      const opts: ConnectionOptions = { host, port, ca: this.tls.ca, rejectUnauthorized: !this.tls.insecure, ALPNProtocols: ['http/1.1'] };
-      const servername = checkServerName(this.tls, this.backend);
-      if (servername) opts.servername = servername;
-      if (this.tls.cert) opts.cert = this.tls.cert;
-      if (this.tls.key) opts.key = this.tls.key;
+      const opts: ConnectionOptions = { host, port, ALPNProtocols: ['http/1.1'], ...tlsClientOptions(this.tls, checkServerName(this.tls, this.backend)) };
       const secure: TLSSocket = tlsConnect(opts);
       track(secure);
       secure.once('secureConnect', () => finish({ ok: true, latencyMs: elapsed(start) }));

@@ -9,25 +9,14 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from './prom.js';
 import type { Backend } from '../pool/backend.js';
 import { BACKEND_STATES } from '../pool/backend.js';
-import type { CheckResult, Pool } from '../pool/pool.js';
+import type { Pool } from '../pool/pool.js';
 import type { Proxy } from '../proxy/proxy.js';
 import { BACKENDLESS_CLOSE_REASONS, CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../proxy/reasons.js';
 import type { Rebalancer } from '../proxy/rebalancer.js';
 import { connectionShare, REBALANCE_OUTCOMES } from '../pool/rebalance.js';
+import type { HealthCheckEvent, HealthCheckSource } from '../health/health-monitor.js';
 import { isUnauthenticated, UNAUTHENTICATED_STATUSES } from '../health/https-checker.js';
 import { DISCOVERY_STATES, type DiscoveryStats } from '../discovery/endpointslices.js';
-
-/** One active health check result, as the health monitor emits it (`check` event). */
-export interface HealthCheckEvent {
-  backend: Backend;
-  result: CheckResult;
-}
-
-/** Anything that emits `check` events (the health monitor; an EventEmitter in tests). */
-export interface HealthCheckSource {
-  on(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
-  off(event: 'check', listener: (ev: HealthCheckEvent) => void): unknown;
-}
 
 /** Label values of `apilb_config_reloads_total{result}` that always exist (at 0 before the first reload). */
 export const RELOAD_RESULTS: readonly string[] = ['success', 'failure'];

@@ -14,6 +14,7 @@ import type { CloseReason, DialFailureReason } from './reasons.js';
 // The reason lists live in reasons.ts (one constant each: types and metric labels derive from it).
 export type { CloseReason, DialFailureReason } from './reasons.js';
 import { ClientOpening } from './client-opening.js';
+import { errnoReason } from '../net-errors.js';
 
 type Phase = 'dialing' | 'probing' | 'piping' | 'closed';
 
@@ -35,28 +36,9 @@ const SHARED_READ_BUF = Buffer.allocUnsafeSlow(READ_BUF_SMALL);
 // client that never sends its FIN cannot pin a socket forever.
 const LINGER_MS = 30_000;
 
+/** Why a dial failed, from its errno code (the table lives in net-errors.ts, shared with the health checks). */
 function dialReason(err: NodeJS.ErrnoException): DialFailureReason {
-  switch (err.code) {
-    case 'ECONNREFUSED':
-      return 'refused';
-    case 'ETIMEDOUT':
-      return 'timeout';
-    case 'ECONNRESET':
-    case 'EPIPE':
-      return 'reset';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-    case 'EADDRNOTAVAIL':
-      return 'unreachable';
-    // Out of file descriptors or memory on this node: not the backend's fault (never reported to the pool).
-    case 'EMFILE':
-    case 'ENFILE':
-    case 'ENOBUFS':
-    case 'ENOMEM':
-      return 'local_resources';
-    default:
-      return 'error';
-  }
+  return errnoReason(err.code) ?? 'error';
 }
 
 /** A proxied client connection. Created by Proxy; not constructed elsewhere. */

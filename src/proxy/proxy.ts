@@ -14,7 +14,7 @@
 import { EventEmitter } from 'node:events';
 import { connect, type Server, type Socket } from 'node:net';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
-import { OptionError } from '../errors.js';
+import { numberOption, OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { Pool, TransitionEvent } from '../pool/pool.js';
 import { Connection } from './connection.js';
@@ -175,16 +175,16 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     super();
     if (!options || !options.pool) throw new OptionError('pool', 'is required');
     this.pool = options.pool;
-    this.connectTimeout = num('connectTimeout', options.connectTimeout ?? 1000, 1);
-    this.firstByteTimeout = num('firstByteTimeout', options.firstByteTimeout ?? 1000, 0);
-    this.firstByteBufferBytes = num('firstByteBufferBytes', options.firstByteBufferBytes ?? 16384, 0);
-    this.replayBufferTotal = num('replayBufferTotal', options.replayBufferTotal ?? 16 << 20, 0);
-    this.clientHelloTimeout = num('clientHelloTimeout', options.clientHelloTimeout ?? 10_000, 0);
-    this.maxConnections = num('maxConnections', options.maxConnections ?? 10000, 1);
-    this.drainTimeout = num('drainTimeout', options.drainTimeout ?? 60000, 0);
-    this.closeSpread = num('closeSpread', options.closeSpread ?? 30000, 0);
+    this.connectTimeout = numberOption('connectTimeout', options.connectTimeout ?? 1000, 1);
+    this.firstByteTimeout = numberOption('firstByteTimeout', options.firstByteTimeout ?? 1000, 0);
+    this.firstByteBufferBytes = numberOption('firstByteBufferBytes', options.firstByteBufferBytes ?? 16384, 0);
+    this.replayBufferTotal = numberOption('replayBufferTotal', options.replayBufferTotal ?? 16 << 20, 0);
+    this.clientHelloTimeout = numberOption('clientHelloTimeout', options.clientHelloTimeout ?? 10_000, 0);
+    this.maxConnections = numberOption('maxConnections', options.maxConnections ?? 10000, 1);
+    this.drainTimeout = numberOption('drainTimeout', options.drainTimeout ?? 60000, 0);
+    this.closeSpread = numberOption('closeSpread', options.closeSpread ?? 30000, 0);
     this.random = options.random ?? Math.random;
-    this.keepAliveInitialDelay = num('keepAliveInitialDelay', options.keepAliveInitialDelay ?? 30000, 0);
+    this.keepAliveInitialDelay = numberOption('keepAliveInitialDelay', options.keepAliveInitialDelay ?? 30000, 0);
     this.dial = options.dial ?? defaultDial;
     this.clock = options.clock ?? systemClock;
     this.onTransition = this.onTransition.bind(this);
@@ -208,13 +208,13 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     >,
   ): void {
     const next = {
-      replayBufferTotal: num('replayBufferTotal', options.replayBufferTotal ?? this.replayBufferTotal, 0),
-      clientHelloTimeout: num('clientHelloTimeout', options.clientHelloTimeout ?? this.clientHelloTimeout, 0),
-      connectTimeout: num('connectTimeout', options.connectTimeout ?? this.connectTimeout, 1),
-      firstByteTimeout: num('firstByteTimeout', options.firstByteTimeout ?? this.firstByteTimeout, 0),
-      maxConnections: num('maxConnections', options.maxConnections ?? this.maxConnections, 1),
-      drainTimeout: num('drainTimeout', options.drainTimeout ?? this.drainTimeout, 0),
-      closeSpread: num('closeSpread', options.closeSpread ?? this.closeSpread, 0),
+      replayBufferTotal: numberOption('replayBufferTotal', options.replayBufferTotal ?? this.replayBufferTotal, 0),
+      clientHelloTimeout: numberOption('clientHelloTimeout', options.clientHelloTimeout ?? this.clientHelloTimeout, 0),
+      connectTimeout: numberOption('connectTimeout', options.connectTimeout ?? this.connectTimeout, 1),
+      firstByteTimeout: numberOption('firstByteTimeout', options.firstByteTimeout ?? this.firstByteTimeout, 0),
+      maxConnections: numberOption('maxConnections', options.maxConnections ?? this.maxConnections, 1),
+      drainTimeout: numberOption('drainTimeout', options.drainTimeout ?? this.drainTimeout, 0),
+      closeSpread: numberOption('closeSpread', options.closeSpread ?? this.closeSpread, 0),
     };
     this.connectTimeout = next.connectTimeout;
     this.firstByteTimeout = next.firstByteTimeout;
@@ -544,11 +544,6 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.pool.off('deleted', this.onDeleted);
     if (this.all.size > 0) await this.waitIdle(5000);
   }
-}
-
-function num(name: string, v: number, min: number): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min) throw new OptionError(name, `must be a number ≥ ${min}, got ${v}`);
-  return v;
 }
 
 function inc<K>(m: Map<K, number>, k: K): void {
