@@ -30,7 +30,12 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 need=()
 for cmd in "${!package[@]}"; do
-  command -v "$cmd" >/dev/null && continue
+  if [ "$cmd" = kubectl ]; then
+    # The end-to-end tests run this exact path (KUBECTL in test/support/index.ts), not whatever kubectl is on PATH.
+    [ -x /usr/bin/kubectl ] && continue
+  else
+    command -v "$cmd" >/dev/null && continue
+  fi
   pkg=${package[$cmd]}
   [[ " ${need[*]} " == *" $pkg "* ]] || need+=("$pkg")
 done
