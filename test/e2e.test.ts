@@ -3,12 +3,12 @@
  * watches, all through a real apilb Daemon in front of three kube-apiserver stand-ins, including while one of them
  * crashes, shuts down gracefully, hangs or drains; and `apilb demo` (the built CLI) used as its output says.
  */
+import { CLI } from './support/cli.js';
 import t, { type Test } from 'tap';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createTestCA, h2Request, runCurl, runKubectl, KUBECTL, waitFor, type CommandResult } from './support/index.js';
 import {
   childPids,
@@ -268,8 +268,6 @@ t.test('watch through apilb: left alone while its API server drains (readyz fail
     'no watch was closed',
   );
 });
-
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
 /** A command line the demo printed for the user to paste, split into words (the demo's paths have no spaces). */
 function pasted(stderr: string, re: RegExp): string[] {

@@ -2,6 +2,7 @@
  * Data path on real loopback sockets: round-robin, connect failover table, bit-exact bulk both ways, half-close,
  * resets, max-connections and leaks.
  */
+import { CLI } from './support/cli.js';
 import t from 'tap';
 import { randomBytes, createHash } from 'node:crypto';
 import { connect, Socket } from 'node:net';
@@ -450,14 +451,13 @@ t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and
   const [srv] = await servers(tt, echoServer());
   const { spawn } = await import('node:child_process');
   const { readdirSync } = await import('node:fs');
-  const cli = new URL('../dist/cli.js', import.meta.url).pathname;
   const child = spawn(
     'sh',
     [
       '-c',
       'ulimit -n 64 && exec "$0" "$@"',
       process.execPath,
-      cli,
+      CLI,
       'run',
       '--listen',
       '127.0.0.1:0',

@@ -3,6 +3,7 @@
  * within --shutdown-timeout, the rest are closed after it; a second SIGTERM exits at once; SIGHUP reloads.
  * In-process through Daemon.close(), and end to end through a spawned `node dist/cli.js run`.
  */
+import { CLI } from './support/cli.js';
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,15 +11,12 @@ import { type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { resolveConfig } from '../src/config/config.js';
 import { Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/logging.js';
 import { dial, echoServer, ended, readBytes, until } from './support/net.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
-
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
 async function echoes(s: Socket, payload: string): Promise<boolean> {
   s.write(payload);
@@ -239,11 +237,10 @@ t.test('SIGHUP while apilb is still starting (first health round) does not kill 
   const hung = await silentServer();
   tt.teardown(() => hung.close());
   const { spawn } = await import('node:child_process');
-  const cli = new URL('../dist/cli.js', import.meta.url).pathname;
   const child = spawn(
     process.execPath,
     [
-      cli,
+      CLI,
       'run',
       '--listen',
       '127.0.0.1:0',

@@ -2,6 +2,7 @@
  * sd_notify against a real AF_UNIX/SOCK_DGRAM receiver (python3, the way systemd reads it: SO_PASSCRED on,
  * received fds closed, which is what releases systemd-notify's BARRIER=1 wait).
  */
+import { CLI } from './support/cli.js';
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -233,11 +234,10 @@ t.test('apilb run under Type=notify: READY=1 once serving, WATCHDOG=1, STOPPING=
   await new Promise<void>((r) => backend.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => new Promise<void>((r) => backend.close(() => r())));
   const port = (backend.address() as { port: number }).port;
-  const cli = new URL('../dist/cli.js', import.meta.url).pathname;
   const child = spawn(
     process.execPath,
     [
-      cli,
+      CLI,
       'run',
       '--backend',
       `127.0.0.1:${port}`,

@@ -12,17 +12,16 @@
  * Why not `systemd-socket-activate`: it execs its child once and cannot restart it, and it needs a fixed port.
  * Why `sh` holds the socket and not this process: a listening net.Server here would accept connections itself.
  */
+import { CLI } from './support/cli.js';
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { echoServer, until } from './support/net.js';
 
 // The real CLI, as the unit's ExecStart runs it: it adopts the passed socket (src/systemd/listen-fds.ts) and
 // ignores --listen.
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
 // The "socket unit": holds fd 3 for its whole life; starts/stops apilb on command, one per line on stdin.
 const SUPERVISOR = `
