@@ -4,6 +4,7 @@
 //   'S'                    → source: streams bytes as fast as the client reads (bulk throughput)
 //   'P'                    → paced source: ~200 MB/s (400 KB every 2 ms while the socket keeps up), so every
 //                            proxy carries the same load with CPU to spare and CPU s/GB compares like for like
+//   'U'                    → sink: reads and discards everything the client sends (bulk upload, client → API server)
 //   'H'                    → hold: answers 'h' once, then keeps the connection open (open-connection RSS)
 // Prints {"ports":[...]} on stdout when ready. Exits when stdin closes (parent gone).
 import { createServer } from 'node:net';
@@ -68,6 +69,8 @@ function onConnection(sock) {
         if (sock.writableLength < 1024 * 1024) sock.write(burst);
       }, 2);
       sock.on('close', () => clearInterval(t));
+    } else if (b === 0x55 /* U */) {
+      sock.on('data', () => {});
     } else if (b === 0x48 /* H */) {
       sock.on('data', () => {});
       sock.on('end', () => sock.end());

@@ -1,6 +1,8 @@
 // Load generator, a separate process so it never shares an event loop with what it measures.
 // node bench/loadgen.js '<json>' — modes:
 //   {mode:'bulk', port, streams, seconds, warmup, paced}   → {mbps, bytes, total} (paced: ~200 MB/s per stream)
+//   {mode:'upload', port, streams, seconds, warmup}        → {mbps, bytes, total}: writes as fast as the path takes
+//                                                            (bytes counted when the kernel accepted them)
 //   {mode:'hold', port, count, batch}               → prints {ready, opened, failed}, then holds until stdin closes
 //   {mode:'https', port, conns, seconds, newConn, path, ca} → {rps, p50, p99, errors} (fallback when wrk is absent)
 import { connect } from 'node:net';
@@ -32,6 +34,40 @@ if (opt.mode === 'bulk') {
     setTimeout(() => {
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       counting = false;
+      for (const s of socks) s.destroy();
+      out({ mbps: bytes / secs / 1e6, bytes, total, errors });
+      process.exit(0);
+    }, opt.seconds * 1000);
+  }, (opt.warmup ?? 0.5) * 1000);
+} else if (opt.mode === 'upload') {
+  let bytes = 0;
+  let total = 0;
+  let counting = false;
+  let stop = false;
+  let errors = 0;
+  const chunk = Buffer.alloc(64 * 1024, 0x75);
+  const socks = [];
+  for (let i = 0; i < opt.streams; i++) {
+    const s = connect({ port: opt.port, host });
+    s.on('error', () => { errors++; });
+    // Count a chunk when write() hands it on without buffering or when its callback says it left the process.
+    const pump = () => {
+      while (!stop && s.writable) {
+        const ok = s.write(chunk, () => { total += chunk.length; if (counting) bytes += chunk.length; });
+        if (!ok) return;
+      }
+    };
+    s.on('connect', () => { s.write('U'); pump(); });
+    s.on('drain', pump);
+    socks.push(s);
+  }
+  setTimeout(() => {
+    counting = true;
+    const t0 = process.hrtime.bigint();
+    setTimeout(() => {
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      counting = false;
+      stop = true;
       for (const s of socks) s.destroy();
       out({ mbps: bytes / secs / 1e6, bytes, total, errors });
       process.exit(0);

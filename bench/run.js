@@ -191,6 +191,9 @@ for (let r = 0; r < rounds; r++) {
       push(t, `bulk${streams}`, b.mbps);
       if (t.pid) push(t, `cpuPerGB${streams}`, b.cpu / (b.total / 1e9));
     }
+    const up = await withCpu(t, () => runLoadgen({ mode: 'upload', port: t.port, streams: 1, seconds: phase, warmup: 0.5 }));
+    push(t, 'upload1', up.mbps);
+    if (t.pid) push(t, 'cpuPerGBUp', up.cpu / (up.total / 1e9));
     const pc = await withCpu(t, () => runLoadgen({ mode: 'bulk', port: t.port, streams: 1, seconds: phase, warmup: 0.5, paced: true }));
     push(t, 'pacedMBps', pc.mbps);
     if (t.pid) push(t, 'cpuPerGBPaced', pc.cpu / (pc.total / 1e9));
@@ -226,6 +229,7 @@ await killChild(backend);
 const rows = [
   ['bulk throughput, 1 stream (MB/s)', 'bulk1', 'higher', 0],
   ['bulk throughput, 4 streams (MB/s)', 'bulk4', 'higher', 0],
+  ['bulk upload, 1 stream, client → API server (MB/s)', 'upload1', 'higher', 0],
   ['HTTPS keep-alive, 4 conns (req/s)', 'kaRps', 'higher', 0],
   ['  p50 latency (ms)', 'kaP50', 'lower', 3],
   ['  p99 latency (ms)', 'kaP99', 'lower', 3],
@@ -233,6 +237,7 @@ const rows = [
   ['  p99 latency (ms)', 'ncP99', 'lower', 2],
   ['CPU s per GB (1 stream)', 'cpuPerGB1', 'lower', 2],
   ['CPU s per GB (4 streams)', 'cpuPerGB4', 'lower', 2],
+  ['CPU s per GB uploaded (1 stream)', 'cpuPerGBUp', 'lower', 2],
   ['CPU s per GB at a paced ~200 MB/s (1 stream)', 'cpuPerGBPaced', 'lower', 2],
   ['  paced stream delivered (MB/s)', 'pacedMBps', 'higher', 0],
   ['CPU s per 100k keep-alive requests', 'cpuPer100k', 'lower', 2],
@@ -295,7 +300,9 @@ ${machine}
 
 ${md}
 ${failures.length ? `\nErrors seen: ${failures.join('; ')}\n` : ''}${warnings.map((w) => `\n**Warning:** ${w}\n`).join('')}
-How it is measured: bulk = \`bench/loadgen.js\` reading from a source backend for ${phase} s after 0.5 s warm-up
+How it is measured: bulk = \`bench/loadgen.js\` reading from a source backend for ${phase} s after 0.5 s warm-up;
+upload = the same in the other direction (the client writes 64 KiB chunks as fast as the path takes them, a sink
+backend discards them)
 (as fast as possible, and paced at ~200 MB/s, where no process is short of CPU so CPU s/GB compares like for like);
 HTTPS = ${have('wrk') ? 'wrk -t1 -c4' : 'bench/loadgen.js https, 4 connections'}, ${phase} s, GET of a ~1 KB Node object over TLS
 (the proxy passes TLS through; the backend terminates it), new-connection test with \`Connection: close\` (a
