@@ -136,6 +136,9 @@ export class Daemon {
   /** Failed binds of the admin endpoint (it is retried; see bindAdmin). */
   adminBindFailures = 0;
   private adminRetry: TimerHandle | undefined;
+  /** Failed binds of the metrics-only listener (--metrics-listen), retried like the admin endpoint's. */
+  metricsBindFailures = 0;
+  private metricsRetry: TimerHandle | undefined;
   /** apilb's own listeners, never backends (see guardOwnListeners). */
   private readonly ownListeners = new AddressPolicy({ allowLocal: true });
 
@@ -213,6 +216,7 @@ export class Daemon {
       readiness: () => this.readiness(),
       listeners: () => this.listeners.filter((s) => s.listening).length,
       admin: () => ({ listening: this.admin.server.listening, bindFailures: this.adminBindFailures }),
+      ...(config.metricsListen ? { metricsListener: () => ({ bindFailures: this.metricsBindFailures }) } : {}),
       ...(config.discoverEndpointslices ? { discovery: () => this.discovery?.stats } : {}),
       credentials: () => this.credentials.status(),
     });
@@ -352,7 +356,7 @@ export class Daemon {
         this.discovery.start();
       }
       await this.bindAdmin(0);
-      if (this.config.metricsListen) await this.metricsServer?.listen(this.config.metricsListen);
+      if (this.config.metricsListen && this.metricsServer) await this.bindMetricsListener(this.config.metricsListen, this.metricsServer, 0);
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
       this.credentials.start();
@@ -428,7 +432,7 @@ export class Daemon {
       await this.admin.listen(this.config.adminListen);
     } catch (err) {
       this.adminBindFailures++;
-      const delay = Math.min(60_000, 1000 * 2 ** Math.min(attempt, 6));
+      const delay = bindRetryDelay(attempt);
       const e = err as Error & { code?: string };
       this.logger.error(
         { event: 'admin_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
@@ -452,6 +456,35 @@ export class Daemon {
         `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`,
       );
     }
+  }
+
+  /**
+   * Binds the metrics-only listener (--metrics-listen). Like the admin endpoint, a failure never stops apilb (a
+   * node exporter or another agent may hold that port; crash-looping would take the node off the API for a
+   * scrape target): logged as an error, counted (apilb_metrics_listener_bind_failures_total, readable through the
+   * admin endpoint's /metrics meanwhile) and retried with the same backoff.
+   */
+  private async bindMetricsListener(address: Address, server: MetricsServer, attempt: number): Promise<void> {
+    this.metricsRetry = undefined;
+    if (this.closing) return;
+    try {
+      await server.listen(address);
+    } catch (err) {
+      this.metricsBindFailures++;
+      const delay = bindRetryDelay(attempt);
+      const e = err as Error & { code?: string };
+      this.logger.error(
+        { event: 'metrics_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
+        `metrics listener NOT available (${e.message}); apilb keeps serving clients (the admin endpoint's /metrics still answers) and retries in ${delay / 1000} s`,
+      );
+      this.metricsRetry = this.clock.setTimeout(() => void this.bindMetricsListener(address, server, attempt + 1), delay);
+      return;
+    }
+    if (attempt > 0)
+      this.logger.warn(
+        { event: 'metrics_bound', metrics: formatAddress(address), failures: attempt },
+        `metrics listener listening on ${formatAddress(address)} after ${attempt} failed binds`,
+      );
   }
 
   /**
@@ -576,6 +609,7 @@ export class Daemon {
       );
       await this.proxy.close(timeoutMs);
       this.clock.clearTimeout(this.adminRetry);
+      this.clock.clearTimeout(this.metricsRetry);
       await this.admin.close();
       await this.metricsServer?.close();
       this.metrics.close();
@@ -585,6 +619,11 @@ export class Daemon {
     })();
     return this.closing;
   }
+}
+
+/** Backoff between retried binds of the admin endpoint and the metrics listener: 1 s doubling to 60 s. */
+function bindRetryDelay(attempt: number): number {
+  return Math.min(60_000, 1000 * 2 ** Math.min(attempt, 6));
 }
 
 /** What {@link Daemon} sets on its proxy from the configuration (at start and on reload). */

@@ -32,7 +32,7 @@ export class MetricsServer {
 
   /** Binds to `address`. */
   async listen(address: Address): Promise<void> {
-    await bindListener(this.server as unknown as NetServer, address, 64);
+    await bindListener(this.server as unknown as NetServer, address, 64, '--metrics-listen');
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {

@@ -52,6 +52,8 @@ export interface MetricsOptions {
   counters?: { reloads?: ReadonlyMap<string, number>; dnsFailures?: ReadonlyMap<string, number>; lastReloadSuccessful?: () => boolean };
   /** The admin endpoint: bound or not (its bind is retried), and failed binds so far. Default: not bound, 0. */
   admin?: () => { listening: boolean; bindFailures: number };
+  /** The metrics-only listener (--metrics-listen), when configured. */
+  metricsListener?: () => { bindFailures: number };
   /** Readiness for `apilb_ready`. Default: always false. */
   readiness?: () => { ready: boolean };
   /** Number of bound client listeners for `apilb_listeners`. Default: 0. */
@@ -304,6 +306,16 @@ export function createMetrics(options: MetricsOptions): Metrics {
     [],
     () => [[{}, admin().bindFailures]],
   );
+  const metricsListener = options.metricsListener;
+  if (metricsListener) {
+    readCounter(
+      registry,
+      'apilb_metrics_listener_bind_failures_total',
+      'Failed binds of the metrics-only listener (--metrics-listen; retried with backoff; the data path serves regardless).',
+      [],
+      () => [[{}, metricsListener().bindFailures]],
+    );
+  }
   readGauge(registry, 'apilb_ready', '1 when /readyz answers 200.', [], () => [[{}, options.readiness?.().ready ? 1 : 0]]);
 
   // ---- EndpointSlice discovery (owner: src/discovery/endpointslices.ts; only with --discover-endpointslices) ----
