@@ -37,7 +37,15 @@ async function exported(): Promise<ReturnType<typeof parseExposition>> {
   const proxy = new Proxy({ pool });
   const b = pool.add({ address: parseAddress('127.0.0.1:6443') });
   const health = new EventEmitter<{ check: [HealthCheckEvent] }>();
-  const metrics = createMetrics({ pool, proxy, health, version: 'test', counters: { dnsFailures: new Map([['api:6443', 1]]) }, discovery: () => undefined });
+  const metrics = createMetrics({
+    pool,
+    proxy,
+    health,
+    version: 'test',
+    counters: { dnsFailures: new Map([['api:6443', 1]]) },
+    discovery: () => undefined,
+    metricsListener: () => ({ bindFailures: 0 }),
+  });
   health.emit('check', { backend: b, result: { ok: true, latencyMs: 1 } });
   const m = parseExposition(await metrics.render());
   metrics.close();
