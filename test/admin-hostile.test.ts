@@ -2,7 +2,7 @@
  * The admin endpoint under hostile local input (issue 19, findings 4 and 5): a taken admin port never stops the
  * data path; DNS rebinding (foreign Host), browser-sendable reloads and request floods are refused or bounded.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { request as httpRequest, type Agent } from 'node:http';
 import { createServer, type AddressInfo, type Server } from 'node:net';
@@ -13,8 +13,6 @@ import { dial, echoServer, readBytes, until } from './support/net.js';
 import { FakeClock } from './support/fake-clock.js';
 import { captureLogger } from './support/logs.js';
 import { CLI } from './support/cli.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 function call(
   port: number,

@@ -3,7 +3,7 @@
  * APILB_CONFIG, `check-config` exit codes, `run` on an address in use, and kubeconfig credentials from file
  * paths (relative to the kubeconfig) and inline `*-data`.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { runCli } from './support/cli.js';
 import { mkdirSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
@@ -17,8 +17,6 @@ import { formatAddress, formatDuration, parseAddress, parseDuration } from '../s
 import { createTestCA } from '../src/demo/test-ca.js';
 import { tempDir, writeIn } from './support/index.js';
 import { ConfigError, hasCode } from '../src/errors.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const BASE = { backends: ['10.0.0.1:6443'], healthCheckInsecure: true };
 

@@ -3,7 +3,7 @@
  * failure or empty answers, the name itself as a fallback when the first resolution fails, and the daemon
  * wiring (names resolved before binding, IP literals in the static source).
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { BackendSet } from '../src/discovery/backend-set.js';
 import { DnsDiscovery, isDnsName, type DnsErrorEvent, type DnsStaleEvent, type ResolvedAddress } from '../src/discovery/dns.js';
@@ -15,8 +15,6 @@ import { Pool } from '../src/pool/pool.js';
 import { OptionError } from '../src/errors.js';
 import { FakeClock } from './support/fake-clock.js';
 import { dial, echoServer, readBytes, until } from './support/net.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 /** A resolver whose answers the test sets per host; `calls` counts lookups. */
 function scriptedResolver() {

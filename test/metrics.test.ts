@@ -4,7 +4,7 @@
  * disappearing, /status and /readyz, `apilb status` output, and promtool on the exposition. Plus unit tests of
  * createMetrics for what the daemon run cannot pin down deterministically (the health-check latency histogram).
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { CLI, runCli } from './support/cli.js';
 import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
@@ -22,8 +22,6 @@ import { parseAddress } from '../src/config/values.js';
 import { VERSION } from '../src/version.js';
 import { dial, echoServer, readBytes, until, type TestServer } from './support/net.js';
 import { parseExposition, promtool } from './support/prom-text.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 function httpText(url: string): Promise<{ status: number; body: string; contentType: string }> {
   return new Promise((resolve, reject) => {

@@ -3,7 +3,7 @@
  * backends, removed backends drained after --drain-timeout, settings applied, invalid configurations kept out
  * (old one active, failure counted), listener changes reported as needing a restart.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { type AddressInfo, type Socket } from 'node:net';
@@ -16,8 +16,6 @@ import { Daemon } from '../src/daemon.js';
 import { createTestCA } from '../src/demo/test-ca.js';
 import { createLogger } from '../src/logging.js';
 import { dial, echoServer, ended, readBytes, until, type TestServer } from './support/net.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 interface Harness {
   d: Daemon;

@@ -4,7 +4,7 @@
  * In-process through Daemon.close(), and end to end through a spawned `node dist/cli.js run`.
  */
 import { CLI } from './support/cli.js';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, type Socket } from 'node:net';
@@ -15,8 +15,6 @@ import { resolveConfig } from '../src/config/config.js';
 import { Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/logging.js';
 import { dial, echoServer, ended, readBytes, until } from './support/net.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 async function echoes(s: Socket, payload: string): Promise<boolean> {
   s.write(payload);

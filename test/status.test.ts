@@ -22,6 +22,7 @@ function backend(over: Partial<StatusBackend>): StatusBackend {
     removed: false,
     lastCheck: { result: 'ok', latencyMs: 12.4, error: null, status: 200, at: new Date(NOW - 1000).toISOString() },
     activeConnections: 3,
+    connectionShare: 1,
     totalConnections: 10,
     connectFailures: { refused: 2, timeout: 1 },
     checks: { ok: 5, status: 0, error: 0 },
@@ -45,6 +46,7 @@ function doc(over: Partial<StatusDoc>): StatusDoc {
     activeConnections: 3,
     acceptedConnections: 10,
     backends: [backend({})],
+    credentials: null,
     ...over,
   };
 }

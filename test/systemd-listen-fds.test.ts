@@ -2,7 +2,7 @@
  * Socket activation: environment parsing in-process, and real fd passing to a child (fds 3 and 4 at the child's
  * fd table, LISTEN_PID set by `sh -c 'export LISTEN_PID=$$; exec …'` the way systemd sets it after fork).
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -42,7 +42,7 @@ interface ChildReport {
   message?: string;
 }
 
-function listen(t: Tap.Test, host: string): Promise<Server> {
+function listen(t: Test, host: string): Promise<Server> {
   const s = createServer();
   t.teardown(() => {
     if (s.listening) s.close();
@@ -57,7 +57,7 @@ function handleFd(h: unknown): number {
 }
 
 /** Starts the child with `fds` at 3, 4, … and LISTEN_* set as systemd would; resolves with its report. */
-async function runChild(t: Tap.Test, fds: number[], names: string | undefined): Promise<{ report: ChildReport; stop: () => Promise<void> }> {
+async function runChild(t: Test, fds: number[], names: string | undefined): Promise<{ report: ChildReport; stop: () => Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'apilb-fds-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const script = join(dir, 'child.mts');

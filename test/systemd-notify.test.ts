@@ -3,7 +3,7 @@
  * received fds closed, which is what releases systemd-notify's BARRIER=1 wait).
  */
 import { CLI } from './support/cli.js';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,7 +46,7 @@ interface Receiver {
 }
 
 /** Starts the python receiver bound to `address` and resolves once it is bound. */
-async function startReceiver(t: Tap.Test, address: string): Promise<Receiver> {
+async function startReceiver(t: Test, address: string): Promise<Receiver> {
   const child = spawn('python3', ['-c', RECEIVER, address], { stdio: ['ignore', 'pipe', 'inherit'] });
   const messages: Datagram[] = [];
   t.teardown(() => {
@@ -73,7 +73,7 @@ async function startReceiver(t: Tap.Test, address: string): Promise<Receiver> {
 
 const waitFor = (cond: () => boolean, timeoutMs = 5000): Promise<boolean> => until(cond, 'condition', timeoutMs);
 
-function tmp(t: Tap.Test): string {
+function tmp(t: Test): string {
   const dir = mkdtempSync(join(tmpdir(), 'apilb-notify-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;

@@ -13,7 +13,7 @@
  * Why `sh` holds the socket and not this process: a listening net.Server here would accept connections itself.
  */
 import { CLI } from './support/cli.js';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo } from 'node:net';
@@ -51,7 +51,7 @@ interface Supervisor {
   proc: ChildProcess;
 }
 
-function startSupervisor(t: Tap.Test, fd: number, argv: string[]): Supervisor {
+function startSupervisor(t: Test, fd: number, argv: string[]): Supervisor {
   const proc = spawn('sh', ['-c', SUPERVISOR, 'supervisor', ...argv], {
     stdio: ['pipe', 'pipe', 'inherit', fd],
     env: { ...process.env, TS_NODE_TRANSPILE_ONLY: '1' },

@@ -4,7 +4,7 @@
  * saying so in STATUS=), and STATUS= follows health changes and reloads. The notify helper is a stand-in that
  * records its arguments, so the daemon's decisions are under test, not the datagram (test/systemd-notify.test.ts).
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +25,7 @@ interface Harness {
   startedAt: number;
 }
 
-async function harness(t: Tap.Test, apiReady: boolean): Promise<Harness> {
+async function harness(t: Test, apiReady: boolean): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'apilb-status-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const ca = createTestCA();

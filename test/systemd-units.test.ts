@@ -2,7 +2,7 @@
  * The shipped units: `systemd-analyze verify` clean, `systemd-analyze security` exposure ≤ 2.0, the settings the
  * code relies on, and the example config file accepted by the real config resolver.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,7 +25,7 @@ function analyze(args: string[], cwd?: string): { status: number | null; out: st
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
-function tmp(t: Tap.Test): string {
+function tmp(t: Test): string {
   const dir = mkdtempSync(join(tmpdir(), 'apilb-units-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;

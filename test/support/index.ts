@@ -73,7 +73,7 @@ export async function waitFor<T>(fn: () => T | Promise<T>, opts: WaitForOptions 
     }
   }
   try {
-    return (await until(attempt, opts.what ?? 'condition', opts.timeoutMs, opts.intervalMs)) as NonNullable<T>;
+    return await until(attempt, opts.what ?? 'condition', opts.timeoutMs, opts.intervalMs);
   } catch (err) {
     if (!lastErr) throw err;
     throw new Error(`${(err as Error).message} (last error: ${(lastErr as Error).message ?? String(lastErr)})`, { cause: err });

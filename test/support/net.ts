@@ -126,11 +126,11 @@ export function closed(s: Socket): Promise<boolean> {
  * The tests' one polling loop: polls `fn` until it returns truthy, at most `timeoutMs` (default 5000). Rejects with
  * `what` on timeout; an error thrown by `fn` rejects at once (index.ts's waitFor retries through errors instead).
  */
-export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 5000, intervalMs = 10): Promise<T> {
+export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 5000, intervalMs = 10): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
-    if (v) return v;
+    if (v) return v; // truthy, so neither null nor undefined
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
