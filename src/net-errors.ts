@@ -66,6 +66,18 @@ export function isTlsErrorCode(code: string | undefined): boolean {
   return code !== undefined && (TLS_CODES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_'));
 }
 
+/**
+ * What a failed TLS verification says about the server certificate, for hints: `name` when it does not carry the
+ * name verified (set a server name), `chain` when it does not verify against the CA (self-signed, unknown issuer,
+ * expired, ...); undefined for other failures (a handshake or protocol error, a non-TLS error). `chain` goes by the
+ * code's wording (CERT, SELF_SIGNED, UNABLE_TO_VERIFY), so the server's alerts about our client certificate
+ * (`ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE`, `..._CERTIFICATE_REQUIRED`) count as `chain` too.
+ */
+export function certificateFailure(code: string | undefined): 'name' | 'chain' | undefined {
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'name';
+  return code !== undefined && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code) ? 'chain' : undefined;
+}
+
 /** Describes a transport failure in a few words: `connection refused`, `tls: ... (CODE)`, ... */
 export function describeTransportError(err: unknown): string {
   const e = err as (Error & { code?: string }) | undefined;

@@ -4,7 +4,7 @@
  * they shared it (a table, so a change to one of them shows up here).
  */
 import t from 'tap';
-import { describeTransportError, errnoReason, isLocalResourceError, isTlsErrorCode, TLS_ERROR_PREFIX } from '../src/net-errors.js';
+import { certificateFailure, describeTransportError, errnoReason, isLocalResourceError, isTlsErrorCode, TLS_ERROR_PREFIX } from '../src/net-errors.js';
 import { DIAL_FAILURE_REASONS } from '../src/proxy/reasons.js';
 
 const err = (code: string | undefined, message = `connect ${code ?? 'failed'} 10.0.0.1:6443`) => Object.assign(new Error(message), code ? { code } : {});
@@ -50,4 +50,22 @@ t.test('TLS codes are described with the prefix the logger keys its hint off', a
   tt.notOk(isTlsErrorCode(undefined));
   tt.equal(describeTransportError(err('ETIMEDOUT', 'timeout: no answer within 500 ms')), 'timeout: no answer within 500 ms');
   tt.equal(describeTransportError('plain'), 'plain');
+});
+
+// [code, what it says about the server certificate] (discovery's hints: set --tls-server-name / check the cluster CA)
+const CERTIFICATE_CASES: [string | undefined, 'name' | 'chain' | undefined][] = [
+  ['ERR_TLS_CERT_ALTNAME_INVALID', 'name'],
+  ['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'chain'],
+  ['UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'chain'],
+  ['DEPTH_ZERO_SELF_SIGNED_CERT', 'chain'],
+  ['SELF_SIGNED_CERT_IN_CHAIN', 'chain'],
+  ['CERT_HAS_EXPIRED', 'chain'],
+  ['ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE', 'chain'],
+  ['ERR_SSL_WRONG_VERSION_NUMBER', undefined],
+  ['ECONNREFUSED', undefined],
+  [undefined, undefined],
+];
+
+t.test('certificate failures: a name the certificate lacks, or a chain that does not verify', async (tt) => {
+  for (const [code, failure] of CERTIFICATE_CASES) tt.equal(certificateFailure(code), failure, String(code));
 });

@@ -17,12 +17,12 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Config } from '../config/config.js';
 import { loadTlsMaterial } from '../config/tls.js';
 import { formatAddress, type Address } from '../config/values.js';
-import { ApilbError, OptionError } from '../errors.js';
+import { ApilbError, numberOption, OptionError } from '../errors.js';
 import { subscribeDiscoveryLogger, type Logger } from '../logging.js';
 import { AddressPolicy, canonicalAddress } from './address-policy.js';
 import type { BackendSet } from './backend-set.js';
-import { ListWatch, type ListWatchState, type ListWatchStats, type ListWatchTls, type WatchChange } from './list-watch.js';
-import { backendsFromSlices, implausibleReason, type EndpointSlice } from './slices.js';
+import { ListWatch, newListWatchStats, type ListWatchState, type ListWatchStats, type ListWatchTls, type WatchChange } from './list-watch.js';
+import { backendsFromSlices, compareAddresses, implausibleReason, type EndpointSlice } from './slices.js';
 import { caFingerprints, loadStateFile, saveStateFile } from './state-file.js';
 
 /** The BackendSet source name discovery owns. */
@@ -153,20 +153,13 @@ const FORBIDDEN_HINT = 'the kubeconfig identity may not list/watch endpointslice
 export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
   /** Counters for metrics (see {@link DiscoveryStats}). */
   readonly stats: DiscoveryStats = {
-    state: 'stopped',
-    lastSuccessTime: 0,
+    ...newListWatchStats(),
     lastChangeTime: 0,
     listSize: 0,
-    watchRestarts: 0,
-    lists: 0,
-    relists: 0,
-    errors: 0,
     rejected: 0,
     applied: 0,
-    resourceVersion: '',
     stateFile: 'disabled',
     stateFileErrors: 0,
-    lastError: '',
   };
   readonly target: Address;
   readonly stateDir: string | undefined;
@@ -216,14 +209,14 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     this.stateDir = options.stateDir || undefined;
     this.policy = new AddressPolicy({ own: options.exclude ?? [], allowLocal: options.allowLocal ?? false });
     this.clock = options.clock ?? systemClock;
-    this.debounceMs = num('debounceMs', options.debounceMs ?? 3000, 0);
-    this.maxDebounceMs = num('maxDebounceMs', options.maxDebounceMs ?? 3 * this.debounceMs, this.debounceMs);
-    this.backoffBaseMs = num('backoffBaseMs', options.backoffBaseMs ?? 1000, 1);
-    this.backoffMaxMs = num('backoffMaxMs', options.backoffMaxMs ?? Math.max(30_000, this.backoffBaseMs), this.backoffBaseMs);
-    this.requestTimeoutMs = num('requestTimeoutMs', options.requestTimeoutMs ?? 10_000, 1);
-    this.watchTimeoutSeconds = num('watchTimeoutSeconds', options.watchTimeoutSeconds ?? 300, 1);
-    this.minWatchMs = num('minWatchMs', options.minWatchMs ?? 1000, 0);
-    this.maxBackends = num('maxBackends', options.maxBackends ?? 64, 1);
+    this.debounceMs = numberOption('debounceMs', options.debounceMs ?? 3000, 0);
+    this.maxDebounceMs = numberOption('maxDebounceMs', options.maxDebounceMs ?? 3 * this.debounceMs, this.debounceMs);
+    this.backoffBaseMs = numberOption('backoffBaseMs', options.backoffBaseMs ?? 1000, 1);
+    this.backoffMaxMs = numberOption('backoffMaxMs', options.backoffMaxMs ?? Math.max(30_000, this.backoffBaseMs), this.backoffBaseMs);
+    this.requestTimeoutMs = numberOption('requestTimeoutMs', options.requestTimeoutMs ?? 10_000, 1);
+    this.watchTimeoutSeconds = numberOption('watchTimeoutSeconds', options.watchTimeoutSeconds ?? 300, 1);
+    this.minWatchMs = numberOption('minWatchMs', options.minWatchMs ?? 1000, 0);
+    this.maxBackends = numberOption('maxBackends', options.maxBackends ?? 64, 1);
     this.fingerprints = caFingerprints(options.tls.ca);
     this.listWatch = new ListWatch<EndpointSlice>({
       target: this.target,
@@ -304,7 +297,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     const list = r.backends
       .map(canonicalAddress)
       .filter((a) => this.policy.refusal(a) === undefined)
-      .sort(byAddress);
+      .sort(compareAddresses);
     const why = implausibleReason(list, this.maxBackends);
     if (why) {
       this.stats.stateFile = 'implausible';
@@ -437,15 +430,4 @@ export function discoveryOptionsFromConfig(config: Config, listeners: readonly S
 
 function keyOf(list: readonly Address[]): string {
   return list.map(formatAddress).join(',');
-}
-
-function byAddress(a: Address, b: Address): number {
-  const x = formatAddress(a);
-  const y = formatAddress(b);
-  return x < y ? -1 : x > y ? 1 : 0;
-}
-
-function num(name: string, v: number, min: number): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min) throw new OptionError(name, `must be a number ≥ ${min}, got ${v}`);
-  return v;
 }

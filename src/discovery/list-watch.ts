@@ -11,7 +11,10 @@ import { StringDecoder } from 'node:string_decoder';
 import type * as Undici from 'undici';
 import type { Client } from 'undici';
 import { jitter, type Clock } from '../clock.js';
+import { tlsClientOptions } from '../config/tls.js';
 import { formatAddress, type Address } from '../config/values.js';
+import { certificateFailure } from '../net-errors.js';
+import { readBodyText } from '../node-http.js';
 import { VERSION } from '../version.js';
 
 /**
@@ -43,6 +46,11 @@ export interface ListWatchStats {
   resourceVersion: string;
   /** Message of the last error; '' when none yet. */
   lastError: string;
+}
+
+/** Fresh {@link ListWatchStats}: stopped, nothing counted yet. */
+export function newListWatchStats(): ListWatchStats {
+  return { state: 'stopped', lastSuccessTime: 0, watchRestarts: 0, lists: 0, relists: 0, errors: 0, resourceVersion: '', lastError: '' };
 }
 
 /** The part of a Kubernetes object the client reads. */
@@ -149,22 +157,9 @@ export class ListWatch<T extends KubeObject> extends EventEmitter<ListWatchEvent
   constructor(options: ListWatchOptions<T>) {
     super();
     this.opts = options;
-    this.stats = options.stats ?? {
-      state: 'stopped',
-      lastSuccessTime: 0,
-      watchRestarts: 0,
-      lists: 0,
-      relists: 0,
-      errors: 0,
-      resourceVersion: '',
-      lastError: '',
-    };
-    const { tls } = options;
-    const connect: Record<string, unknown> = { ca: tls.ca, servername: tls.serverName || 'kubernetes', rejectUnauthorized: true };
-    if (tls.cert) {
-      connect.cert = tls.cert;
-      connect.key = tls.key;
-    }
+    this.stats = options.stats ?? newListWatchStats();
+    const { ca, cert, key, serverName } = options.tls;
+    const connect = tlsClientOptions({ ca, cert, key, insecure: false }, serverName || 'kubernetes');
     const origin = `https://${formatAddress(options.target)}`;
     // One connection: a LIST, then a long watch on the same keep-alive socket; pipelining 1 keeps it strictly
     // sequential. The connect timeout covers TCP and TLS through apilb, including apilb's failover across backends.
@@ -276,10 +271,10 @@ export class ListWatch<T extends KubeObject> extends EventEmitter<ListWatchEvent
         bodyTimeout: requestTimeoutMs,
       });
       if (res.statusCode !== 200) {
-        const body = await readText(res.body, 4096).catch(() => '');
+        const body = await readBodyText(res.body, 4096).catch(() => '');
         return this.fail('LIST', `HTTP ${res.statusCode}${statusMessage(body)}`, this.statusHint(res.statusCode));
       }
-      doc = JSON.parse(await readText(res.body, MAX_LIST_BYTES)) as typeof doc;
+      doc = JSON.parse(await readBodyText(res.body, MAX_LIST_BYTES)) as typeof doc;
     } catch (err) {
       if (this.closed) return 'ok';
       return this.fail('LIST', errorMessage(err), tlsHint(err));
@@ -327,7 +322,7 @@ export class ListWatch<T extends KubeObject> extends EventEmitter<ListWatchEvent
         return 'gone';
       }
       if (res.statusCode !== 200) {
-        const body = await readText(res.body, 4096).catch(() => '');
+        const body = await readBodyText(res.body, 4096).catch(() => '');
         this.stats.watchRestarts++;
         this.fail('WATCH', `HTTP ${res.statusCode}${statusMessage(body)}`, this.statusHint(res.statusCode));
         // A 4xx refuses this watch request itself (e.g. 431: a resourceVersion too large for the server's
@@ -404,18 +399,6 @@ export class ListWatch<T extends KubeObject> extends EventEmitter<ListWatchEvent
   }
 }
 
-async function readText(body: AsyncIterable<unknown>, limit: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of body) {
-    const b = c as Buffer;
-    n += b.length;
-    if (n > limit) throw new Error(`answer larger than ${limit} bytes`);
-    chunks.push(b);
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}
-
 function statusMessage(body: string): string {
   try {
     const s = JSON.parse(body) as { message?: string };
@@ -433,8 +416,11 @@ function errorMessage(err: unknown): string {
 }
 
 function tlsHint(err: unknown): string | undefined {
-  const code = String((err as NodeJS.ErrnoException)?.code ?? '');
-  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'the API server certificate does not carry the expected name: set --tls-server-name';
-  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code)) return 'the API server certificate does not verify against the cluster CA';
+  switch (certificateFailure((err as NodeJS.ErrnoException | undefined)?.code)) {
+    case 'name':
+      return 'the API server certificate does not carry the expected name: set --tls-server-name';
+    case 'chain':
+      return 'the API server certificate does not verify against the cluster CA';
+  }
   return undefined;
 }

@@ -5,13 +5,13 @@
 import { isIP } from 'node:net';
 import { formatAddress, type Address } from '../config/values.js';
 import { AddressPolicy, canonicalAddress } from './address-policy.js';
+import type { KubeObject } from './list-watch.js';
 
 /** Name of the Service port whose number the API servers listen on. */
 export const API_PORT_NAME = 'https';
 
 /** The parts of a discovery.k8s.io/v1 EndpointSlice discovery reads. */
-export interface EndpointSlice {
-  metadata?: { name?: string; resourceVersion?: string };
+export interface EndpointSlice extends KubeObject {
   /** `IPv4`, `IPv6` or `FQDN` (FQDN slices are skipped: the kubernetes Service never has them). */
   addressType?: string;
   endpoints?: Array<{ addresses?: string[]; conditions?: { ready?: boolean | null } | null }> | null;
@@ -87,8 +87,15 @@ export function backendsFromSlices(slices: Iterable<EndpointSlice>, policy: Addr
       }
     }
   }
-  const backends = [...byId.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, a]) => a);
+  const backends = [...byId.values()].sort(compareAddresses);
   return { backends, skipped, refused: [...new Set(refused)], notReady };
+}
+
+/** Orders addresses by their `HOST:PORT` spelling (the order of {@link SliceBackends.backends}). */
+export function compareAddresses(a: Address, b: Address): number {
+  const x = formatAddress(a);
+  const y = formatAddress(b);
+  return x < y ? -1 : x > y ? 1 : 0;
 }
 
 /**
