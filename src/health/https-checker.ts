@@ -18,8 +18,8 @@ import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
 import { VERSION } from '../version.js';
-import { describeTransportError, errnoReason, isLocalResourceError } from '../net-errors.js';
-import { elapsed, type Checker } from './checker.js';
+import { errnoReason } from '../net-errors.js';
+import { elapsed, transportFailure, type Checker } from './checker.js';
 
 /** Options of {@link HttpsChecker}. Durations in milliseconds. */
 export interface HttpsCheckerOptions {
@@ -127,13 +127,7 @@ export class HttpsChecker implements Checker {
         if (signal.aborted) return { ok: false, kind: 'transport', latencyMs: elapsed(start), error: `timeout after ${this.timeout} ms` };
         // A kept-alive connection the backend closed while idle is not the backend's fault: retry once, fresh.
         if (attempt === 0 && state.reused && isStaleConnectionError(err)) continue;
-        return {
-          ok: false,
-          kind: 'transport',
-          latencyMs: elapsed(start),
-          error: describeTransportError(err),
-          ...(isLocalResourceError(err) ? { local: true } : {}),
-        };
+        return transportFailure(start, err);
       } finally {
         signal.removeEventListener('abort', onCheckTimeout);
       }

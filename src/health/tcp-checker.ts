@@ -8,8 +8,7 @@ import { tlsClientOptions, type TlsMaterial } from '../config/tls.js';
 import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import type { CheckResult } from '../pool/pool.js';
-import { describeTransportError, isLocalResourceError } from '../net-errors.js';
-import { elapsed, type Checker } from './checker.js';
+import { elapsed, transportFailure, type Checker } from './checker.js';
 import { checkServerName } from './https-checker.js';
 
 /** Options of {@link TcpChecker}. */
@@ -62,14 +61,7 @@ export class TcpChecker implements Checker {
           }
         });
       };
-      const fail = (err: unknown): void =>
-        finish({
-          ok: false,
-          kind: 'transport',
-          latencyMs: elapsed(start),
-          error: describeTransportError(err),
-          ...(isLocalResourceError(err) ? { local: true } : {}),
-        });
+      const fail = (err: unknown): void => finish(transportFailure(start, err));
       const track = (s: Socket): void => {
         sockets.push(s);
         this.open.add(s);
