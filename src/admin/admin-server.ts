@@ -15,7 +15,7 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { isIP, type Server as NetServer } from 'node:net';
 import { systemClock, type Clock } from '../clock.js';
-import { createServer } from '../node-http.js';
+import { closeHttpServer, createAdminHttpServer } from '../node-http.js';
 import type { Address } from '../config/values.js';
 import { canonicalHost, classifyHost } from '../discovery/address-policy.js';
 import { OptionError } from '../errors.js';
@@ -89,11 +89,7 @@ export class AdminServer {
       const r = options.readiness();
       return { status: r.ready ? 200 : 503, body: `${r.ready ? 'ok' : 'not ready'}: ${r.reason}\n` };
     });
-    this.server = createServer(this.onRequest.bind(this));
-    // Admin clients are scrapers and humans: short timeouts keep a stuck client from holding a socket.
-    this.server.requestTimeout = 10_000;
-    this.server.headersTimeout = 5_000;
-    this.server.keepAliveTimeout = 5_000;
+    this.server = createAdminHttpServer(this.onRequest.bind(this));
     this.server.maxConnections = 64;
   }
 
@@ -165,13 +161,9 @@ export class AdminServer {
       .finally(() => this.inFlight--);
   }
 
-  /** Stops the server and closes idle keep-alive connections. */
+  /** Stops the server and closes its connections. */
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      if (!this.server.listening) return resolve();
-      this.server.close(() => resolve());
-      this.server.closeAllConnections();
-    });
+    return closeHttpServer(this.server);
   }
 }
 

@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Server as NetServer } from 'node:net';
-import { createServer } from '../node-http.js';
+import { closeHttpServer, createAdminHttpServer } from '../node-http.js';
 import type { Address } from '../config/values.js';
 import { bindListener } from '../proxy/listen.js';
 
@@ -22,11 +22,7 @@ export class MetricsServer {
 
   constructor(source: MetricsSource) {
     this.source = source;
-    this.server = createServer(this.onRequest.bind(this));
-    // Scrapers only: short timeouts keep a stuck or hostile client from holding a socket.
-    this.server.requestTimeout = 10_000;
-    this.server.headersTimeout = 5_000;
-    this.server.keepAliveTimeout = 5_000;
+    this.server = createAdminHttpServer(this.onRequest.bind(this));
     this.server.maxHeadersCount = 50;
   }
 
@@ -50,11 +46,7 @@ export class MetricsServer {
 
   /** Stops the server and closes its connections. */
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      if (!this.server.listening) return resolve();
-      this.server.close(() => resolve());
-      this.server.closeAllConnections();
-    });
+    return closeHttpServer(this.server);
   }
 }
 
