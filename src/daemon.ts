@@ -198,6 +198,18 @@ export class Daemon {
           `new credentials not applied: ${(err as Error).message}`,
         );
       }
+      // Discovery's own connection follows a rotated CA or client certificate too (its token is read per request).
+      const m = ev.material;
+      if (this.discovery && m.ca && (ev.changed.includes('CA') || ev.changed.includes('client certificate'))) {
+        try {
+          this.discovery.updateTls({ ca: m.ca, ...(m.cert && m.key ? { cert: m.cert, key: m.key } : {}) });
+        } catch (err) {
+          this.logger.error(
+            { event: 'credentials_rejected', component: 'discovery', code: 'APILB_ERR_TLS_CONFIG', err: (err as Error).message },
+            `new credentials not applied to EndpointSlice discovery: ${(err as Error).message}`,
+          );
+        }
+      }
     });
     // A 401/403 may mean an exec credential was revoked or expired early: the plugin runs again (rate-limited).
     this.health.on('check', (ev) => {

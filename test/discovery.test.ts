@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
@@ -1055,4 +1055,96 @@ t.test('daemon: a DNS name or seed naming apilb itself in another spelling is ne
     c.destroy();
   }
   t.same([...new Set(dialed)], [good], 'only the real backend was ever dialed');
+});
+
+t.test('TLS rotation: updateTls applies a new CA and client certificate from the next request, without a restart', async (t) => {
+  // The API server's certificate now comes from another CA (the cluster's CA was rotated): the old trust fails.
+  const cluster = new FakeCluster();
+  const [s] = await startApiStandIns(cluster, ['127.0.0.2'], { tls: otherCa.server(), ca: ca.cert });
+  t.teardown(() => s!.close());
+  cluster.setSlice('kubernetes', eps('127.0.0.2'), s!.port);
+  const set = new BackendSet(new Pool());
+  const clock = new FakeClock();
+  const { logger } = captureLogger();
+  const d = new EndpointSliceDiscovery({
+    backendSet: set,
+    target: { host: s!.host, port: s!.port },
+    tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key },
+    clock,
+    random: () => 0.5,
+    logger,
+    allowLocal: true,
+  });
+  t.teardown(() => d.close());
+  d.start();
+  await until(() => d.stats.errors === 1, 'the TLS failure with the old CA');
+  // Unusable material is refused as a whole; the old stays.
+  t.throws(() => d.updateTls({ ca: 'not a certificate' }), { code: 'APILB_ERR_TLS_CONFIG' }, 'a CA without a certificate is refused');
+  t.throws(() => d.updateTls({ ca: otherCa.cert, cert: clientCert.cert }), /needs both cert and key/, 'a certificate without its key is refused');
+  // The rotated files (a bundle with both CAs, as during a rotation, and a renewed client certificate) apply
+  // from the next request on.
+  const renewed = ca.client('system:node:node-1-renewed', 'system:nodes');
+  d.updateTls({ ca: ca.cert + otherCa.cert, cert: renewed.cert, key: renewed.key });
+  clock.advance(60_000); // past the backoff
+  await until(() => d.stats.lastSuccessTime > 0, 'a LIST with the new CA');
+  t.same(
+    cluster.requests.map((q) => q.cn),
+    cluster.requests.map(() => 'system:node:node-1-renewed'),
+    'every request that reached the API server came with the renewed client certificate',
+  );
+  t.ok(cluster.requests.length >= 1);
+  await until(() => (set.get(ENDPOINTSLICES_SOURCE) ?? []).length === 1, 'the list is applied');
+});
+
+t.test('TLS rotation: the watch in flight keeps its connection (no re-list); the old client closes after it', async (t) => {
+  const r = await rig(t);
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2'), r.port);
+  await r.caughtUp();
+  await until(() => r.d.stats.state === 'watching', 'a watch open');
+  const relists = r.d.stats.relists;
+  const lists = r.cluster.requests.filter((q) => q.kind === 'list').length;
+  const watches = r.cluster.requests.filter((q) => q.kind === 'watch').length;
+  r.d.updateTls({ ca: ca.cert, cert: clientCert.cert, key: clientCert.key });
+  r.cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), r.port);
+  await r.caughtUp();
+  t.equal(r.d.stats.relists, relists, 'no re-list');
+  t.equal(r.cluster.requests.filter((q) => q.kind === 'list').length, lists, 'no new LIST');
+  t.equal(r.cluster.requests.filter((q) => q.kind === 'watch').length, watches, 'no new WATCH: the change came through the watch in flight');
+});
+
+t.test('daemon: a renewed client certificate in the kubeconfig reaches discovery too (its next request presents it)', async (t) => {
+  const cluster = new FakeCluster();
+  const standIns = await startApiStandIns(cluster, ['127.0.0.2', '127.0.0.3'], { tls: serverCert, ca: ca.cert });
+  t.teardown(() => Promise.all(standIns.map((s) => s.close())));
+  const p = standIns[0]!.port;
+  cluster.setSlice('kubernetes', eps('127.0.0.2', '127.0.0.3'), p);
+  // kubelet's layout: the kubeconfig names a cert/key pair that kubelet rewrites in place when it renews.
+  const dir = tmp(t, 'apilb-pki-');
+  const certFile = join(dir, 'kubelet-client.crt');
+  const keyFile = join(dir, 'kubelet-client.key');
+  writeFileSync(certFile, clientCert.cert);
+  writeFileSync(keyFile, clientCert.key);
+  const kubeconfig = join(dir, 'kubelet.conf');
+  writeFileSync(kubeconfig, readFileSync(writeKubeconfig(t), 'utf8').replace(clientCert.certFile, certFile).replace(clientCert.keyFile, keyFile));
+  const d = await daemon(t, [`127.0.0.2:${p}`], kubeconfig, tmp(t, 'apilb-state-'));
+  await until(() => d.discovery!.stats.applied === 1 && cluster.openWatches === 1, 'first list applied, watching', 5000);
+  t.ok(
+    cluster.requests.every((q) => q.cn === 'system:node:node-1'),
+    'the first identity',
+  );
+  const renewed = ca.client('system:node:node-1-renewed', 'system:nodes');
+  // Atomic replacement, key first: a reader never sees a certificate without its key.
+  writeFileSync(`${keyFile}.tmp`, renewed.key);
+  renameSync(`${keyFile}.tmp`, keyFile);
+  writeFileSync(`${certFile}.tmp`, renewed.cert);
+  renameSync(`${certFile}.tmp`, certFile);
+  await until(() => d.credentials.material.cert === renewed.cert, 'the credentials watcher read the renewed pair', 10_000);
+  const before = cluster.requests.length;
+  cluster.endWatches(); // the API server ends the watch (as it does every few minutes): discovery re-watches
+  await until(() => cluster.requests.length > before, 'the next discovery request', 10_000);
+  t.same(
+    cluster.requests.slice(before).map((q) => q.cn),
+    cluster.requests.slice(before).map(() => 'system:node:node-1-renewed'),
+    'the requests after the renewal present the renewed certificate',
+  );
 });

@@ -177,7 +177,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
   /** Which discovered addresses may become backends (own listeners never; loopback/link-local on opt-in). */
   readonly policy: AddressPolicy;
   private readonly clock: Clock;
-  private readonly fingerprints: string[];
+  private fingerprints: string[];
   private readonly slices = new Map<string, EndpointSlice>();
   private running = false;
   private closed = false;
@@ -197,13 +197,7 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     if (!options.target || !Number.isInteger(options.target.port) || options.target.port < 1) {
       throw new OptionError('target', 'must be the HOST:PORT of a bound apilb listener');
     }
-    if (!options.tls?.ca || caFingerprints(options.tls.ca).length === 0) {
-      throw new ApilbError(
-        'APILB_ERR_TLS_CONFIG',
-        'EndpointSlice discovery verifies the API server: the cluster CA (certificate-authority in --kubeconfig, or --ca-file) is missing or holds no certificate',
-      );
-    }
-    if (Boolean(options.tls.cert) !== Boolean(options.tls.key)) throw new OptionError('tls', 'needs both cert and key, or neither');
+    checkDiscoveryTls(options.tls);
     this.backendSet = options.backendSet;
     this.target = options.target;
     this.stateDir = options.stateDir || undefined;
@@ -246,6 +240,18 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
     this.stats.state = 'starting';
     this.loadState();
     this.listWatch.start();
+  }
+
+  /**
+   * Applies rotated TLS material (the credentials watcher's `reloaded` event): new CA and client certificate
+   * from the next LIST/WATCH on, without interrupting the watch in flight. Validated like at construction; an
+   * unusable set throws (ApilbError/OptionError) and the old one stays. The state file is written with the new
+   * CA's fingerprints from then on.
+   */
+  updateTls(tls: Pick<DiscoveryTls, 'ca' | 'cert' | 'key'>): void {
+    checkDiscoveryTls(tls);
+    this.fingerprints = caFingerprints(tls.ca);
+    this.listWatch.updateTls(tls);
   }
 
   /**
@@ -383,6 +389,17 @@ export class EndpointSliceDiscovery extends EventEmitter<DiscoveryEvents> {
       }
     });
   }
+}
+
+/** Discovery always verifies: a CA with at least one certificate, and a client cert only with its key. */
+function checkDiscoveryTls(tls: Partial<Pick<DiscoveryTls, 'ca' | 'cert' | 'key'>> | undefined): asserts tls is Pick<DiscoveryTls, 'ca' | 'cert' | 'key'> {
+  if (!tls?.ca || caFingerprints(tls.ca).length === 0) {
+    throw new ApilbError(
+      'APILB_ERR_TLS_CONFIG',
+      'EndpointSlice discovery verifies the API server: the cluster CA (certificate-authority in --kubeconfig, or --ca-file) is missing or holds no certificate',
+    );
+  }
+  if (Boolean(tls.cert) !== Boolean(tls.key)) throw new OptionError('tls', 'needs both cert and key, or neither');
 }
 
 /** What {@link discoveryOptionsFromConfig} derives from the configuration. */

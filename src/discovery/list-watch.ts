@@ -143,7 +143,8 @@ export class ListWatch<T extends KubeObject> extends EventEmitter<ListWatchEvent
   /** Counters for metrics (see {@link ListWatchStats}). */
   readonly stats: ListWatchStats;
   private readonly opts: ListWatchOptions<T>;
-  private readonly client: Client;
+  private client: Client;
+  private readonly origin: string;
   private closed = false;
   private loop: Promise<void> | undefined;
   private abort: AbortController | undefined;
@@ -158,17 +159,36 @@ export class ListWatch<T extends KubeObject> extends EventEmitter<ListWatchEvent
     super();
     this.opts = options;
     this.stats = options.stats ?? newListWatchStats();
-    const { ca, cert, key, serverName } = options.tls;
+    this.origin = `https://${formatAddress(options.target)}`;
+    this.client = this.newClient(options.tls);
+  }
+
+  /**
+   * One connection: a LIST, then a long watch on the same keep-alive socket; pipelining 1 keeps it strictly
+   * sequential. The connect timeout covers TCP and TLS through apilb, including apilb's failover across backends.
+   */
+  private newClient(tls: Pick<ListWatchTls, 'ca' | 'cert' | 'key' | 'serverName'>): Client {
+    const { ca, cert, key, serverName } = tls;
     const connect = tlsClientOptions({ ca, cert, key, insecure: false }, serverName || 'kubernetes');
-    const origin = `https://${formatAddress(options.target)}`;
-    // One connection: a LIST, then a long watch on the same keep-alive socket; pipelining 1 keeps it strictly
-    // sequential. The connect timeout covers TCP and TLS through apilb, including apilb's failover across backends.
-    this.client = new (loadUndiciClient())(origin, {
+    return new (loadUndiciClient())(this.origin, {
       connect,
       pipelining: 1,
       keepAliveTimeout: 30_000,
-      connectTimeout: options.timing.requestTimeoutMs,
+      connectTimeout: this.opts.timing.requestTimeoutMs,
     });
+  }
+
+  /**
+   * Uses new trust and client credentials (rotated files) from the next request on. The request in flight (a
+   * watch, typically) keeps its connection, which was authenticated with the old ones and stays valid; the old
+   * client closes once it is done, so a rotation costs no re-list.
+   */
+  updateTls(tls: Pick<ListWatchTls, 'ca' | 'cert' | 'key'>): void {
+    if (this.closed) return;
+    const old = this.client;
+    const serverName = this.opts.tls.serverName;
+    this.client = this.newClient({ ...tls, ...(serverName ? { serverName } : {}) });
+    void old.close().catch(() => {});
   }
 
   /** Starts the LIST/WATCH loop in the background. Idempotent. */
