@@ -88,7 +88,7 @@ export interface ConnectionHost {
   reserveReplay(n: number, force: boolean): boolean;
   /** Gives replay bytes back to the budget. */
   releaseReplay(n: number): void;
-  /** The client socket failed (counted by no one here: the host emits it). */
+  /** The client socket failed (the host passes it on to whoever listens). */
   clientError(error: Error): void;
   /** `conn` is fully closed; `lease` is the one it still held, if any. */
   finished(conn: Connection, reason: CloseReason, lease: BackendLease | undefined): void;

@@ -150,8 +150,8 @@ type ReloadableSettings = Pick<
   'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread' | 'clientHelloTimeout' | 'replayBufferTotal'
 >;
 
-/** Every setting of a Proxy, validated; one object, updated in place by {@link Proxy.update}. */
-interface Settings extends ConnectionSettings {
+/** A Proxy's validated settings (see {@link ProxyOptions}); one object, changed in place by {@link Proxy.update}. */
+interface ProxySettings extends ConnectionSettings {
   connectTimeout: number;
   firstByteTimeout: number;
   clientHelloTimeout: number;
@@ -167,7 +167,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   readonly clock: Clock;
   readonly counters: ProxyCounters = { accepted: 0, rejected: new Map(), retries: new Map(), closed: new Map(), localDialFailures: new Map() };
   /** Read by every connection at each use: {@link update} changes it in place. */
-  private readonly settings: Settings;
+  private readonly settings: ProxySettings;
   /** What connections see of this proxy (built once here, shared by every connection). */
   private readonly host: ConnectionHost;
   private replayInUse = 0;
@@ -208,45 +208,31 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.pool.on('evicted', this.onEvicted);
   }
 
-  /** TCP connect timeout per attempt. Changed only through {@link update} (configuration reload). */
+  // The settings, read-only; the reloadable ones change only through update() (configuration reload).
   get connectTimeout(): number {
     return this.settings.connectTimeout;
   }
-
-  /** Changed only through {@link update}. */
   get firstByteTimeout(): number {
     return this.settings.firstByteTimeout;
   }
-
   get firstByteBufferBytes(): number {
     return this.settings.firstByteBufferBytes;
   }
-
-  /** Changed only through {@link update}. */
   get replayBufferTotal(): number {
     return this.settings.replayBufferTotal;
   }
-
-  /** Changed only through {@link update}. */
   get clientHelloTimeout(): number {
     return this.settings.clientHelloTimeout;
   }
-
-  /** Changed only through {@link update}. */
   get maxConnections(): number {
     return this.settings.maxConnections;
   }
-
-  /** Changed only through {@link update}. */
   get drainTimeout(): number {
     return this.settings.drainTimeout;
   }
-
-  /** Changed only through {@link update}. */
   get closeSpread(): number {
     return this.settings.closeSpread;
   }
-
   get keepAliveInitialDelay(): number {
     return this.settings.keepAliveInitialDelay;
   }
@@ -304,13 +290,13 @@ export class Proxy extends EventEmitter<ProxyEvents> {
    */
   update(options: Partial<ReloadableSettings>): void {
     const next = {
-      replayBufferTotal: numberOption('replayBufferTotal', options.replayBufferTotal ?? this.replayBufferTotal, 0),
-      clientHelloTimeout: numberOption('clientHelloTimeout', options.clientHelloTimeout ?? this.clientHelloTimeout, 0),
-      connectTimeout: numberOption('connectTimeout', options.connectTimeout ?? this.connectTimeout, 1),
-      firstByteTimeout: numberOption('firstByteTimeout', options.firstByteTimeout ?? this.firstByteTimeout, 0),
-      maxConnections: numberOption('maxConnections', options.maxConnections ?? this.maxConnections, 1),
-      drainTimeout: numberOption('drainTimeout', options.drainTimeout ?? this.drainTimeout, 0),
-      closeSpread: numberOption('closeSpread', options.closeSpread ?? this.closeSpread, 0),
+      replayBufferTotal: numberOption('replayBufferTotal', options.replayBufferTotal ?? this.settings.replayBufferTotal, 0),
+      clientHelloTimeout: numberOption('clientHelloTimeout', options.clientHelloTimeout ?? this.settings.clientHelloTimeout, 0),
+      connectTimeout: numberOption('connectTimeout', options.connectTimeout ?? this.settings.connectTimeout, 1),
+      firstByteTimeout: numberOption('firstByteTimeout', options.firstByteTimeout ?? this.settings.firstByteTimeout, 0),
+      maxConnections: numberOption('maxConnections', options.maxConnections ?? this.settings.maxConnections, 1),
+      drainTimeout: numberOption('drainTimeout', options.drainTimeout ?? this.settings.drainTimeout, 0),
+      closeSpread: numberOption('closeSpread', options.closeSpread ?? this.settings.closeSpread, 0),
     };
     Object.assign(this.settings, next);
   }
