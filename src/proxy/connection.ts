@@ -71,10 +71,11 @@ export interface ConnectionHost {
   /** Opens the TCP connection to a backend (net.connect unless a test injects another). */
   readonly dial: Dialer;
   /**
-   * Picks the next backend for `conn`, skipping `tried`, and takes a lease on it; undefined when none is left.
+   * Picks the next backend for `conn`, skipping the ones it left (`left`), and takes a lease on it; undefined when
+   * none is left.
    * `cause`: why the connection left its previous backend (it is then counted as a retry); undefined on the first.
    */
-  attach(conn: Connection, tried: ReadonlySet<Backend>, cause: LeaveCause | undefined): BackendLease | undefined;
+  attach(conn: Connection, left: ReadonlySet<Backend> | undefined, cause: LeaveCause | undefined): BackendLease | undefined;
   /** The TCP handshake with the lease's backend completed. */
   connected(lease: BackendLease): void;
   /** `conn` gives its lease back before committing to that backend (the attempt failed, or the backend went down). */
@@ -110,7 +111,8 @@ export class Connection {
   private readonly host: ConnectionHost;
   /** The claim on {@link backend} while attached to it; handed back to the host exactly once. */
   private lease: BackendLease | undefined;
-  private readonly tried = new Set<Backend>();
+  /** Backends this connection left before committing; created on the first move (most connections never move). */
+  private left: Set<Backend> | undefined;
   private timer: TimerHandle | undefined;
   /** Runs from the first backend connect until the client's opening message is complete (--client-hello-timeout). */
   private helloTimer: TimerHandle | undefined;
@@ -178,13 +180,12 @@ export class Connection {
   }
 
   private dialNext(): void {
-    const lease = this.host.attach(this, this.tried, this.leaveCause);
+    const lease = this.host.attach(this, this.left, this.leaveCause);
     if (!lease) {
-      this.fail(this.tried.size === 0 ? 'no_backend' : 'all_backends_failed');
+      this.fail(this.backend === undefined ? 'no_backend' : 'all_backends_failed');
       return;
     }
     const backend = lease.backend;
-    this.tried.add(backend);
     this.backend = backend;
     this.lease = lease;
     const attempt = ++this.attempt;
@@ -288,6 +289,7 @@ export class Connection {
     up.on('error', noop);
     up.destroy();
     this.attempt++;
+    (this.left ??= new Set()).add(this.backend!);
     const lease = this.lease;
     this.lease = undefined;
     if (lease) this.host.detach(this, lease);

@@ -252,8 +252,8 @@ export class Proxy extends EventEmitter<ProxyEvents> {
       clock: this.clock,
       settings,
       dial,
-      attach: (conn, tried, cause) => {
-        const backend = this.pool.pick(tried);
+      attach: (conn, left, cause) => {
+        const backend = this.pool.pick(left);
         if (!backend) return undefined;
         if (cause !== undefined) this.countRetry(cause, backend);
         let set = this.byBackend.get(backend);
