@@ -16,7 +16,7 @@ import type { Backend } from '../src/pool/backend.js';
 import { FakeClock } from './support/fake-clock.js';
 import { parseExposition } from './support/prom-text.js';
 import { proxyOver } from './support/proxy-harness.js';
-import { closed, dial, echoServer, readAll, readBytes, silentServer, startServer, until, type TestServer } from './support/net.js';
+import { closed, dial, echoServer, ended, readAll, readBytes, silentServer, startServer, until, type TestServer } from './support/net.js';
 
 /** The shared harness with first-byte failover off (test/first-byte.test.ts covers it). */
 function harness(tt: Test, backends: string[], opts: Partial<ProxyOptions> = {}): ReturnType<typeof proxyOver> {
@@ -296,6 +296,34 @@ t.test('client that leaves while the backend is still dialing is released at the
   await until(() => h.proxy.activeConnections === 0, 'connection released');
   tt.equal(clock.pending, 0, 'no timer left behind');
   tt.equal(h.pool.backends[0]!.connectFailures.get('timeout'), 1);
+});
+
+t.test("a reload's connect timeout applies to the next dial; a dial already running keeps its own", async (tt) => {
+  const clock = new FakeClock();
+  const dialedAt: number[] = [];
+  const h = await harness(tt, ['127.0.0.1:9'], {
+    connectTimeout: 10_000,
+    clock,
+    dial: () => {
+      dialedAt.push(clock.now());
+      return new Socket({ allowHalfOpen: true }); // never connects
+    },
+  });
+  const b = h.pool.backends[0]!;
+  const early = await dial(h.port);
+  await until(() => dialedAt.length === 1, 'first dial started');
+  h.proxy.update({ connectTimeout: 2000 });
+  tt.equal(h.proxy.connectTimeout, 2000);
+  const late = await dial(h.port);
+  await until(() => dialedAt.length === 2, 'second dial started');
+  clock.advance(2000);
+  await ended(late);
+  tt.same([b.connectFailures.get('timeout'), h.proxy.activeConnections], [1, 1], 'the new dial timed out at 2 s; the earlier one still waits');
+  clock.advance(8000);
+  await ended(early);
+  await until(() => h.proxy.activeConnections === 0, 'both closed');
+  tt.equal(b.connectFailures.get('timeout'), 2, 'the earlier dial timed out at its own 10 s');
+  tt.equal(b.dialing, 0, 'no dial left counted');
 });
 
 t.test('backend down closes its connections; others untouched', async (tt) => {
