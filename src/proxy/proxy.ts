@@ -449,6 +449,9 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   private onEvicted(b: Backend): void {
     this.counters.closed.delete(b.id);
     this.counters.localDialFailures.delete(b.id);
+    // Its index entry too, so discovery churn does not keep every Backend ever seen (kept, and left behind, only
+    // when a connection is still dialing it: it was removed with no open connection).
+    if (this.byBackend.get(b)?.size === 0) this.byBackend.delete(b);
     this.cancelDrain(b);
   }
 
