@@ -3,7 +3,7 @@
  * backend are counted, local resource failures are counted without blaming the backend, and every reason the code
  * can produce is a metric label (the reason lists and the types derive from one constant each, src/proxy/reasons.ts).
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -15,8 +15,6 @@ import { CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../src/prox
 import { dial, echoServer, ended, until } from './support/net.js';
 import { parseExposition } from './support/prom-text.js';
 import { serveProxy } from './support/proxy-harness.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 /** A proxy over `addresses`, serving on a loopback port. */
 async function proxyOver(tt: Test, addresses: string[], opts: Partial<ProxyOptions> = {}): Promise<{ pool: Pool; proxy: Proxy; port: number }> {

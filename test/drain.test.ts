@@ -3,7 +3,7 @@
  * fake clock. A draining backend's connections are closed after --drain-timeout only while another backend is
  * up, spread over --close-spread from a random phase; a down backend's connections still close at once.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
 import type { Backend } from '../src/pool/backend.js';
@@ -12,8 +12,6 @@ import { parseAddress } from '../src/config/values.js';
 import { FakeClock } from './support/fake-clock.js';
 import { serveProxy } from './support/proxy-harness.js';
 import { dial, echoServer, ended, readBytes, until, type TestServer } from './support/net.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const DRAIN = 10_000;
 

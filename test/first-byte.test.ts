@@ -2,7 +2,7 @@
  * First-byte failover (issue 9): a backend that accepts but never answers costs the client a slower
  * handshake, never a failure, while another backend answers.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { connect as tlsConnect } from 'node:tls';
 import { resolveConfig } from '../src/config/config.js';
@@ -12,8 +12,6 @@ import { bannerServer, dial, echoServer, readBytes, startServer, until, type Tes
 import { FakeClock } from './support/fake-clock.js';
 import { proxyOver as harness } from './support/proxy-harness.js';
 import { createTestCA, startFakeApiServer } from './support/index.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 /** A backend that records every byte it receives and never answers (a stopped process, seen from TCP). */
 async function recordingHungServer(tt: Test): Promise<TestServer & { received: () => Buffer }> {

@@ -530,5 +530,5 @@ t.test('close() aborts checks in flight and leaves no sockets or timers behind',
     },
     { what: `handles back to ${JSON.stringify(before)} (now ${JSON.stringify(handleCounts())})` },
   );
-  tt.same(pool.listenerCount('added') + pool.listenerCount('deleted') + pool.listenerCount('recheck'), 0, 'pool listeners removed');
+  tt.same(pool.listenerCount('added') + pool.listenerCount('evicted') + pool.listenerCount('recheck'), 0, 'pool listeners removed');
 });

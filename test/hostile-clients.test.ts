@@ -3,7 +3,7 @@
  * a backend's reputation nor other clients' connections or slots. Real TLS backends on loopback, a fake clock
  * for every timer.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { createServer as createTlsServer, connect as tlsConnect, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { spawn } from 'node:child_process';
@@ -17,8 +17,6 @@ import { CLI } from './support/cli.js';
 import { serveProxy } from './support/proxy-harness.js';
 import { FakeClock } from './support/fake-clock.js';
 import { createTestCA, type TestCA } from './support/index.js';
-
-type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 let ca: TestCA;
 t.before(() => {

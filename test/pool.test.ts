@@ -6,7 +6,7 @@
  */
 import t from 'tap';
 import fc from 'fast-check';
-import { Pool, type CheckResult } from '../src/pool/pool.js';
+import { Pool, type BackendLease, type CheckResult } from '../src/pool/pool.js';
 import type { Backend, BackendSpec, BackendState } from '../src/pool/backend.js';
 import { FakeClock } from './support/fake-clock.js';
 
@@ -89,28 +89,57 @@ t.test('removal: a backend with connections drains, then leaves the pool', async
   const [a, b] = [pool.add(spec(0)), pool.add(spec(1))];
   const events: string[] = [];
   pool.on('removed', (x) => events.push(`removed ${x.id}`));
-  pool.on('deleted', (x) => events.push(`deleted ${x.id}`));
-  pool.acquire(a);
+  pool.on('evicted', (x) => events.push(`evicted ${x.id}`));
+  const lease = pool.lease(a);
+  lease.connected();
   pool.remove(a);
   tt.ok(a.removed && !a.eligible, 'removed: out of rotation');
   tt.same(pool.backends, [a, b], 'still in the pool while a connection is open');
   for (let i = 0; i < 4; i++) tt.equal(pool.pick(), b, 'never picked again');
-  pool.release(a, 10, 20);
+  lease.release(10, 20);
   tt.same(pool.backends, [b], 'gone with its last connection');
-  tt.same(events, [`removed ${a.id}`, `deleted ${a.id}`]);
+  tt.same(events, [`removed ${a.id}`, `evicted ${a.id}`]);
   tt.same([a.bytesFromClientClosed, a.bytesToClientClosed, a.activeConnections, a.totalConnections], [10, 20, 0, 1], 'bytes and counts kept');
 
   pool.remove(b);
-  tt.same(pool.backends, [], 'no connection: deleted at once');
+  tt.same(pool.backends, [], 'no connection: evicted at once');
   tt.equal(pool.pick(), undefined, 'an empty pool picks nothing');
   tt.notOk(pool.panic, 'an empty pool is not in panic');
+});
+
+t.test("a lease is the one owner of a backend's connection counters, and counts once", async (tt) => {
+  const pool = new Pool({ clock: new FakeClock() });
+  const a = pool.add(spec(0));
+  const counts = () => [a.dialing, a.activeConnections, a.totalConnections, a.bytesFromClientClosed, a.bytesToClientClosed];
+  // Each row: lease steps in order, then [dialing, active, total, bytes from client, bytes to client].
+  const rows: { name: string; steps: ('connected' | 'release')[]; want: number[] }[] = [
+    { name: 'dialing', steps: [], want: [1, 0, 0, 0, 0] },
+    { name: 'abandoned dial: bytes not counted', steps: ['release'], want: [0, 0, 0, 0, 0] },
+    { name: 'open', steps: ['connected'], want: [0, 1, 1, 0, 0] },
+    { name: 'connected twice counts once', steps: ['connected', 'connected'], want: [0, 1, 1, 0, 0] },
+    { name: 'closed', steps: ['connected', 'release'], want: [0, 0, 1, 3, 4] },
+    { name: 'released twice counts once', steps: ['connected', 'release', 'release'], want: [0, 0, 1, 3, 4] },
+    { name: 'connected after release changes nothing', steps: ['release', 'connected', 'release'], want: [0, 0, 0, 0, 0] },
+  ];
+  for (const row of rows) {
+    const before = counts();
+    const lease = pool.lease(a);
+    tt.equal(lease.backend, a);
+    for (const step of row.steps) {
+      if (step === 'connected') lease.connected();
+      else lease.release(3, 4);
+    }
+    const delta = counts().map((n, k) => n - before[k]!);
+    tt.same(delta, row.want, row.name);
+    lease.release(0, 0); // leave nothing dialing or open for the next row
+  }
 });
 
 t.test('re-adding an address that is still draining replaces it with a fresh backend', async (tt) => {
   const pool = new Pool({ clock: new FakeClock() });
   const old = pool.add(spec(0));
   pool.reportCheck(old, CHECK.ok);
-  pool.acquire(old);
+  pool.lease(old).connected();
   pool.remove(old);
   const fresh = pool.add(spec(0));
   tt.not(fresh, old);
@@ -151,6 +180,9 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('add' as const), n: fc.nat(N - 1) }) },
 );
 
+/** Open connections of the pools under test (a connection is its lease). */
+const openLeases = new WeakMap<Pool, BackendLease[]>();
+
 function run(pool: Pool, op: Op): void {
   const live = pool.backends;
   if (op.kind === 'add') {
@@ -164,8 +196,16 @@ function run(pool: Pool, op: Op): void {
     if (op.ok) pool.reportDialSuccess(b);
     else pool.reportDialFailure(b, 'refused');
   } else if (op.kind === 'conn') {
-    if (op.open) pool.acquire(b);
-    else if (b.activeConnections > 0) pool.release(b, 0, 0);
+    const leases = openLeases.get(pool) ?? [];
+    openLeases.set(pool, leases);
+    if (op.open) {
+      const l = pool.lease(b);
+      l.connected();
+      leases.push(l);
+    } else {
+      const k = leases.findIndex((l) => l.backend === b);
+      if (k >= 0) leases.splice(k, 1)[0]!.release(0, 0);
+    }
   } else pool.remove(b);
 }
 

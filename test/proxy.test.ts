@@ -3,7 +3,7 @@
  * resets, max-connections and leaks.
  */
 import { CLI } from './support/cli.js';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { randomBytes, createHash } from 'node:crypto';
 import { connect, Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
@@ -11,16 +11,19 @@ import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
 import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
 import { hasCode } from '../src/errors.js';
+import { createMetrics } from '../src/metrics/metrics.js';
+import type { Backend } from '../src/pool/backend.js';
 import { FakeClock } from './support/fake-clock.js';
+import { parseExposition } from './support/prom-text.js';
 import { proxyOver } from './support/proxy-harness.js';
-import { closed, dial, echoServer, readAll, readBytes, silentServer, startServer, until, type TestServer } from './support/net.js';
+import { closed, dial, echoServer, ended, readAll, readBytes, silentServer, startServer, until, type TestServer } from './support/net.js';
 
 /** The shared harness with first-byte failover off (test/first-byte.test.ts covers it). */
-function harness(tt: Tap.Test, backends: string[], opts: Partial<ProxyOptions> = {}): ReturnType<typeof proxyOver> {
+function harness(tt: Test, backends: string[], opts: Partial<ProxyOptions> = {}): ReturnType<typeof proxyOver> {
   return proxyOver(tt, backends, { firstByteTimeout: 0, ...opts });
 }
 
-async function servers(tt: Tap.Test, ...list: Promise<TestServer>[]): Promise<TestServer[]> {
+async function servers(tt: Test, ...list: Promise<TestServer>[]): Promise<TestServer[]> {
   const out = await Promise.all(list);
   for (const s of out) tt.teardown(() => s.close());
   return out;
@@ -32,13 +35,6 @@ async function whoAnswers(port: number): Promise<string> {
   const line = (await readBytes(s, 1)).toString();
   s.destroy();
   return line.split('\n')[0]!;
-}
-
-declare global {
-  // eslint-disable-next-line @typescript-eslint/no-namespace
-  namespace Tap {
-    type Test = Parameters<Parameters<typeof t.test>[1]>[0];
-  }
 }
 
 t.test('round-robin over all backends in order', async (tt) => {
@@ -302,6 +298,34 @@ t.test('client that leaves while the backend is still dialing is released at the
   tt.equal(h.pool.backends[0]!.connectFailures.get('timeout'), 1);
 });
 
+t.test("a reload's connect timeout applies to the next dial; a dial already running keeps its own", async (tt) => {
+  const clock = new FakeClock();
+  const dialedAt: number[] = [];
+  const h = await harness(tt, ['127.0.0.1:9'], {
+    connectTimeout: 10_000,
+    clock,
+    dial: () => {
+      dialedAt.push(clock.now());
+      return new Socket({ allowHalfOpen: true }); // never connects
+    },
+  });
+  const b = h.pool.backends[0]!;
+  const early = await dial(h.port);
+  await until(() => dialedAt.length === 1, 'first dial started');
+  h.proxy.update({ connectTimeout: 2000 });
+  tt.equal(h.proxy.connectTimeout, 2000);
+  const late = await dial(h.port);
+  await until(() => dialedAt.length === 2, 'second dial started');
+  clock.advance(2000);
+  await ended(late);
+  tt.same([b.connectFailures.get('timeout'), h.proxy.activeConnections], [1, 1], 'the new dial timed out at 2 s; the earlier one still waits');
+  clock.advance(8000);
+  await ended(early);
+  await until(() => h.proxy.activeConnections === 0, 'both closed');
+  tt.equal(b.connectFailures.get('timeout'), 2, 'the earlier dial timed out at its own 10 s');
+  tt.equal(b.dialing, 0, 'no dial left counted');
+});
+
 t.test('backend down closes its connections; others untouched', async (tt) => {
   const [a, b] = await servers(tt, echoServer('a'), echoServer('b'));
   const h = await harness(tt, [a!.address, b!.address]);
@@ -359,18 +383,59 @@ t.test('no handles left after close', async (tt) => {
   tt.equal(proxy.activeConnections, 0);
 });
 
-t.test("a connection still waiting for its backend's first byte moves when that backend goes down", async (tt) => {
-  const hung = await silentServer();
-  tt.teardown(() => hung.close());
-  const [good] = await servers(tt, echoServer());
-  const h = await harness(tt, [hung.address, good!.address], { firstByteTimeout: 60_000 });
-  const s = await dial(h.port);
-  s.write('hello');
-  await until(() => h.pool.backends[0]!.activeConnections === 1, 'probing the hung backend');
-  h.pool.markDown(h.pool.backends[0]!, 'test');
-  tt.equal((await readBytes(s, 5)).toString(), 'hello', 'replayed to the healthy backend, the client never noticed');
-  tt.equal(h.proxy.counters.closed.get(hung.address)?.get('backend_down'), undefined, 'not counted as a closed connection');
-  s.destroy();
+t.test('a connection not yet committed moves when its backend goes down, and the pool hears of no dial failure', async (tt) => {
+  // `dialing`: the first backend never completes the handshake (injected dialer); `probing`: it accepted but says
+  // nothing (a silent server) while the client waits for its first byte. Either way the pool took the backend
+  // down itself: the move is a retry (reason backend_down), not a failure reported back to the pool.
+  const rows: { phase: 'dialing' | 'probing'; ready: (b: Backend) => boolean }[] = [
+    { phase: 'dialing', ready: (b) => b.dialing === 1 },
+    { phase: 'probing', ready: (b) => b.activeConnections === 1 },
+  ];
+  for (const row of rows) {
+    await tt.test(row.phase, async (t2) => {
+      const hung = await silentServer();
+      t2.teardown(() => hung.close());
+      const [good] = await servers(t2, echoServer());
+      const h = await harness(t2, [hung.address, good!.address], {
+        firstByteTimeout: 60_000,
+        connectTimeout: 60_000,
+        dial: (b, onread) => {
+          if (row.phase === 'dialing' && b.address.port === hung.port) return new Socket({ allowHalfOpen: true });
+          return connect({ host: b.address.host, port: b.address.port, allowHalfOpen: true, ...(onread ? { onread } : {}) });
+        },
+      });
+      const [down, up] = [h.pool.backends[0]!, h.pool.backends[1]!];
+      const heard: string[] = [];
+      h.pool.on('recheck', (b) => heard.push(`recheck ${b.id}`));
+      h.proxy.on('dial-failure', (ev) => heard.push(`dial-failure ${ev.backend.id} ${ev.reason}`));
+      const s = await dial(h.port);
+      s.write('hello');
+      await until(() => row.ready(down), `${row.phase} the first backend`);
+      h.pool.markDown(down, 'test');
+      t2.equal((await readBytes(s, 5)).toString(), 'hello', 'the client lands on the other backend and never notices');
+      t2.same([up.activeConnections, up.totalConnections], [1, 1], 'connected to the other backend');
+      t2.same([down.dialing, down.activeConnections], [0, 0], "the down backend's lease is given back");
+      t2.same(heard, [], 'no dial failure reported, no re-check asked for');
+      t2.same([...down.connectFailures], [], 'nothing counted against the down backend');
+      t2.equal(down.consecutiveFailures, 0, 'no failure toward --fall');
+      t2.same([...h.proxy.counters.retries], [['backend_down', 1]], 'one retry, counted under backend_down');
+      t2.equal(h.proxy.counters.closed.get(hung.address)?.get('backend_down'), undefined, 'not counted as a closed connection');
+      const metrics = createMetrics({ pool: h.pool, proxy: h.proxy, version: 't', defaultMetrics: false });
+      t2.teardown(() => metrics.close());
+      const m = parseExposition(await metrics.render());
+      t2.same(
+        m.all('apilb_connect_failures_total').filter((x) => x.value !== 0),
+        [],
+        'no connect_failures series above 0 (and no reason="closed" at all)',
+      );
+      t2.notOk(
+        m.all('apilb_connect_failures_total').some((x) => x.labels['reason'] === 'closed'),
+        'reason="closed" is not a dial failure reason',
+      );
+      t2.equal(m.get('apilb_retries_total'), 1);
+      s.destroy();
+    });
+  }
 });
 
 t.test('when the last eligible backend goes down (panic) its connections are kept', async (tt) => {

@@ -144,7 +144,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     if (typeof this.random !== 'function') throw new OptionError('random', 'must be a function');
     this.createChecker = options.createChecker ?? defaultChecker;
     this.onAdded = this.onAdded.bind(this);
-    this.onDeleted = this.onDeleted.bind(this);
+    this.onEvicted = this.onEvicted.bind(this);
     this.onRecheck = this.onRecheck.bind(this);
   }
 
@@ -169,7 +169,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     if (this.started) return;
     this.started = true;
     this.pool.on('added', this.onAdded);
-    this.pool.on('deleted', this.onDeleted);
+    this.pool.on('evicted', this.onEvicted);
     this.pool.on('recheck', this.onRecheck);
     for (const b of this.pool.backends) this.onAdded(b);
   }
@@ -223,7 +223,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     if (!this.closed) {
       this.closed = true;
       this.pool.off('added', this.onAdded);
-      this.pool.off('deleted', this.onDeleted);
+      this.pool.off('evicted', this.onEvicted);
       this.pool.off('recheck', this.onRecheck);
       for (const slot of this.slots.values()) this.dropSlot(slot);
       this.slots.clear();
@@ -255,7 +255,7 @@ export class HealthMonitor extends EventEmitter<HealthMonitorEvents> {
     this.schedule(slot, 0);
   }
 
-  private onDeleted(backend: Backend): void {
+  private onEvicted(backend: Backend): void {
     const slot = this.slots.get(backend);
     if (!slot) return;
     this.slots.delete(backend);

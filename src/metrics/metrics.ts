@@ -257,7 +257,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
   readCounter(
     registry,
     'apilb_retries_total',
-    'Dials of another backend after a failed connect or first-byte timeout (a connection whose last backend failed is not a retry).',
+    'Dials of another backend after a failed connect or first-byte timeout, or off a backend that went down before the connection committed (a connection whose last backend failed is not a retry).',
     [],
     () => {
       let n = 0;

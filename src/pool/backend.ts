@@ -57,9 +57,12 @@ export class Backend {
   consecutiveFailures = 0;
   /** Consecutive failures, kind of the latest one decides down vs draining. */
   lastFailureKind: 'transport' | 'status' | undefined;
+  // The five connection counters below change only through a BackendLease (Pool.lease): one owner.
+  /** Open connections to it (TCP handshake done, not yet closed). */
   activeConnections = 0;
   /** Connections dialing it (not yet connected); least-connections counts them so a burst does not pile up. */
   dialing = 0;
+  /** Connections ever established to it. */
   totalConnections = 0;
   /** Bytes of connections already closed (open ones are added by the data path at read time). */
   bytesFromClientClosed = 0;

@@ -42,15 +42,64 @@ export type CheckResult =
   | { ok: false; kind: 'transport'; latencyMs: number; error: string; local?: boolean }
   | { ok: false; kind: 'status'; latencyMs: number; status: number; error?: string };
 
-/** Events: `transition` (TransitionEvent), `recheck` (Backend: a passive failure wants a check now),
- * `panic` ({ active: boolean }), `added` (Backend), `removed` (Backend: left to drain), `deleted` (Backend: gone). */
+/**
+ * Events: `transition` (TransitionEvent), `recheck` (Backend: a passive failure wants a check now),
+ * `panic` ({ active: boolean }), `added` (Backend), `removed` (Backend: out of rotation, its connections drain),
+ * `evicted` (Backend: gone from the pool; whoever keeps per-backend state drops it). See {@link Pool.remove}.
+ */
 export interface PoolEvents {
   transition: [TransitionEvent];
   recheck: [Backend];
   panic: [{ active: boolean }];
   added: [Backend];
   removed: [Backend];
-  deleted: [Backend];
+  evicted: [Backend];
+}
+
+/**
+ * One connection's claim on a backend, handed out by {@link Pool.lease}: the only thing that changes the
+ * backend's `dialing`, `activeConnections`, `totalConnections` and closed-bytes counters. A lease starts dialing
+ * (counted by least-connections), becomes open with {@link connected}, and ends with {@link release}; a second
+ * release, or a connected() after release, changes nothing.
+ */
+export class BackendLease {
+  readonly backend: Backend;
+  private state: 'dialing' | 'open' | 'released' = 'dialing';
+  private readonly onLastRelease: (b: Backend) => void;
+
+  /** @param onLastRelease called when the last open lease of a removed backend is released. */
+  constructor(backend: Backend, onLastRelease: (b: Backend) => void) {
+    this.backend = backend;
+    this.onLastRelease = onLastRelease;
+    backend.dialing++;
+  }
+
+  /** The TCP handshake completed: the backend has one more open connection. */
+  connected(): void {
+    if (this.state !== 'dialing') return;
+    this.state = 'open';
+    const b = this.backend;
+    b.dialing--;
+    b.activeConnections++;
+    b.totalConnections++;
+  }
+
+  /**
+   * Gives the backend back: a dial abandoned, or an open connection closed with the bytes it carried (the bytes
+   * count only for an open lease). A removed backend leaves the pool when its last open connection is released.
+   */
+  release(bytesFromClient: number, bytesToClient: number): void {
+    const b = this.backend;
+    if (this.state === 'dialing') {
+      b.dialing--;
+    } else if (this.state === 'open') {
+      b.activeConnections--;
+      b.bytesFromClientClosed += bytesFromClient;
+      b.bytesToClientClosed += bytesToClient;
+      if (b.removed && b.activeConnections === 0) this.onLastRelease(b);
+    }
+    this.state = 'released';
+  }
 }
 
 /** Backends, their state machine, and picking. */
@@ -64,6 +113,8 @@ export class Pool extends EventEmitter<PoolEvents> {
   private panicking = false;
   /** Backends whose current failure streak includes a failed active check (see reportDialSuccess). */
   private readonly checkFailedInStreak = new WeakSet<Backend>();
+  /** One function for every lease (not one closure per lease): a removed backend's last connection closed. */
+  private readonly evictDrained = (b: Backend): void => this.evict(b);
 
   constructor(options: PoolOptions = {}) {
     super();
@@ -103,7 +154,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     const b = new Backend(spec, this.clock.now());
     const existing = this.get(b.id);
     if (existing && !existing.removed) return existing;
-    if (existing) this.delete(existing);
+    if (existing) this.evict(existing);
     this.list.push(b);
     this.emit('added', b);
     this.updatePanic();
@@ -131,21 +182,26 @@ export class Pool extends EventEmitter<PoolEvents> {
     return { added, removed };
   }
 
-  /** Takes a backend out of rotation; it leaves the pool once its last connection closes ({@link release}). */
+  /**
+   * Takes a backend out of rotation (event `removed`): it stays in {@link backends}, marked `removed`, while its
+   * connections drain, and is evicted (event `evicted`) once the last one's lease is released — at once when it
+   * has none. The pair: `removed` = no new connections, existing ones drain; `evicted` = gone for good.
+   */
   remove(b: Backend): void {
     if (b.removed) return;
     b.removed = true;
     this.emit('removed', b);
-    if (b.activeConnections === 0) this.delete(b);
+    if (b.activeConnections === 0) this.evict(b);
     this.updatePanic();
   }
 
-  private delete(b: Backend): void {
+  /** Drops a backend from the pool for good (event `evicted`): a removed one drained, or add() replaces it. */
+  private evict(b: Backend): void {
     const i = this.list.indexOf(b);
     if (i < 0) return;
     this.list.splice(i, 1);
     if (this.cursor > i) this.cursor--;
-    this.emit('deleted', b);
+    this.emit('evicted', b);
   }
 
   /**
@@ -189,28 +245,12 @@ export class Pool extends EventEmitter<PoolEvents> {
     return undefined;
   }
 
-  /** The data path started dialing `b` (counted by least-connections until it connects or gives up). */
-  beginDial(b: Backend): void {
-    b.dialing++;
-  }
-
-  /** A dial to `b` ended: connected ({@link acquire} follows) or abandoned. */
-  endDial(b: Backend): void {
-    b.dialing--;
-  }
-
-  /** The data path opened a connection to `b`. */
-  acquire(b: Backend): void {
-    b.activeConnections++;
-    b.totalConnections++;
-  }
-
-  /** The data path closed a connection to `b`, with the bytes it carried. */
-  release(b: Backend, bytesFromClient: number, bytesToClient: number): void {
-    b.activeConnections--;
-    b.bytesFromClientClosed += bytesFromClient;
-    b.bytesToClientClosed += bytesToClient;
-    if (b.removed && b.activeConnections === 0) this.delete(b);
+  /**
+   * The data path starts dialing `b`: returns the lease through which it reports the connection (counted as
+   * dialing by least-connections until {@link BackendLease.connected}) and gives it back.
+   */
+  lease(b: Backend): BackendLease {
+    return new BackendLease(b, this.evictDrained);
   }
 
   /**

@@ -7,9 +7,10 @@
  */
 import type { Socket } from 'node:net';
 import type { Backend } from '../pool/backend.js';
-import type { TimerHandle } from '../clock.js';
-import type { Proxy } from './proxy.js';
-import type { CloseReason, DialFailureReason } from './reasons.js';
+import type { BackendLease } from '../pool/pool.js';
+import type { Clock, TimerHandle } from '../clock.js';
+import type { Dialer } from './proxy.js';
+import type { CloseReason, DialFailureReason, LeaveCause } from './reasons.js';
 
 // The reason lists live in reasons.ts (one constant each: types and metric labels derive from it).
 export type { CloseReason, DialFailureReason } from './reasons.js';
@@ -41,6 +42,59 @@ function dialReason(err: NodeJS.ErrnoException): DialFailureReason {
   return errnoReason(err.code) ?? 'error';
 }
 
+/**
+ * The settings a Connection reads, each at the moment it needs it: the host updates them in place on a
+ * configuration reload, so new values apply to the next dial, first-byte wait or client; running timers keep theirs.
+ * Durations in milliseconds; see ProxyOptions for defaults and what 0 means.
+ */
+export interface ConnectionSettings {
+  /** TCP connect timeout per attempt (> 0). */
+  readonly connectTimeout: number;
+  /** Time the backend has to send its first byte once the client's opening is complete; 0: no first-byte failover. */
+  readonly firstByteTimeout: number;
+  /** Client bytes kept for replay per connection; past it the connection commits. */
+  readonly firstByteBufferBytes: number;
+  /** Time the client has to complete its opening message from the first backend connect; 0: no limit. */
+  readonly clientHelloTimeout: number;
+  /** TCP keepalive initial delay on both sides; 0: the kernel default. */
+  readonly keepAliveInitialDelay: number;
+}
+
+/**
+ * Everything a Connection needs of its owner, handed in at construction (Proxy builds one, privately). The
+ * connection holds at most one lease at a time and hands it back exactly once, through {@link detach} or
+ * {@link finished}; the host keeps the pool's counters and its own index of connections per backend with it.
+ */
+export interface ConnectionHost {
+  readonly clock: Clock;
+  readonly settings: ConnectionSettings;
+  /** Opens the TCP connection to a backend (net.connect unless a test injects another). */
+  readonly dial: Dialer;
+  /**
+   * Picks the next backend for `conn`, skipping the ones it left (`left`), and takes a lease on it; undefined when
+   * none is left.
+   * `cause`: why the connection left its previous backend (it is then counted as a retry); undefined on the first.
+   */
+  attach(conn: Connection, left: ReadonlySet<Backend> | undefined, cause: LeaveCause | undefined): BackendLease | undefined;
+  /** The TCP handshake with the lease's backend completed. */
+  connected(lease: BackendLease): void;
+  /** `conn` gives its lease back before committing to that backend (the attempt failed, or the backend went down). */
+  detach(conn: Connection, lease: BackendLease): void;
+  /** A dial attempt to `backend` failed (the host reports it to the pool unless the failure was local). */
+  dialFailed(backend: Backend, reason: DialFailureReason, error: Error | undefined): void;
+  /**
+   * Takes `n` bytes from the process-wide replay budget; false (nothing taken) when it would exceed it. `force`
+   * takes them regardless (bytes already read that must not be lost).
+   */
+  reserveReplay(n: number, force: boolean): boolean;
+  /** Gives replay bytes back to the budget. */
+  releaseReplay(n: number): void;
+  /** The client socket failed (the host passes it on to whoever listens). */
+  clientError(error: Error): void;
+  /** `conn` is fully closed; `lease` is the one it still held, if any. */
+  finished(conn: Connection, reason: CloseReason, lease: BackendLease | undefined): void;
+}
+
 /** A proxied client connection. Created by Proxy; not constructed elsewhere. */
 export class Connection {
   readonly client: Socket;
@@ -49,9 +103,16 @@ export class Connection {
   upstream: Socket | undefined;
   /** Epoch ms of accept. */
   readonly openedAt: number;
+  /**
+   * `probing` and `piping`: the TCP handshake with {@link backend} is done (its lease is open). `dialing`:
+   * connecting, or between a failed attempt and the next.
+   */
   phase: Phase = 'dialing';
-  private readonly proxy: Proxy;
-  private readonly tried = new Set<Backend>();
+  private readonly host: ConnectionHost;
+  /** The claim on {@link backend} while attached to it; handed back to the host exactly once. */
+  private lease: BackendLease | undefined;
+  /** Backends this connection left before committing; created on the first move (most connections never move). */
+  private left: Set<Backend> | undefined;
   private timer: TimerHandle | undefined;
   /** Runs from the first backend connect until the client's opening message is complete (--client-hello-timeout). */
   private helloTimer: TimerHandle | undefined;
@@ -70,8 +131,8 @@ export class Connection {
   private smallReads = 0;
   /** Identifies the current dial attempt, so reads of an abandoned upstream are ignored. */
   private attempt = 0;
-  /** Why the previous attempt failed; a retry is counted only when a next backend is actually dialed. */
-  private lastFailure: DialFailureReason | undefined;
+  /** Why the connection left its previous backend; a retry is counted only when a next backend is actually dialed. */
+  private leaveCause: LeaveCause | undefined;
   // Quiet-moment bookkeeping for the rebalancer: one clock read and two number writes per read, nothing else.
   /** Epoch ms of the last bytes read from the client (0: none yet). */
   lastClientByteAt = 0;
@@ -80,8 +141,8 @@ export class Connection {
   /** True when the latest bytes went backend → client (no request waiting for its answer, as far as TCP shows). */
   serverSpokeLast = false;
 
-  constructor(proxy: Proxy, client: Socket, now: number) {
-    this.proxy = proxy;
+  constructor(host: ConnectionHost, client: Socket, now: number) {
+    this.host = host;
     this.client = client;
     this.openedAt = now;
     this.onClientData = this.onClientData.bind(this);
@@ -98,7 +159,7 @@ export class Connection {
     this.onTimeout = this.onTimeout.bind(this);
     this.onHelloTimeout = this.onHelloTimeout.bind(this);
     client.setNoDelay(true);
-    client.setKeepAlive(true, proxy.keepAliveInitialDelay);
+    client.setKeepAlive(true, host.settings.keepAliveInitialDelay);
     client.on('error', this.onClientError);
     client.on('close', this.onClientClose);
   }
@@ -119,17 +180,16 @@ export class Connection {
   }
 
   private dialNext(): void {
-    const backend = this.proxy.pool.pick(this.tried);
-    if (!backend) {
-      this.fail(this.tried.size === 0 ? 'no_backend' : 'all_backends_failed');
+    const lease = this.host.attach(this, this.left, this.leaveCause);
+    if (!lease) {
+      this.fail(this.backend === undefined ? 'no_backend' : 'all_backends_failed');
       return;
     }
-    if (this.lastFailure !== undefined) this.proxy.retried(this.lastFailure, backend);
-    this.tried.add(backend);
+    const backend = lease.backend;
     this.backend = backend;
-    this.proxy.attach(this, backend);
+    this.lease = lease;
     const attempt = ++this.attempt;
-    const up = this.proxy.dial(backend, {
+    const up = this.host.dial(backend, {
       buffer: () => this.nextReadBuffer(),
       callback: (n, buf) => (attempt === this.attempt ? this.onUpstreamRead(n, buf as Buffer) : false),
     });
@@ -138,27 +198,28 @@ export class Connection {
     up.on('connect', this.onUpstreamConnect);
     up.on('error', this.onUpstreamError);
     up.on('close', this.onUpstreamClose);
-    this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.connectTimeout);
+    this.timer = this.host.clock.setTimeout(this.onTimeout, this.host.settings.connectTimeout);
   }
 
   private onUpstreamConnect(): void {
-    this.proxy.clock.clearTimeout(this.timer);
+    const host = this.host;
+    host.clock.clearTimeout(this.timer);
     this.timer = undefined;
     const up = this.upstream!;
     up.setNoDelay(true);
-    up.setKeepAlive(true, this.proxy.keepAliveInitialDelay);
-    this.proxy.connected(this, this.backend!);
+    up.setKeepAlive(true, host.settings.keepAliveInitialDelay);
+    host.connected(this.lease!);
     up.on('data', this.onUpstreamData);
     up.on('end', this.onUpstreamEnd);
     up.on('drain', this.onUpstreamDrain);
     if (!this.clientAttached) {
       this.clientAttached = true;
-      if (this.proxy.clientHelloTimeout > 0) this.helloTimer = this.proxy.clock.setTimeout(this.onHelloTimeout, this.proxy.clientHelloTimeout);
+      if (host.settings.clientHelloTimeout > 0) this.helloTimer = host.clock.setTimeout(this.onHelloTimeout, host.settings.clientHelloTimeout);
       this.client.on('data', this.onClientData);
       this.client.on('end', this.onClientEnd);
       this.client.on('drain', this.onClientDrain);
     }
-    if (this.proxy.firstByteTimeout === 0 || this.replay === undefined) {
+    if (host.settings.firstByteTimeout === 0 || this.replay === undefined) {
       this.commit();
     } else {
       this.phase = 'probing';
@@ -176,7 +237,7 @@ export class Connection {
    */
   private startFirstByteTimer(): void {
     if (this.phase === 'probing' && this.replay !== undefined && this.timer === undefined) {
-      this.timer = this.proxy.clock.setTimeout(this.onTimeout, this.proxy.firstByteTimeout);
+      this.timer = this.host.clock.setTimeout(this.onTimeout, this.host.settings.firstByteTimeout);
     }
   }
 
@@ -191,13 +252,13 @@ export class Connection {
    * short plain-text opening): the conversation is under way, so the client is not idle.
    */
   private onServerSpoke(): void {
-    this.proxy.clock.clearTimeout(this.helloTimer);
+    this.host.clock.clearTimeout(this.helloTimer);
     this.helloTimer = undefined;
   }
 
   private onOpeningComplete(): void {
     this.opening = undefined;
-    this.proxy.clock.clearTimeout(this.helloTimer);
+    this.host.clock.clearTimeout(this.helloTimer);
     this.helloTimer = undefined;
     this.startFirstByteTimer();
   }
@@ -207,11 +268,18 @@ export class Connection {
     this.retry(this.phase === 'probing' ? 'first_byte_timeout' : 'timeout', undefined);
   }
 
-  /** Abandons the current upstream (it failed before committing) and dials the next backend. */
+  /** The current attempt failed before committing: reports it and dials the next backend. */
   private retry(reason: DialFailureReason, err: Error | undefined): void {
     const backend = this.backend!;
+    this.leaveUpstream();
+    this.host.dialFailed(backend, reason, err);
+    this.dialElsewhere(reason);
+  }
+
+  /** Abandons the current upstream before committing to it and gives its backend's lease back. */
+  private leaveUpstream(): void {
     const up = this.upstream!;
-    this.proxy.clock.clearTimeout(this.timer);
+    this.host.clock.clearTimeout(this.timer);
     this.timer = undefined;
     up.removeAllListeners('data');
     up.removeListener('close', this.onUpstreamClose);
@@ -221,11 +289,17 @@ export class Connection {
     up.on('error', noop);
     up.destroy();
     this.attempt++;
-    this.proxy.detach(this, backend);
+    (this.left ??= new Set()).add(this.backend!);
+    const lease = this.lease;
+    this.lease = undefined;
+    if (lease) this.host.detach(this, lease);
     this.upstream = undefined;
     this.phase = 'dialing';
-    this.proxy.reportDialFailure(backend, reason, err);
-    this.lastFailure = reason;
+  }
+
+  /** Dials the next backend after leaving the previous one for `cause` (or finishes: the client is gone). */
+  private dialElsewhere(cause: LeaveCause): void {
+    this.leaveCause = cause;
     if (this.clientClosed) {
       this.finish();
       return;
@@ -238,20 +312,20 @@ export class Connection {
   private commit(): void {
     this.phase = 'piping';
     this.dropReplay();
-    this.proxy.clock.clearTimeout(this.timer);
+    this.host.clock.clearTimeout(this.timer);
     this.timer = undefined;
   }
 
   /** Releases the replay buffer and its share of the process-wide replay budget. */
   private dropReplay(): void {
-    this.proxy.releaseReplay(this.replayBytes);
+    this.host.releaseReplay(this.replayBytes);
     this.replay = undefined;
     this.replayBytes = 0;
   }
 
   private onClientData(chunk: Buffer): void {
     const up = this.upstream;
-    this.lastClientByteAt = this.proxy.clock.now();
+    this.lastClientByteAt = this.host.clock.now();
     this.serverSpokeLast = false;
     if (this.phase === 'dialing') {
       // Only reachable in the tick between a retry's pause() and the next dial: keep the bytes for replay
@@ -259,14 +333,14 @@ export class Connection {
       if (this.replay !== undefined) {
         this.replay.push(chunk);
         this.replayBytes += chunk.length;
-        this.proxy.reserveReplay(chunk.length, true);
+        this.host.reserveReplay(chunk.length, true);
       }
       if (this.opening?.feed(chunk)) this.onOpeningComplete();
       this.client.pause();
       return;
     }
     if (this.phase === 'probing' && this.replay !== undefined) {
-      if (this.replayBytes + chunk.length <= this.proxy.firstByteBufferBytes && this.proxy.reserveReplay(chunk.length, false)) {
+      if (this.replayBytes + chunk.length <= this.host.settings.firstByteBufferBytes && this.host.reserveReplay(chunk.length, false)) {
         this.replay.push(chunk);
         this.replayBytes += chunk.length;
       } else {
@@ -291,7 +365,7 @@ export class Connection {
   private onUpstreamData(chunk: Buffer): void {
     if (this.phase === 'probing') this.commit();
     if (this.helloTimer !== undefined) this.onServerSpoke();
-    this.lastServerByteAt = this.proxy.clock.now();
+    this.lastServerByteAt = this.host.clock.now();
     this.serverSpokeLast = true;
     if (!this.client.write(chunk)) this.upstream!.pause();
   }
@@ -304,7 +378,7 @@ export class Connection {
   private onUpstreamRead(n: number, buf: Buffer): boolean {
     if (this.phase === 'probing') this.commit();
     if (this.helloTimer !== undefined) this.onServerSpoke();
-    this.lastServerByteAt = this.proxy.clock.now();
+    this.lastServerByteAt = this.host.clock.now();
     this.serverSpokeLast = true;
     const c = this.client;
     if (buf === SHARED_READ_BUF) {
@@ -342,7 +416,7 @@ export class Connection {
 
   private onClientError(err: NodeJS.ErrnoException): void {
     this.closeReason = 'client_error';
-    this.proxy.clientError(err);
+    this.host.clientError(err);
     // Propagate a reset as a reset so the API server sees what the client did.
     const up = this.upstream;
     if (up && !up.destroyed) {
@@ -383,7 +457,7 @@ export class Connection {
 
   private onUpstreamClose(): void {
     this.upstreamClosed = true;
-    this.proxy.clock.clearTimeout(this.timer);
+    this.host.clock.clearTimeout(this.timer);
     this.timer = undefined;
     if (this.phase === 'dialing' && !this.clientClosed) return; // error handler already retried
     const c = this.client;
@@ -400,10 +474,11 @@ export class Connection {
   }
 
   private lingerThenDestroy(s: Socket): void {
-    const t = this.proxy.clock.setTimeout(function onLingerTimeout() {
+    const clock = this.host.clock;
+    const t = clock.setTimeout(function onLingerTimeout() {
       s.destroy();
     }, LINGER_MS);
-    s.once('close', () => this.proxy.clock.clearTimeout(t));
+    s.once('close', () => clock.clearTimeout(t));
   }
 
   private maybeFinish(): void {
@@ -421,9 +496,11 @@ export class Connection {
   destroy(reason: CloseReason): void {
     if (this.phase === 'closed') return;
     // A connection still dialing, or probing with nothing from the backend yet, loses nothing by moving: when
-    // its backend goes down it is retried elsewhere (with replay) instead of failing the client.
+    // its backend goes down it moves elsewhere (with replay) instead of failing the client. The pool took the
+    // backend down itself: nothing is reported back to it as a dial failure.
     if (reason === 'backend_down' && this.upstream && (this.phase === 'dialing' || (this.phase === 'probing' && this.client.bytesWritten === 0))) {
-      this.retry('closed', undefined);
+      this.leaveUpstream();
+      this.dialElsewhere('backend_down');
       return;
     }
     if (this.closeReason === 'normal') this.closeReason = reason;
@@ -434,12 +511,14 @@ export class Connection {
   private finish(): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
-    this.proxy.clock.clearTimeout(this.timer);
+    this.host.clock.clearTimeout(this.timer);
     this.timer = undefined;
-    this.proxy.clock.clearTimeout(this.helloTimer);
+    this.host.clock.clearTimeout(this.helloTimer);
     this.helloTimer = undefined;
     this.dropReplay();
-    this.proxy.finished(this, this.closeReason);
+    const lease = this.lease;
+    this.lease = undefined;
+    this.host.finished(this, this.closeReason, lease);
   }
 }
 

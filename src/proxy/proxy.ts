@@ -16,9 +16,9 @@ import { connect, type Server, type Socket } from 'node:net';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import { numberOption, OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
-import type { Pool, TransitionEvent } from '../pool/pool.js';
-import { Connection } from './connection.js';
-import type { CloseReason, DialFailureReason, RejectReason, RetryReason } from './reasons.js';
+import type { BackendLease, Pool, TransitionEvent } from '../pool/pool.js';
+import { Connection, type ConnectionHost, type ConnectionSettings } from './connection.js';
+import { retryReason, type CloseReason, type DialFailureReason, type LeaveCause, type RejectReason, type RetryReason } from './reasons.js';
 
 /** Opens a TCP connection to a backend. Injected in tests (e.g. to simulate timeouts). */
 export type Dialer = (backend: Backend, onread?: UpstreamOnRead) => Socket;
@@ -96,8 +96,11 @@ export interface ProxyEvents {
   open: [{ backend: Backend }];
   close: [CloseEvent];
   'dial-failure': [DialFailureEvent];
-  /** A connection is dialing `backend` after its previous attempt failed for `reason`. */
-  retry: [{ reason: DialFailureReason; backend: Backend }];
+  /**
+   * A connection is dialing `backend` after it left its previous one for `reason`: that dial failed, or that
+   * backend went down (`backend_down`) before the connection committed to it.
+   */
+  retry: [{ reason: LeaveCause; backend: Backend }];
   reject: [{ reason: 'max_connections' }];
   'client-error': [{ error: Error }];
   /** accept() failed (EMFILE, ENFILE, ENOBUFS...): the connection was dropped, the listener keeps serving. */
@@ -112,7 +115,10 @@ export interface ProxyEvents {
 export interface ProxyCounters {
   accepted: number;
   rejected: Map<RejectReason, number>;
-  /** Dials of a next backend after a failed attempt (a connection whose last backend failed is not a retry). */
+  /**
+   * Dials of a next backend after a failed attempt or a move off a backend that went down, by reason (a
+   * connection whose last backend failed is not a retry).
+   */
   retries: Map<RetryReason, number>;
   /** Closed connections by backend id and reason; `''`: connections that never had a backend (`no_backend`). */
   closed: Map<string, Map<CloseReason, number>>;
@@ -138,35 +144,38 @@ function defaultDial(backend: Backend, onread?: UpstreamOnRead): Socket {
   return connect({ host: backend.address.host, port: backend.address.port, allowHalfOpen: true, noDelay: true, ...(onread ? { onread } : {}) });
 }
 
+/** The settings {@link Proxy.update} can change (a reload); the others are fixed at construction. */
+type ReloadableSettings = Pick<
+  ProxyOptions,
+  'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread' | 'clientHelloTimeout' | 'replayBufferTotal'
+>;
+
+/** A Proxy's validated settings (see {@link ProxyOptions}); one object, changed in place by {@link Proxy.update}. */
+interface ProxySettings extends ConnectionSettings {
+  connectTimeout: number;
+  firstByteTimeout: number;
+  clientHelloTimeout: number;
+  replayBufferTotal: number;
+  maxConnections: number;
+  drainTimeout: number;
+  closeSpread: number;
+}
+
 /** TCP passthrough proxy over a {@link Pool}. */
 export class Proxy extends EventEmitter<ProxyEvents> {
   readonly pool: Pool;
-  /** Changed only through {@link update} (configuration reload). */
-  connectTimeout: number;
-  /** Changed only through {@link update}. */
-  firstByteTimeout: number;
-  readonly firstByteBufferBytes: number;
-  /** Changed only through {@link update}. */
-  replayBufferTotal: number;
-  /** Changed only through {@link update}. */
-  clientHelloTimeout: number;
-  /** Replay bytes held by all connections now (see {@link ProxyOptions.replayBufferTotal}). */
-  replayBytesInUse = 0;
-  /** Changed only through {@link update}. */
-  maxConnections: number;
-  /** Changed only through {@link update}. */
-  drainTimeout: number;
-  /** Changed only through {@link update}. */
-  closeSpread: number;
-  readonly keepAliveInitialDelay: number;
-  readonly dial: Dialer;
   readonly clock: Clock;
   readonly counters: ProxyCounters = { accepted: 0, rejected: new Map(), retries: new Map(), closed: new Map(), localDialFailures: new Map() };
+  /** Read by every connection at each use: {@link update} changes it in place. */
+  private readonly settings: ProxySettings;
+  /** What connections see of this proxy (built once here, shared by every connection). */
+  private readonly host: ConnectionHost;
+  private replayInUse = 0;
   private readonly random: () => number;
   private readonly servers = new Set<Server>();
   private readonly all = new Set<Connection>();
+  /** Connections attached to each backend (dialing or connected): to find them for closing and draining. */
   private readonly byBackend = new Map<Backend, Set<Connection>>();
-  private readonly connectedTo = new WeakMap<Connection, Backend>();
   private readonly drains = new Map<Backend, Drain>();
   private closing = false;
   private idleWaiters: (() => void)[] = [];
@@ -175,26 +184,103 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     super();
     if (!options || !options.pool) throw new OptionError('pool', 'is required');
     this.pool = options.pool;
-    this.connectTimeout = numberOption('connectTimeout', options.connectTimeout ?? 1000, 1);
-    this.firstByteTimeout = numberOption('firstByteTimeout', options.firstByteTimeout ?? 1000, 0);
-    this.firstByteBufferBytes = numberOption('firstByteBufferBytes', options.firstByteBufferBytes ?? 16384, 0);
-    this.replayBufferTotal = numberOption('replayBufferTotal', options.replayBufferTotal ?? 16 << 20, 0);
-    this.clientHelloTimeout = numberOption('clientHelloTimeout', options.clientHelloTimeout ?? 10_000, 0);
-    this.maxConnections = numberOption('maxConnections', options.maxConnections ?? 10000, 1);
-    this.drainTimeout = numberOption('drainTimeout', options.drainTimeout ?? 60000, 0);
-    this.closeSpread = numberOption('closeSpread', options.closeSpread ?? 30000, 0);
+    this.settings = {
+      connectTimeout: numberOption('connectTimeout', options.connectTimeout ?? 1000, 1),
+      firstByteTimeout: numberOption('firstByteTimeout', options.firstByteTimeout ?? 1000, 0),
+      firstByteBufferBytes: numberOption('firstByteBufferBytes', options.firstByteBufferBytes ?? 16384, 0),
+      replayBufferTotal: numberOption('replayBufferTotal', options.replayBufferTotal ?? 16 << 20, 0),
+      clientHelloTimeout: numberOption('clientHelloTimeout', options.clientHelloTimeout ?? 10_000, 0),
+      maxConnections: numberOption('maxConnections', options.maxConnections ?? 10000, 1),
+      drainTimeout: numberOption('drainTimeout', options.drainTimeout ?? 60000, 0),
+      closeSpread: numberOption('closeSpread', options.closeSpread ?? 30000, 0),
+      keepAliveInitialDelay: numberOption('keepAliveInitialDelay', options.keepAliveInitialDelay ?? 30000, 0),
+    };
     this.random = options.random ?? Math.random;
-    this.keepAliveInitialDelay = numberOption('keepAliveInitialDelay', options.keepAliveInitialDelay ?? 30000, 0);
-    this.dial = options.dial ?? defaultDial;
     this.clock = options.clock ?? systemClock;
+    this.host = this.connectionHost(options.dial ?? defaultDial);
     this.onTransition = this.onTransition.bind(this);
     this.onRemoved = this.onRemoved.bind(this);
     this.onConnection = this.onConnection.bind(this);
     this.onAcceptError = this.onAcceptError.bind(this);
-    this.onDeleted = this.onDeleted.bind(this);
+    this.onEvicted = this.onEvicted.bind(this);
     this.pool.on('transition', this.onTransition);
     this.pool.on('removed', this.onRemoved);
-    this.pool.on('deleted', this.onDeleted);
+    this.pool.on('evicted', this.onEvicted);
+  }
+
+  // The settings, read-only; the reloadable ones change only through update() (configuration reload).
+  get connectTimeout(): number {
+    return this.settings.connectTimeout;
+  }
+  get firstByteTimeout(): number {
+    return this.settings.firstByteTimeout;
+  }
+  get firstByteBufferBytes(): number {
+    return this.settings.firstByteBufferBytes;
+  }
+  get replayBufferTotal(): number {
+    return this.settings.replayBufferTotal;
+  }
+  get clientHelloTimeout(): number {
+    return this.settings.clientHelloTimeout;
+  }
+  get maxConnections(): number {
+    return this.settings.maxConnections;
+  }
+  get drainTimeout(): number {
+    return this.settings.drainTimeout;
+  }
+  get closeSpread(): number {
+    return this.settings.closeSpread;
+  }
+  get keepAliveInitialDelay(): number {
+    return this.settings.keepAliveInitialDelay;
+  }
+
+  /** Replay bytes held by all connections now (see {@link ProxyOptions.replayBufferTotal}). */
+  get replayBytesInUse(): number {
+    return this.replayInUse;
+  }
+
+  /**
+   * The one interface connections use to reach this proxy and its pool: picking, leases, the replay budget and
+   * the callbacks that keep the index, the counters and the events. Private: nothing else calls these.
+   */
+  private connectionHost(dial: Dialer): ConnectionHost {
+    const settings = this.settings;
+    return {
+      clock: this.clock,
+      settings,
+      dial,
+      attach: (conn, left, cause) => {
+        const backend = this.pool.pick(left);
+        if (!backend) return undefined;
+        if (cause !== undefined) this.countRetry(cause, backend);
+        let set = this.byBackend.get(backend);
+        if (!set) this.byBackend.set(backend, (set = new Set()));
+        set.add(conn);
+        return this.pool.lease(backend);
+      },
+      connected: (lease) => {
+        lease.connected();
+        this.pool.reportDialSuccess(lease.backend);
+        if (this.listenerCount('open') > 0) this.emit('open', { backend: lease.backend });
+      },
+      detach: (conn, lease) => this.detach(conn, lease),
+      dialFailed: (backend, reason, error) => this.reportDialFailure(backend, reason, error),
+      reserveReplay: (n, force) => {
+        if (!force && settings.replayBufferTotal > 0 && this.replayInUse + n > settings.replayBufferTotal) return false;
+        this.replayInUse += n;
+        return true;
+      },
+      releaseReplay: (n) => {
+        this.replayInUse -= n;
+      },
+      clientError: (error) => {
+        if (this.listenerCount('client-error') > 0) this.emit('client-error', { error });
+      },
+      finished: (conn, reason, lease) => this.finished(conn, reason, lease),
+    };
   }
 
   /**
@@ -202,42 +288,17 @@ export class Proxy extends EventEmitter<ProxyEvents> {
    * OptionError and nothing changes. New values apply to the next dial, first-byte wait, accept and drain;
    * timers already running keep their old deadline, and open connections are never touched.
    */
-  update(
-    options: Partial<
-      Pick<ProxyOptions, 'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread' | 'clientHelloTimeout' | 'replayBufferTotal'>
-    >,
-  ): void {
+  update(options: Partial<ReloadableSettings>): void {
     const next = {
-      replayBufferTotal: numberOption('replayBufferTotal', options.replayBufferTotal ?? this.replayBufferTotal, 0),
-      clientHelloTimeout: numberOption('clientHelloTimeout', options.clientHelloTimeout ?? this.clientHelloTimeout, 0),
-      connectTimeout: numberOption('connectTimeout', options.connectTimeout ?? this.connectTimeout, 1),
-      firstByteTimeout: numberOption('firstByteTimeout', options.firstByteTimeout ?? this.firstByteTimeout, 0),
-      maxConnections: numberOption('maxConnections', options.maxConnections ?? this.maxConnections, 1),
-      drainTimeout: numberOption('drainTimeout', options.drainTimeout ?? this.drainTimeout, 0),
-      closeSpread: numberOption('closeSpread', options.closeSpread ?? this.closeSpread, 0),
+      replayBufferTotal: numberOption('replayBufferTotal', options.replayBufferTotal ?? this.settings.replayBufferTotal, 0),
+      clientHelloTimeout: numberOption('clientHelloTimeout', options.clientHelloTimeout ?? this.settings.clientHelloTimeout, 0),
+      connectTimeout: numberOption('connectTimeout', options.connectTimeout ?? this.settings.connectTimeout, 1),
+      firstByteTimeout: numberOption('firstByteTimeout', options.firstByteTimeout ?? this.settings.firstByteTimeout, 0),
+      maxConnections: numberOption('maxConnections', options.maxConnections ?? this.settings.maxConnections, 1),
+      drainTimeout: numberOption('drainTimeout', options.drainTimeout ?? this.settings.drainTimeout, 0),
+      closeSpread: numberOption('closeSpread', options.closeSpread ?? this.settings.closeSpread, 0),
     };
-    this.connectTimeout = next.connectTimeout;
-    this.firstByteTimeout = next.firstByteTimeout;
-    this.maxConnections = next.maxConnections;
-    this.drainTimeout = next.drainTimeout;
-    this.closeSpread = next.closeSpread;
-    this.clientHelloTimeout = next.clientHelloTimeout;
-    this.replayBufferTotal = next.replayBufferTotal;
-  }
-
-  /**
-   * @internal Takes `n` bytes from the process-wide replay budget; false (nothing taken) when it would exceed
-   * it. `force` takes them regardless (bytes already read that must not be lost).
-   */
-  reserveReplay(n: number, force: boolean): boolean {
-    if (!force && this.replayBufferTotal > 0 && this.replayBytesInUse + n > this.replayBufferTotal) return false;
-    this.replayBytesInUse += n;
-    return true;
-  }
-
-  /** @internal Gives replay bytes back to the budget. */
-  releaseReplay(n: number): void {
-    this.replayBytesInUse -= n;
+    Object.assign(this.settings, next);
   }
 
   /** Open client connections. */
@@ -273,7 +334,9 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     let fromClient = backend.bytesFromClientClosed;
     let toClient = backend.bytesToClientClosed;
     for (const c of this.connectionsTo(backend)) {
-      if (this.connectedTo.get(c) === backend) {
+      // Connected to it (an attached connection still dialing carried nothing to it); closed ones are counted
+      // in the backend's closed bytes, by their lease.
+      if (c.phase === 'probing' || c.phase === 'piping') {
         fromClient += c.bytesFromClient;
         toClient += c.bytesToClient;
       }
@@ -286,7 +349,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
       client.destroy();
       return;
     }
-    if (this.all.size >= this.maxConnections) {
+    if (this.all.size >= this.settings.maxConnections) {
       inc(this.counters.rejected, 'max_connections');
       client.on('error', noop);
       client.destroy();
@@ -294,42 +357,19 @@ export class Proxy extends EventEmitter<ProxyEvents> {
       return;
     }
     this.counters.accepted++;
-    const conn = new Connection(this, client, this.clock.now());
+    const conn = new Connection(this.host, client, this.clock.now());
     this.all.add(conn);
     conn.start();
   }
 
-  /** @internal Connection started dialing `backend`. */
-  attach(conn: Connection, backend: Backend): void {
-    let set = this.byBackend.get(backend);
-    if (!set) this.byBackend.set(backend, (set = new Set()));
-    set.add(conn);
-    this.pool.beginDial(backend);
+  /** `conn` lets go of its lease (failed attempt, move, or close): out of the index, back to the pool. */
+  private detach(conn: Connection, lease: BackendLease): void {
+    this.byBackend.get(lease.backend)?.delete(conn);
+    lease.release(conn.bytesFromClient, conn.bytesToClient);
   }
 
-  /** @internal Connection's TCP handshake with `backend` completed. */
-  connected(conn: Connection, backend: Backend): void {
-    this.connectedTo.set(conn, backend);
-    this.pool.endDial(backend);
-    this.pool.reportDialSuccess(backend);
-    this.pool.acquire(backend);
-    if (this.listenerCount('open') > 0) this.emit('open', { backend });
-  }
-
-  /** @internal Connection let go of `backend` (failed attempt or close). */
-  detach(conn: Connection, backend: Backend): void {
-    // A failed attempt is detached twice (retry, then finish when no other backend is left): count it once.
-    const attached = this.byBackend.get(backend)?.delete(conn) ?? false;
-    if (this.connectedTo.get(conn) === backend) {
-      this.connectedTo.delete(conn);
-      this.pool.release(backend, conn.bytesFromClient, conn.bytesToClient);
-    } else if (attached) {
-      this.pool.endDial(backend);
-    }
-  }
-
-  /** @internal A dial attempt failed. */
-  reportDialFailure(backend: Backend, reason: DialFailureReason, error: Error | undefined): void {
+  /** A dial attempt failed. */
+  private reportDialFailure(backend: Backend, reason: DialFailureReason, error: Error | undefined): void {
     // A first-byte timeout is a suspicion, not proof: the backend got a complete opening message and said
     // nothing, which a busy API server can do too. It asks for a health check now; the check decides.
     if (reason === 'first_byte_timeout') this.pool.reportSuspect(backend, reason);
@@ -340,27 +380,23 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.emit('dial-failure', ev);
   }
 
-  /** @internal A connection whose previous attempt failed for `reason` now dials `next`. */
-  retried(reason: DialFailureReason, next: Backend): void {
-    inc(this.counters.retries, reason === 'first_byte_timeout' ? 'first_byte_timeout' : 'connect_failed');
-    if (this.listenerCount('retry') > 0) this.emit('retry', { reason, backend: next });
+  /** A connection that left its previous backend for `cause` now dials `next`. */
+  private countRetry(cause: LeaveCause, next: Backend): void {
+    inc(this.counters.retries, retryReason(cause));
+    if (this.listenerCount('retry') > 0) this.emit('retry', { reason: cause, backend: next });
   }
 
-  /** @internal */
-  clientError(error: Error): void {
-    if (this.listenerCount('client-error') > 0) this.emit('client-error', { error });
-  }
-
-  /** @internal Connection is fully closed. */
-  finished(conn: Connection, reason: CloseReason): void {
+  /** A connection is fully closed; `lease`: the one it still held. */
+  private finished(conn: Connection, reason: CloseReason, lease: BackendLease | undefined): void {
     this.all.delete(conn);
     const backend = conn.backend;
-    // Counted before detach: releasing a removed backend's last connection deletes it, and its counters go too.
+    // Counted before the lease goes back: releasing a removed backend's last connection evicts it, and its
+    // counters go too.
     const key = backend?.id ?? '';
     let m = this.counters.closed.get(key);
     if (!m) this.counters.closed.set(key, (m = new Map()));
     inc(m, reason);
-    if (backend) this.detach(conn, backend);
+    if (lease) this.detach(conn, lease);
     if (this.listenerCount('close') > 0) {
       this.emit('close', {
         backend,
@@ -410,9 +446,12 @@ export class Proxy extends EventEmitter<ProxyEvents> {
   }
 
   /** A backend left the pool: its closed-connection counters go with it (its metric series disappear). */
-  private onDeleted(b: Backend): void {
+  private onEvicted(b: Backend): void {
     this.counters.closed.delete(b.id);
     this.counters.localDialFailures.delete(b.id);
+    // Its index entry too, so discovery churn does not keep every Backend ever seen (kept, and left behind, only
+    // when a connection is still dialing it: it was removed with no open connection).
+    if (this.byBackend.get(b)?.size === 0) this.byBackend.delete(b);
     this.cancelDrain(b);
   }
 
@@ -431,8 +470,8 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     d.phase = 'timer';
     this.clock.clearTimeout(d.timer);
     d.timer = undefined;
-    if (this.drainTimeout === 0) this.drainDue(b, d);
-    else d.timer = this.clock.setTimeout(() => this.drainDue(b, d), this.drainTimeout);
+    if (this.settings.drainTimeout === 0) this.drainDue(b, d);
+    else d.timer = this.clock.setTimeout(() => this.drainDue(b, d), this.settings.drainTimeout);
   }
 
   /** True when a backend other than `b` is `up`: only then is closing `b`'s connections a move to something better. */
@@ -456,10 +495,10 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     d.queue = queue;
     d.next = 0;
     d.start = this.clock.now();
-    d.slot = this.closeSpread / queue.length;
+    d.slot = this.settings.closeSpread / queue.length;
     // The phase within the first slot differs per node: a fleet's closes interleave instead of lining up.
     d.offset = this.random() * d.slot;
-    this.emit('drain-timeout', { backend: b, connections: queue.length, spreadMs: this.closeSpread });
+    this.emit('drain-timeout', { backend: b, connections: queue.length, spreadMs: this.settings.closeSpread });
     this.closeStep(b, d);
   }
 
@@ -541,7 +580,7 @@ export class Proxy extends EventEmitter<ProxyEvents> {
     this.drains.clear();
     this.pool.off('transition', this.onTransition);
     this.pool.off('removed', this.onRemoved);
-    this.pool.off('deleted', this.onDeleted);
+    this.pool.off('evicted', this.onEvicted);
     if (this.all.size > 0) await this.waitIdle(5000);
   }
 }

@@ -65,8 +65,8 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
     this.clock = options.clock ?? this.proxy.clock;
     this.random = options.random ?? Math.random;
     this.tick = this.tick.bind(this);
-    this.onDeleted = this.onDeleted.bind(this);
-    this.proxy.pool.on('deleted', this.onDeleted);
+    this.onEvicted = this.onEvicted.bind(this);
+    this.proxy.pool.on('evicted', this.onEvicted);
   }
 
   /** Starts the rounds (the first after a jittered interval). Idempotent. */
@@ -83,11 +83,11 @@ export class Rebalancer extends EventEmitter<RebalancerEvents> {
   /** Stops for good and lets go of the pool. */
   close(): void {
     this.stop();
-    this.proxy.pool.off('deleted', this.onDeleted);
+    this.proxy.pool.off('evicted', this.onEvicted);
   }
 
   /** A backend left the pool: its move counter goes with it (its metric series disappears). */
-  private onDeleted(b: Backend): void {
+  private onEvicted(b: Backend): void {
     this.moved.delete(b.id);
   }
 

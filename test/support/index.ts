@@ -17,7 +17,7 @@ import { connect as http2Connect, constants as h2c } from 'node:http2';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { until } from './net.js';
+import { until, type Truthy } from './net.js';
 
 export * from './net.js';
 export * from './fake-clock.js';
@@ -62,7 +62,7 @@ export interface WaitForOptions {
  * Polls `fn` until it returns a truthy value (which is returned) or `timeoutMs` passes (rejects). A throwing `fn`
  * counts as not yet; its last error is included in the timeout message.
  */
-export async function waitFor<T>(fn: () => T | Promise<T>, opts: WaitForOptions = {}): Promise<NonNullable<T>> {
+export async function waitFor<T>(fn: () => T | Promise<T>, opts: WaitForOptions = {}): Promise<Truthy<T>> {
   let lastErr: unknown;
   async function attempt(): Promise<T | undefined> {
     try {

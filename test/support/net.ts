@@ -122,15 +122,18 @@ export function closed(s: Socket): Promise<boolean> {
   });
 }
 
+/** What a truthy value of type `T` can be. */
+export type Truthy<T> = Exclude<T, undefined | null | false | 0 | ''>;
+
 /**
  * The tests' one polling loop: polls `fn` until it returns truthy, at most `timeoutMs` (default 5000). Rejects with
  * `what` on timeout; an error thrown by `fn` rejects at once (index.ts's waitFor retries through errors instead).
  */
-export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 5000, intervalMs = 10): Promise<NonNullable<T>> {
+export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 5000, intervalMs = 10): Promise<Truthy<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
-    if (v) return v; // truthy, so neither null nor undefined
+    if (v) return v as Truthy<T>;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
