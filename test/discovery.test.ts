@@ -1100,7 +1100,8 @@ t.test('TLS rotation: the watch in flight keeps its connection (no re-list); the
   const r = await rig(t);
   r.cluster.setSlice('kubernetes', eps('127.0.0.2'), r.port);
   await r.caughtUp();
-  await until(() => r.d.stats.state === 'watching', 'a watch open');
+  // Server side: the watch request has arrived (the client's state says 'watching' a moment before that).
+  await until(() => r.cluster.openWatches === 1, 'a watch open at the API server');
   const relists = r.d.stats.relists;
   const lists = r.cluster.requests.filter((q) => q.kind === 'list').length;
   const watches = r.cluster.requests.filter((q) => q.kind === 'watch').length;
