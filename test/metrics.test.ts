@@ -264,9 +264,9 @@ t.test('a running daemon: /metrics values through a failover, /status, /readyz, 
   const table = await runCli(['status', '--admin-listen', d.adminAddress]);
   tt.equal(table.code, 0, table.stderr);
   tt.match(table.stdout, new RegExp(`^apilb ${VERSION.replace(/\./g, '\\.')} \\(pid \\d+\\), up \\d+s: ready`));
-  tt.match(table.stdout, /BACKEND\s+STATE\s+FOR\s+CHECK\s+ACTIVE\s+TOTAL\s+FAILED\s+IN\/OUT\s+REASON/);
-  tt.match(table.stdout, new RegExp(`${a!.address}\\s+down\\s+\\d+s\\s+\\S+ [\\d.]+ms\\s+0\\s+1\\s+${fromA.length}\\s+19 B / 21 B\\s+`));
-  tt.match(table.stdout, new RegExp(`${b!.address}\\s+up\\s+\\d+s\\s+ok [\\d.]+ms\\s+${1 + extra.length}\\s+${1 + extra.length}\\s+0\\s+`));
+  tt.match(table.stdout, /BACKEND\s+STATE\s+FOR\s+CHECK\s+ACTIVE\s+SHARE\s+TOTAL\s+FAILED\s+IN\/OUT\s+REASON/);
+  tt.match(table.stdout, new RegExp(`${a!.address}\\s+down\\s+\\d+s\\s+\\S+ [\\d.]+ms\\s+0\\s+0%\\s+1\\s+${fromA.length}\\s+19 B / 21 B\\s+`));
+  tt.match(table.stdout, new RegExp(`${b!.address}\\s+up\\s+\\d+s\\s+ok [\\d.]+ms\\s+${1 + extra.length}\\s+100%\\s+${1 + extra.length}\\s+0\\s+`));
   const json = await runCli(['status', '--json', '--admin-listen', d.adminAddress]);
   tt.equal(json.code, 0, json.stderr);
   tt.same(

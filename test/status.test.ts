@@ -76,8 +76,8 @@ t.test('a healthy daemon: header, aligned columns, totals', async (tt) => {
       'apilb 1.2.3 (pid 42), up 1h01m: ready (1/1 backends up)',
       'listeners: 127.0.0.1:6443, [::1]:6443   admin: 127.0.0.1:9643   client connections: 3 open, 10 accepted',
       '',
-      'BACKEND        STATE  FOR    CHECK    ACTIVE  TOTAL  FAILED  IN/OUT             REASON',
-      '10.0.0.1:6443  up     1m05s  ok 12ms  3       10     3       2.0 KiB / 5.0 MiB  first check passed',
+      'BACKEND        STATE  FOR    CHECK    ACTIVE  SHARE  TOTAL  FAILED  IN/OUT             REASON',
+      '10.0.0.1:6443  up     1m05s  ok 12ms  3       100%   10     3       2.0 KiB / 5.0 MiB  first check passed',
       '',
     ].join('\n'),
   );
@@ -117,7 +117,7 @@ t.test('panic, removed, never checked, failing check on an up backend, not-ready
   tt.match(out, /\nPANIC: no backend is eligible; every backend is tried for each connection\n/);
   tt.match(out, /10\.0\.0\.1:6443\s+down\s+1m05s\s+error 0\.7ms\s+.*health check failed: connection refused\n/, 'reason already names the error: not repeated');
   tt.match(out, /10\.0\.0\.2:6443\s+draining \(removed\)\s+1m05s\s+500 3\.0ms\s+.*removed \(last check: etcd not ready\)\n/);
-  tt.match(out, /10\.0\.0\.3:6443\s+unknown\s+1m05s\s+-\s+3\s+10\s+0\s+/);
+  tt.match(out, /10\.0\.0\.3:6443\s+unknown\s+1m05s\s+-\s+3\s+100%\s+10\s+0\s+/);
   tt.match(out, /10\.0\.0\.4:6443\s+up\s+1m05s\s+error 1000ms\s+.*first check passed \(last check: timeout after 1000 ms\)\n/);
 });
 

@@ -221,7 +221,7 @@ export function formatStatus(doc: StatusDoc, now: number): string {
   if (doc.panic) head.push('PANIC: no backend is eligible; every backend is tried for each connection');
   if (doc.credentials?.missing.length) head.push(`CREDENTIALS: not there yet (${doc.credentials.identity} in use): ${doc.credentials.missing.join(', ')}`);
   for (let i = 0; i < head.length; i++) head[i] = terminalSafe(head[i]!);
-  const rows: string[][] = [['BACKEND', 'STATE', 'FOR', 'CHECK', 'ACTIVE', 'TOTAL', 'FAILED', 'IN/OUT', 'REASON']];
+  const rows: string[][] = [['BACKEND', 'STATE', 'FOR', 'CHECK', 'ACTIVE', 'SHARE', 'TOTAL', 'FAILED', 'IN/OUT', 'REASON']];
   for (const b of doc.backends) {
     const failed = Object.values(b.connectFailures).reduce((a, n) => a + n, 0);
     rows.push([
@@ -230,6 +230,7 @@ export function formatStatus(doc: StatusDoc, now: number): string {
       formatAge((now - Date.parse(b.since)) / 1000),
       checkCell(b.lastCheck),
       String(b.activeConnections),
+      `${Math.round(b.connectionShare * 100)}%`,
       String(b.totalConnections),
       String(failed),
       `${formatBytes(b.bytes.toBackend)} / ${formatBytes(b.bytes.toClient)}`,
