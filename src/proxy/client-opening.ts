@@ -28,13 +28,21 @@ const MAX_HANDSHAKE = 65536;
 export class ClientOpening {
   /** True once the opening message is complete (then {@link feed} is no longer needed). */
   complete = false;
-  /** Bytes of the current record header or handshake header collected so far. */
-  private readonly header = Buffer.alloc(RECORD_HEADER);
+  // The two headers are read field by field into small integers as their bytes arrive (no per-connection
+  // buffers: this object lives once per open connection). A handshake header can span two records, so both are
+  // tracked at once.
+  /** Bytes of the current record header collected so far (0..5). */
   private headerLen = 0;
+  /** The record's content type (header byte 0). */
+  private recordType = 0;
+  /** The record's payload length (header bytes 3 and 4, big-endian). */
+  private recordLen = 0;
   /** Payload bytes left in the current record; 0 = a record header comes next. */
   private recordLeft = 0;
-  private readonly hs = Buffer.alloc(HANDSHAKE_HEADER);
+  /** Bytes of the handshake header collected so far (0..4). */
   private hsLen = 0;
+  /** The handshake message's length (header bytes 1 to 3, big-endian; 24 bits, a small integer). */
+  private msgLen = 0;
   /** Handshake message bytes still missing once its header is known; -1 = header not complete yet. */
   private messageLeft = -1;
 
@@ -45,11 +53,17 @@ export class ClientOpening {
     while (!this.complete && i < n) {
       if (this.recordLeft === 0) {
         // Collecting a record header.
-        while (this.headerLen < RECORD_HEADER && i < n) this.header[this.headerLen++] = chunk[i++]!;
+        while (this.headerLen < RECORD_HEADER && i < n) {
+          const b = chunk[i++]!;
+          if (this.headerLen === 0) this.recordType = b;
+          else if (this.headerLen >= 3) this.recordLen = (this.recordLen << 8) | b;
+          this.headerLen++;
+        }
         if (this.headerLen < RECORD_HEADER) break;
+        const len = this.recordLen;
         this.headerLen = 0;
-        const len = this.header.readUInt16BE(3);
-        if (this.header[0] !== CONTENT_HANDSHAKE || len === 0 || len > MAX_RECORD) {
+        this.recordLen = 0;
+        if (this.recordType !== CONTENT_HANDSHAKE || len === 0 || len > MAX_RECORD) {
           this.complete = true;
           break;
         }
@@ -59,16 +73,17 @@ export class ClientOpening {
       // Inside a record body: first the handshake header, then the message body.
       if (this.messageLeft < 0) {
         while (this.hsLen < HANDSHAKE_HEADER && i < n && this.recordLeft > 0) {
-          this.hs[this.hsLen++] = chunk[i++]!;
+          const b = chunk[i++]!;
+          if (this.hsLen > 0) this.msgLen = (this.msgLen << 8) | b; // byte 0 is the message type
+          this.hsLen++;
           this.recordLeft--;
         }
         if (this.hsLen < HANDSHAKE_HEADER) continue;
-        const msgLen = this.hs.readUIntBE(1, 3);
-        if (msgLen > MAX_HANDSHAKE) {
+        if (this.msgLen > MAX_HANDSHAKE) {
           this.complete = true;
           break;
         }
-        this.messageLeft = msgLen;
+        this.messageLeft = this.msgLen;
       }
       const take = Math.min(this.messageLeft, this.recordLeft, n - i);
       i += take;
