@@ -2,9 +2,15 @@
 /**
  * The command line: `apilb [run]`, `apilb check-config`, `apilb demo`, `apilb version`. Flags come from the
  * option table (config/options.ts). The only place that calls process.exit.
+ *
+ * yargs is loaded only when it is needed: `apilb run` with plain flags (how the units and the launcher start
+ * the daemon) is parsed by {@link parseRunArgs} with node:util's parseArgs, because yargs stays in memory for
+ * the daemon's whole life (about 4 MB of RSS on every node, issue 18). Everything else goes through yargs.
  */
-import yargs, { type Argv } from 'yargs';
-import { hideBin } from 'yargs/helpers';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { Argv } from 'yargs';
 import { fetchStatus, formatStatus } from './admin/status.js';
 import { formatConfig, resolveAdminListen, resolveConfig, type Config, type Layer, type ResolveInput } from './config/config.js';
 import { loadCredentials } from './config/credentials.js';
@@ -35,8 +41,8 @@ function withOptions<T>(y: Argv<T>): Argv<T> {
   return y;
 }
 
-/** The flags the operator actually set, keyed by config key. */
-function flagLayer(argv: Record<string, unknown>): Layer {
+/** The flags the operator actually set, keyed by config key (exported for the tests of {@link parseRunArgs}). */
+export function flagLayer(argv: Record<string, unknown>): Layer {
   const layer: Layer = {};
   for (const spec of OPTIONS) {
     const v = argv[camel(spec.flag)];
@@ -172,8 +178,57 @@ export function joinNegativeValues(args: readonly string[]): string[] {
   return out;
 }
 
-/** Builds the yargs parser (exported for tests of help output). */
-export function buildCli(args: string[]): Argv {
+/** parseArgs options for `run`: `--config` and every row of the option table, as yargs declares them. */
+function runParseOptions(): NonNullable<ParseArgsConfig['options']> {
+  const options: NonNullable<ParseArgsConfig['options']> = { config: { type: 'string' } };
+  for (const spec of OPTIONS) {
+    options[spec.flag] = spec.kind === 'bool' ? { type: 'boolean' } : { type: 'string', multiple: spec.kind === 'address-list' };
+  }
+  return options;
+}
+
+/**
+ * Parses `apilb [run] --flag value ...` without yargs, into the same camelCase keys yargs gives `run`. Returns
+ * undefined, so that yargs parses (and explains) the arguments instead, for anything but plain flags of the
+ * option table: another command, a positional argument, --help, --version, an unknown or camelCase flag,
+ * `--no-FLAG`, `--bool=value`, a single-value flag given twice (yargs makes a list of it), a missing value, a value
+ * starting with `-` that joinNegativeValues does not join, or an enum value outside its choices.
+ * test/cli-run-args.test.ts checks that whatever this accepts, yargs reads the same way.
+ */
+export function parseRunArgs(args: readonly string[]): Record<string, unknown> | undefined {
+  const rest = args[0] === 'run' ? args.slice(1) : args;
+  const options = runParseOptions();
+  let parsed: ReturnType<typeof parseArgs<{ options: typeof options; strict: true; allowPositionals: false; tokens: true }>>;
+  try {
+    parsed = parseArgs({ args: joinNegativeValues(rest), options, strict: true, allowPositionals: false, tokens: true });
+  } catch {
+    return undefined;
+  }
+  const seen = new Set<string>();
+  for (const token of parsed.tokens) {
+    if (token.kind !== 'option') return undefined; // `--` and anything after it
+    if (seen.has(token.name) && options[token.name]!.multiple !== true) return undefined;
+    seen.add(token.name);
+  }
+  const argv: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(parsed.values)) {
+    const spec = OPTIONS.find((o) => o.flag === name);
+    if (spec?.kind === 'enum' && !(spec.choices ?? []).includes(value as string)) return undefined;
+    argv[camel(name)] = value;
+  }
+  return argv;
+}
+
+/**
+ * Builds the yargs parser (loaded on this first use). `handlers` replaces what `run` does and what a parse
+ * failure does (tests compare yargs' reading of the arguments with {@link parseRunArgs}'s).
+ */
+export async function buildCli(
+  args: string[],
+  handlers: { run?: (argv: Record<string, unknown>) => Promise<void>; fail?: (msg: string, err: Error | undefined) => void } = {},
+): Promise<Argv> {
+  const { default: yargs } = await import('yargs');
+  const runCommand = handlers.run ?? run;
   return yargs(joinNegativeValues(args))
     .scriptName('apilb')
     .usage('$0 [run] --backend HOST:PORT [--backend HOST:PORT ...] [options]\n\nNode-local TCP/TLS-passthrough load balancer for the Kubernetes API server.')
@@ -181,7 +236,7 @@ export function buildCli(args: string[]): Argv {
       ['run', '$0'],
       'run the load balancer (default command)',
       (y) => withOptions(y),
-      (a) => run(a as Record<string, unknown>),
+      (a) => runCommand(a as Record<string, unknown>),
     )
     .command(
       'check-config',
@@ -228,10 +283,28 @@ export function buildCli(args: string[]): Argv {
     .help()
     .wrap(Math.min(120, process.stdout.columns || 100))
     .fail((msg, err) => {
+      if (handlers.fail) return handlers.fail(msg, err);
       if (err) die(err);
       process.stderr.write(`apilb: ${msg}\nRun 'apilb --help' for usage.\n`);
       process.exit(EXIT_CODES.config);
     });
 }
 
-await buildCli(hideBin(process.argv)).parseAsync();
+/** `apilb ARGS...`: `run` with plain flags without yargs, everything else through it. */
+async function main(args: string[]): Promise<void> {
+  const runArgs = parseRunArgs(args);
+  if (runArgs) await run(runArgs);
+  else await (await buildCli(args)).parseAsync();
+}
+
+/** True when this module is the program (`node dist/cli.js`, the launcher, npm's bin link), not imported by a test. */
+function isMain(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === fileURLToPath(import.meta.url);
+  } catch {
+    return false;
+  }
+}
+
+// yargs' hideBin: the arguments after `node cli.js`.
+if (isMain()) await main(process.argv.slice(2));
