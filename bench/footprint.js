@@ -3,10 +3,12 @@
 // (CPU rates are not); about 35 s per configuration and round.
 //
 //   node bench/footprint.js [--node=host,bundled,/path/node (default: host,bundled)] [--flags='--a=1;--b --c']
-//                           [--hold=9000] [--rounds=2]
+//                           [--hold=9000] [--rounds=2] [--bare]
 //   node bench/footprint.js --modules [--node=...]   RSS after importing each dependency alone
 //
-// `--flags` is a ';'-separated list of node flag sets ('' = none); every (node, flags) pair is one column.
+// apilb runs with the node flags and environment of the shipped launcher (packaging/apilb), or without them with
+// `--bare`. `--flags` is a ';'-separated list of sets of node flags and NAME=value environment variables added to
+// those ('' = nothing added, the default); every (node, set) pair is one row.
 // Idle RSS is read after 10 s of health checks (5 check rounds at the 2 s default); the held-connection RSS 1 s
 // after the last connection is up (each connection: one byte through apilb and one back, as in `npm run bench`).
 import { spawnSync } from 'node:child_process';
@@ -14,13 +16,17 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, spawnTracked, killChild, atExit, sleep, median, readJsonLine, makeCA, childNoFile } from './lib.js';
-import { startApilb } from './targets.js';
+import { launcherSettings, startApilb } from './targets.js';
 import { resolveNode } from './runtime.js';
 
 const argv = process.argv.slice(2);
 const val = (n, d) => { const a = argv.find((x) => x.startsWith(`--${n}=`)); return a ? a.slice(n.length + 3) : d; };
 const nodes = val('node', process.env.APILB_BENCH_NODE || 'host,bundled').split(',').map((c) => resolveNode(c));
 const flagSets = val('flags', '').split(';').map((f) => f.split(' ').filter(Boolean));
+const bare = argv.includes('--bare');
+/** One set's node flags and environment (NAME=value words). */
+const splitSet = (set) => ({ nodeArgs: set.filter((w) => !/^[A-Z_][A-Z0-9_]*=/.test(w)),
+  env: Object.fromEntries(set.filter((w) => /^[A-Z_][A-Z0-9_]*=/.test(w)).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)])) });
 const rounds = Number(val('rounds', 2));
 const holdWanted = Number(val('hold', 9000));
 const holdN = Math.min(holdWanted, Math.floor((childNoFile() - 200) / 2));
@@ -81,7 +87,7 @@ for (const node of nodes) {
   for (const flags of flagSets) {
     const m = { idle: [], held: [], after: [], anonIdle: [], fileIdle: [], anonHeld: [], failed: 0 };
     for (let r = 0; r < rounds; r++) {
-      const t = await startApilb({ backends, dir, caFile: ca.certFile, nodeArgs: flags, node: node.bin, name: `apilb-${results.length}-${r}` });
+      const t = await startApilb({ backends, dir, caFile: ca.certFile, ...splitSet(flags), bare, node: node.bin, name: `apilb-${results.length}-${r}` });
       await sleep(10_000);
       // The idle figure is meant with all three backends checked and up: say so when they are not.
       const ready = await fetch(`http://127.0.0.1:${t.admin}/readyz`).then((r) => r.text(), (e) => e.message);
@@ -98,7 +104,7 @@ for (const node of nodes) {
       m.after.push(rss(t.pid).rss);
       await t.stop();
     }
-    const row = { node: node.version, flags: flags.join(' ') || '(none)', ...Object.fromEntries(
+    const row = { node: node.version, flags: `${bare ? '--bare' : 'launcher'}${flags.length ? ' + ' + flags.join(' ') : ''}`, ...Object.fromEntries(
       Object.entries(m).map(([k, v]) => [k, Array.isArray(v) ? median(v) : v])) };
     results.push(row);
     console.error(JSON.stringify({ ...row, rounds: m }));
@@ -107,8 +113,10 @@ for (const node of nodes) {
 backend.stdin.end();
 await killChild(backend);
 
+const shipped = launcherSettings();
+console.log(`\nlauncher (packaging/apilb): node flags ${shipped.nodeArgs.join(' ') || 'none'}; environment ${Object.entries(shipped.env).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`);
 console.log(`\nRSS in MB, median of ${rounds} round(s); ${holdN.toLocaleString('en')} held connections; git ${spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()}\n`);
-console.log(`| node | flags | RSS idle (anon + file) | RSS with ${holdN.toLocaleString('en')} conns (anon) | per conn (KiB) | RSS after release |`);
+console.log(`| node | flags and environment | RSS idle (anon + file) | RSS with ${holdN.toLocaleString('en')} conns (anon) | per conn (KiB) | RSS after release |`);
 console.log('| --- | --- | ---: | ---: | ---: | ---: |');
 for (const r of results) {
   console.log(`| ${r.node} | ${r.flags} | ${f1(r.idle)} (${f1(r.anonIdle)} + ${f1(r.fileIdle)}) | ${f1(r.held)} (${f1(r.anonHeld)}) | ` +

