@@ -106,8 +106,10 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.ok(uid >= 61184 && uid <= 65519, `runs as a dynamic user (uid ${uid} in systemd's DynamicUser range)`);
     t.match(
       await node.run(`cat /proc/${pid}/cmdline | tr '\\0' ' '`),
-      /\/usr\/lib\/apilb\/node\/bin\/node \/usr\/lib\/apilb\/dist\/cli\.js run --config \/etc\/apilb\/apilb\.yaml/,
+      /\/usr\/lib\/apilb\/node\/bin\/node --max-semi-space-size=1 \/usr\/lib\/apilb\/dist\/cli\.js run --config \/etc\/apilb\/apilb\.yaml/,
+      "the bundled Node.js 24 with the launcher's V8 flag (issue 18)",
     );
+    t.match(await node.run(`tr '\\0' '\\n' < /proc/${pid}/environ`), /^MALLOC_ARENA_MAX=2$/m, "the launcher's malloc setting");
     const backlog = (await node.run("ss -Hltn 'sport = :6443'"))
       .trim()
       .split('\n')
