@@ -31,11 +31,11 @@ async function started(name, child, port, extra = {}) {
 /**
  * apilb with default settings except listen, backends and admin address (plus the CA so the default HTTPS health
  * checks can verify the stand-in API servers). `extraArgs` lets the failover benchmark add its own; `node` is the
- * runtime binary (bench/runtime.js).
+ * runtime binary (bench/runtime.js); `cli` another build's cli.js (A/B comparisons, bench/cost.js).
  */
-export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [], node = process.execPath }) {
+export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [], node = process.execPath, cli = join(ROOT, 'dist/cli.js') }) {
   // Ports chosen by the kernel: apilb listens on port 0 and reports the bound addresses in its "started" log line.
-  const args = [...nodeArgs, join(ROOT, 'dist/cli.js'), 'run', '--listen', '127.0.0.1:0',
+  const args = [...nodeArgs, cli, 'run', '--listen', '127.0.0.1:0',
     ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]), '--admin-listen', '127.0.0.1:0',
     ...(caFile ? ['--ca-file', caFile] : []), ...extraArgs];
   const fd = logFd(dir, name);
