@@ -174,6 +174,23 @@ t.test('backend closes first while the client is paused: no leaked socket', asyn
   await until(() => h.proxy.activeConnections === 0, 'proxy connection gone after both FINs');
 });
 
+t.test("a normal close leaves no timer behind (the side that closes second cancels the first one's linger)", async (tt) => {
+  const clock = new FakeClock();
+  const [srv] = await servers(tt, echoServer());
+  const h = await harness(tt, [srv!.address], { clock });
+  for (const closer of ['client', 'backend'] as const) {
+    const s = await dial(h.port);
+    s.write('hello, world');
+    tt.equal((await readBytes(s, 12)).toString(), 'hello, world');
+    if (closer === 'client') s.end();
+    else for (const b of srv!.sockets) b.end();
+    await readAll(s);
+    s.end();
+    await until(() => h.proxy.activeConnections === 0, `connection closed by the ${closer} to finish`);
+    tt.equal(clock.pending, 0, `${closer} closed first: no linger or other timer left`);
+  }
+});
+
 t.test('client reset mid-stream resets the backend side and nothing crashes', async (tt) => {
   let backendClosed = false;
   let backendErr = '';

@@ -144,6 +144,8 @@ export class Connection {
   private timer: TimerHandle | undefined;
   /** Runs from the first backend connect until the client's opening message is complete (--client-hello-timeout). */
   private helloTimer: TimerHandle | undefined;
+  /** Runs once one side has closed, until the other does (see LINGER_MS); cleared by finish(). */
+  private lingerTimer: TimerHandle | undefined;
   /** Tracks the client's opening message; undefined once it is complete. */
   private opening: ClientOpening | undefined = new ClientOpening();
   /** Client bytes kept for replay while probing; undefined once committed or past the bound. */
@@ -186,6 +188,7 @@ export class Connection {
     this.onUpstreamConnect = this.onUpstreamConnect.bind(this);
     this.onTimeout = this.onTimeout.bind(this);
     this.onHelloTimeout = this.onHelloTimeout.bind(this);
+    this.onLingerTimeout = this.onLingerTimeout.bind(this);
     client.setNoDelay(true);
     client.setKeepAlive(true, host.settings.keepAliveInitialDelay);
     client.on('error', this.onClientError);
@@ -412,12 +415,16 @@ export class Connection {
     this.serverSpokeLast = true;
     const c = this.client;
     if (buf === SHARED_READ_BUF) {
-      // Every idle connection reads into the shared buffer next: never let a pending write reference it.
-      const ok = c.write(Buffer.from(buf.subarray(0, n)));
+      // Every idle connection reads into the shared buffer next: never let a pending write reference it. The
+      // copy comes from Node's pool (one small Buffer object; no view of the shared buffer is made).
+      const copy = Buffer.allocUnsafe(n);
+      buf.copy(copy, 0, 0, n);
+      const ok = c.write(copy);
       if (n === buf.length) this.ownReadBuf = Buffer.allocUnsafeSlow(READ_BUF_LARGE);
       return ok;
     }
-    const ok = c.write(buf.subarray(0, n));
+    // A full read (the usual case in bulk) writes the buffer itself: no view object per chunk.
+    const ok = c.write(n === buf.length ? buf : buf.subarray(0, n));
     if (c.writableLength > 0) {
       // The write did not reach the kernel synchronously and still references `buf`: read into a fresh one.
       this.ownReadBuf = Buffer.allocUnsafeSlow(READ_BUF_LARGE);
@@ -480,7 +487,7 @@ export class Connection {
     if (up && !this.upstreamClosed) {
       if (!up.writableEnded) up.end();
       up.resume();
-      this.lingerThenDestroy(up);
+      this.linger();
     }
     this.maybeFinish();
   }
@@ -498,17 +505,25 @@ export class Connection {
       c.removeListener('data', this.onClientData);
       c.on('data', noop);
       c.resume();
-      this.lingerThenDestroy(c);
+      this.linger();
     }
     this.maybeFinish();
   }
 
-  private lingerThenDestroy(s: Socket): void {
-    const clock = this.host.clock;
-    const t = clock.setTimeout(function onLingerTimeout() {
-      s.destroy();
-    }, LINGER_MS);
-    s.once('close', () => clock.clearTimeout(t));
+  /**
+   * Gives the side still open {@link LINGER_MS} to finish its half, then destroys it. Only one side ever lingers
+   * (the other has closed); its close finishes the connection, and finish() clears the timer. One timer and no
+   * closure per connection.
+   */
+  private linger(): void {
+    this.host.clock.clearTimeout(this.lingerTimer);
+    this.lingerTimer = this.host.clock.setTimeout(this.onLingerTimeout, LINGER_MS);
+  }
+
+  private onLingerTimeout(): void {
+    this.lingerTimer = undefined;
+    this.upstream?.destroy();
+    this.client.destroy();
   }
 
   private maybeFinish(): void {
@@ -545,6 +560,8 @@ export class Connection {
     this.timer = undefined;
     this.host.clock.clearTimeout(this.helloTimer);
     this.helloTimer = undefined;
+    this.host.clock.clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
     this.dropReplay();
     const lease = this.lease;
     this.lease = undefined;
