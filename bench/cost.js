@@ -3,7 +3,7 @@
 // per 100k kept-alive HTTPS requests and per 100k new connections, with rates and p99, plus idle CPU.
 // Faster and narrower than `npm run bench` (no nginx, no open-connection RSS points): for before/after checks
 // of one change.
-// Usage: node bench/cost.js [--targets apilb,haproxy,node-pipe] [--modes idle,bulk1,upload1,ka,nc] [--rounds 3]
+// Usage: node bench/cost.js [--targets apilb,haproxy,node-pipe] [--modes idle,bulk1,upload1,paced1,ka,nc] [--rounds 3]
 //          [--seconds 3] [--node bundled|host|PATH] [--node-args='--flag ...'] [--apilb-args='--flag ...']
 //          [--cpu-prof DIR]   (apilb under --cpu-prof, profiles in DIR)
 //        targets: apilb, apilb@DIR (the build in DIR, e.g. a copy of an older dist/ in bench/.work/), haproxy,
@@ -83,8 +83,8 @@ for (let r = 0; r < rounds; r++) {
         const w0 = Date.now();
         await sleep(seconds * 1000);
         push(t.name, 'idle %core', (100 * (cpuSeconds(t.pid) - c0)) / ((Date.now() - w0) / 1000));
-      } else if (mode === 'bulk1' || mode === 'upload1') {
-        const b = await loadgen({ mode: mode === 'bulk1' ? 'bulk' : 'upload', port: t.port, streams: 1, seconds, warmup: 0.5 });
+      } else if (mode === 'bulk1' || mode === 'upload1' || mode === 'paced1') {
+        const b = await loadgen({ mode: mode === 'upload1' ? 'upload' : 'bulk', port: t.port, streams: 1, seconds, warmup: 0.5, paced: mode === 'paced1' });
         push(t.name, `${mode} MB/s`, b.mbps);
         push(t.name, `${mode} CPU s/GB`, (cpuSeconds(t.pid) - c0) / (b.total / 1e9));
       } else if (mode === 'ka' || mode === 'nc') {
