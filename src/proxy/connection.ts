@@ -188,7 +188,6 @@ export class Connection {
     this.onUpstreamConnect = this.onUpstreamConnect.bind(this);
     this.onTimeout = this.onTimeout.bind(this);
     this.onHelloTimeout = this.onHelloTimeout.bind(this);
-    this.onLingerTimeout = this.onLingerTimeout.bind(this);
     client.setNoDelay(true);
     client.setKeepAlive(true, host.settings.keepAliveInitialDelay);
     client.on('error', this.onClientError);
@@ -512,12 +511,12 @@ export class Connection {
 
   /**
    * Gives the side still open {@link LINGER_MS} to finish its half, then destroys it. Only one side ever lingers
-   * (the other has closed); its close finishes the connection, and finish() clears the timer. One timer and no
-   * closure per connection.
+   * (the other has closed); its close finishes the connection, and finish() clears the timer. One timer and one
+   * closure, made only when a side closes (held connections carry no handler for it).
    */
   private linger(): void {
     this.host.clock.clearTimeout(this.lingerTimer);
-    this.lingerTimer = this.host.clock.setTimeout(this.onLingerTimeout, LINGER_MS);
+    this.lingerTimer = this.host.clock.setTimeout(() => this.onLingerTimeout(), LINGER_MS);
   }
 
   private onLingerTimeout(): void {
