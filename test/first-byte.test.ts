@@ -36,8 +36,8 @@ async function recordingEchoServer(tt: Test): Promise<TestServer & { received: (
 }
 
 t.test('a hung backend is abandoned after the first-byte timeout and the opening bytes are replayed exactly once', async (t0) => {
-  // 16 KiB: the whole replay bound in one read, as large as the reads the data path frees after writing them
-  // (connection.ts releaseReadBuffer): a chunk kept for replay must never be freed.
+  // The data path frees each read once written (connection.ts releaseReadBuffer); a chunk kept for replay must
+  // never be. 16 KiB: the whole replay bound in one read.
   for (const size of [3000, 16384]) await t0.test(`${size}-byte opening`, (tt) => replayedOnce(tt, size));
 });
 
