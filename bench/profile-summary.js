@@ -1,15 +1,21 @@
 // Summarises a V8 .cpuprofile (from `node --cpu-prof`, e.g. `npm run bench -- --cpu-prof`): self time per
 // function and per category, so the data path's cost can be read without a flame-graph viewer.
-// Usage: node bench/profile-summary.js FILE.cpuprofile [top=25]
+// Usage: node bench/profile-summary.js FILE.cpuprofile [top=25] [skip=0]
+//   skip: seconds at the start of the profile left out (start-up: module loading, compilation).
 import { readFileSync } from 'node:fs';
 
-const [file, topArg] = process.argv.slice(2);
+const [file, topArg, skipArg] = process.argv.slice(2);
 const prof = JSON.parse(readFileSync(file, 'utf8'));
 const dt = [];
 for (let i = 0; i < prof.timeDeltas.length; i++) dt.push(prof.timeDeltas[i]);
 const selfUs = new Map();
 const byId = new Map(prof.nodes.map((n) => [n.id, n]));
-for (let i = 0; i < prof.samples.length; i++) selfUs.set(prof.samples[i], (selfUs.get(prof.samples[i]) ?? 0) + (dt[i] ?? 0));
+const skipUs = Number(skipArg ?? 0) * 1e6;
+let at = 0;
+for (let i = 0; i < prof.samples.length; i++) {
+  at += dt[i] ?? 0;
+  if (at >= skipUs) selfUs.set(prof.samples[i], (selfUs.get(prof.samples[i]) ?? 0) + (dt[i] ?? 0));
+}
 const total = [...selfUs.values()].reduce((a, b) => a + b, 0);
 const fn = new Map();
 const cat = new Map();

@@ -44,12 +44,13 @@ export function launcherSettings() {
  * apilb with default settings except listen, backends and admin address (plus the CA so the default HTTPS health
  * checks can verify the stand-in API servers), started like packaging/apilb starts it (its node flags and
  * environment, launcherSettings) unless `bare`. `nodeArgs` and `env` are added to those (experiments, profiling);
- * `extraArgs` lets the failover benchmark add its own; `node` is the runtime binary (bench/runtime.js).
+ * `extraArgs` lets the failover benchmark add its own; `node` is the runtime binary (bench/runtime.js); `cli`
+ * another build's cli.js (A/B comparisons, bench/cost.js).
  */
-export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [], env = {}, bare = false, node = process.execPath }) {
+export async function startApilb({ backends, dir, caFile, name = 'apilb', extraArgs = [], nodeArgs = [], env = {}, bare = false, node = process.execPath, cli = join(ROOT, 'dist/cli.js') }) {
   const shipped = bare ? { nodeArgs: [], env: {} } : launcherSettings();
   // Ports chosen by the kernel: apilb listens on port 0 and reports the bound addresses in its "started" log line.
-  const args = [...shipped.nodeArgs, ...nodeArgs, join(ROOT, 'dist/cli.js'), 'run', '--listen', '127.0.0.1:0',
+  const args = [...shipped.nodeArgs, ...nodeArgs, cli, 'run', '--listen', '127.0.0.1:0',
     ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]), '--admin-listen', '127.0.0.1:0',
     ...(caFile ? ['--ca-file', caFile] : []), ...extraArgs];
   const fd = logFd(dir, name);

@@ -35,12 +35,18 @@ async function recordingEchoServer(tt: Test): Promise<TestServer & { received: (
   return Object.assign(s, { received: () => Buffer.concat(chunks) });
 }
 
-t.test('a hung backend is abandoned after the first-byte timeout and the opening bytes are replayed exactly once', async (tt) => {
+t.test('a hung backend is abandoned after the first-byte timeout and the opening bytes are replayed exactly once', async (t0) => {
+  // The data path frees each read once written (connection.ts releaseReadBuffer); a chunk kept for replay must
+  // never be. 16 KiB: the whole replay bound in one read.
+  for (const size of [3000, 16384]) await t0.test(`${size}-byte opening`, (tt) => replayedOnce(tt, size));
+});
+
+async function replayedOnce(tt: Test, size: number): Promise<void> {
   const clock = new FakeClock();
   const hung = await recordingHungServer(tt);
   const good = await recordingEchoServer(tt);
   const h = await harness(tt, [hung.address, good.address], { clock, connectTimeout: 60_000 });
-  const hello = randomBytes(3000);
+  const hello = randomBytes(size);
   hello[0] = 0x42; // not a TLS handshake record: the opening is complete after 5 bytes (see client-opening.ts)
   const s = await dial(h.port);
   s.write(hello);
@@ -57,7 +63,7 @@ t.test('a hung backend is abandoned after the first-byte timeout and the opening
   tt.equal(h.pool.backends[0]!.connectFailures.get('first_byte_timeout'), 1, 'counted as a failed dial on the hung backend');
   tt.equal(h.proxy.counters.retries.get('first_byte_timeout'), 1, 'replay counted in retries{reason=first_byte_timeout}');
   s.destroy();
-});
+}
 
 t.test('a slow but healthy backend (300 ms) is not abandoned with the default 1 s', async (tt) => {
   const slow = await startServer((sock) => {

@@ -8,6 +8,7 @@ import { randomBytes, createHash } from 'node:crypto';
 import { connect, Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
 import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
+import { releaseReadBuffer } from '../src/proxy/connection.js';
 import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
 import { hasCode } from '../src/errors.js';
@@ -171,6 +172,23 @@ t.test('backend closes first while the client is paused: no leaked socket', asyn
   tt.equal(data.length, 4 * 1024 * 1024);
   s.end();
   await until(() => h.proxy.activeConnections === 0, 'proxy connection gone after both FINs');
+});
+
+t.test("a normal close leaves no timer behind (the side that closes second cancels the first one's linger)", async (tt) => {
+  const clock = new FakeClock();
+  const [srv] = await servers(tt, echoServer());
+  const h = await harness(tt, [srv!.address], { clock });
+  for (const closer of ['client', 'backend'] as const) {
+    const s = await dial(h.port);
+    s.write('hello, world');
+    tt.equal((await readBytes(s, 12)).toString(), 'hello, world');
+    if (closer === 'client') s.end();
+    else for (const b of srv!.sockets) b.end();
+    await readAll(s);
+    s.end();
+    await until(() => h.proxy.activeConnections === 0, `connection closed by the ${closer} to finish`);
+    tt.equal(clock.pending, 0, `${closer} closed first: no linger or other timer left`);
+  }
 });
 
 t.test('client reset mid-stream resets the backend side and nothing crashes', async (tt) => {
@@ -506,6 +524,74 @@ t.test('backend→client bytes stay exact with many concurrent streams, fast and
     const want = payloads.get(r.id)!;
     tt.equal(r.body.length, size);
     tt.ok(r.body.equals(want), `stream ${r.id} bit-exact`);
+  }
+});
+
+t.test('client→backend bytes stay exact with concurrent uploads, fast and slow backends (read buffers freed after synchronous writes)', async (tt) => {
+  // Uploads are read into a fresh buffer per read, which the connection frees as soon as its write reached the
+  // kernel (releaseReadBuffer). A buffer freed while a write still referenced it would corrupt or drop bytes here;
+  // slow backends make writes back up, and first-byte failover on keeps the first chunks for replay.
+  const size = 3 * 1024 * 1024;
+  for (const row of [
+    { name: 'committed at connect (first-byte failover off)', opts: { firstByteTimeout: 0 } },
+    { name: 'probing first (first-byte failover on, the sink never speaks)', opts: { firstByteTimeout: 5000 } },
+  ]) {
+    await tt.test(row.name, async (t2) => {
+      let next = 0;
+      const [sink] = await servers(
+        t2,
+        startServer((s) => {
+          const slow = next++ % 2 === 1;
+          const hash = createHash('sha256');
+          let n = 0;
+          s.on('data', (c: Buffer) => {
+            hash.update(c);
+            n += c.length;
+            if (slow) {
+              s.pause();
+              setImmediate(() => setImmediate(() => s.resume()));
+            }
+          });
+          s.on('end', () => s.end(`${n} ${hash.digest('hex')}`));
+        }),
+      );
+      const h = await proxyOver(t2, [sink!.address], row.opts);
+      const results = await Promise.all(
+        Array.from({ length: 6 }, async () => {
+          const payload = randomBytes(size);
+          const s = await dial(h.port);
+          const reading = readAll(s);
+          // 64 KiB writes as fast as the path takes them, like a client uploading.
+          for (let off = 0; off < size; off += 65536) {
+            if (!s.write(payload.subarray(off, off + 65536))) await new Promise((r) => s.once('drain', r));
+          }
+          s.end();
+          const answer = (await reading).toString();
+          s.destroy();
+          return { want: `${size} ${createHash('sha256').update(payload).digest('hex')}`, answer };
+        }),
+      );
+      for (const r of results) t2.equal(r.answer, r.want, 'the backend got every byte, in order');
+    });
+  }
+});
+
+t.test('releaseReadBuffer frees only a chunk that is the whole of its own ArrayBuffer', async (tt) => {
+  const canTransfer = typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === 'function';
+  const cases: { name: string; make: () => Buffer; freed: boolean }[] = [
+    { name: 'a 64 KiB read buffer of its own', make: () => Buffer.from(new ArrayBuffer(65536)), freed: canTransfer },
+    { name: 'a 517-byte read (a ClientHello) of its own', make: () => Buffer.from(new ArrayBuffer(517)), freed: canTransfer },
+    { name: 'a view into a larger buffer (other views may share it)', make: () => Buffer.from(new ArrayBuffer(131072), 0, 65536), freed: false },
+    { name: 'a view at an offset', make: () => Buffer.from(new ArrayBuffer(131072), 65536, 65536), freed: false },
+    { name: 'a pooled small Buffer', make: () => Buffer.from('pooled'), freed: false },
+  ];
+  for (const c of cases) {
+    const chunk = c.make();
+    const ab = chunk.buffer;
+    const before = ab.byteLength;
+    releaseReadBuffer(chunk);
+    tt.equal(ab.byteLength === 0, c.freed, `${c.name}: ${c.freed ? 'freed (detached)' : 'untouched'}`);
+    if (!c.freed) tt.equal(ab.byteLength, before, `${c.name}: its memory is intact`);
   }
 });
 

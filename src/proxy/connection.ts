@@ -33,6 +33,27 @@ const READ_BUF_LARGE = 65536;
 const SMALL_READS_BEFORE_SHRINK = 16;
 const SHARED_READ_BUF = Buffer.allocUnsafeSlow(READ_BUF_SMALL);
 
+// Client→backend reads cannot use `onread`: Node (20 and 24 alike) builds accepted sockets without it, so every
+// read arrives in a fresh ArrayBuffer of its own, and V8 counts them as external memory: at upload speed it runs a
+// full GC every ~50 MB (measured on Node 24: 107 mark-compacts in 9 s of 1-stream uploads, 0.93 CPU s per GB), and
+// even kept-alive requests' small reads add up to one a second. Once a chunk's write has reached the kernel
+// synchronously nothing references it any more, so the connection frees it at once: `ArrayBuffer.prototype
+// .transfer(0)` (standard JavaScript, Node 21+) detaches it, which releases its memory and its accounting without
+// waiting for a GC (uploads: 1 mark-compact, 0.50 s per GB; kept-alive requests: 16 → 1 mark-compacts, −7 % CPU).
+const transferArrayBuffer = (ArrayBuffer.prototype as { transfer?: (this: ArrayBuffer, length: number) => ArrayBuffer }).transfer;
+
+/**
+ * Frees the memory of a read chunk nothing references any more (its write completed synchronously), when the
+ * chunk is the whole of its own ArrayBuffer (never a view into a shared one, such as Node's Buffer pool). A no-op
+ * on Node.js 20, which lacks `ArrayBuffer.prototype.transfer`. The chunk is empty afterwards.
+ */
+export function releaseReadBuffer(chunk: Buffer): void {
+  const ab = chunk.buffer;
+  if (transferArrayBuffer !== undefined && chunk.byteOffset === 0 && ab.byteLength === chunk.length && ab instanceof ArrayBuffer) {
+    transferArrayBuffer.call(ab, 0);
+  }
+}
+
 // After one side has fully closed, the other gets this long to finish its half before it is destroyed, so a
 // client that never sends its FIN cannot pin a socket forever.
 const LINGER_MS = 30_000;
@@ -116,6 +137,8 @@ export class Connection {
   private timer: TimerHandle | undefined;
   /** Runs from the first backend connect until the client's opening message is complete (--client-hello-timeout). */
   private helloTimer: TimerHandle | undefined;
+  /** Runs once one side has closed, until the other does (see LINGER_MS); cleared by finish(). */
+  private lingerTimer: TimerHandle | undefined;
   /** Tracks the client's opening message; undefined once it is complete. */
   private opening: ClientOpening | undefined = new ClientOpening();
   /** Client bytes kept for replay while probing; undefined once committed or past the bound. */
@@ -352,6 +375,8 @@ export class Connection {
     if (this.opening?.feed(chunk)) this.onOpeningComplete();
     if (up === undefined || this.upstreamClosed) return;
     if (!up.write(chunk)) this.client.pause();
+    // Committed (no replay copy) and nothing left queued: the kernel has the bytes, the chunk is garbage.
+    else if (this.replay === undefined && up.writableLength === 0) releaseReadBuffer(chunk);
   }
 
   private onClientDrain(): void {
@@ -382,12 +407,16 @@ export class Connection {
     this.serverSpokeLast = true;
     const c = this.client;
     if (buf === SHARED_READ_BUF) {
-      // Every idle connection reads into the shared buffer next: never let a pending write reference it.
-      const ok = c.write(Buffer.from(buf.subarray(0, n)));
+      // Every idle connection reads into the shared buffer next: never let a pending write reference it. The
+      // copy comes from Node's pool (one small Buffer object; no view of the shared buffer is made).
+      const copy = Buffer.allocUnsafe(n);
+      buf.copy(copy, 0, 0, n);
+      const ok = c.write(copy);
       if (n === buf.length) this.ownReadBuf = Buffer.allocUnsafeSlow(READ_BUF_LARGE);
       return ok;
     }
-    const ok = c.write(buf.subarray(0, n));
+    // A full read (the usual case in bulk) writes the buffer itself: no view object per chunk.
+    const ok = c.write(n === buf.length ? buf : buf.subarray(0, n));
     if (c.writableLength > 0) {
       // The write did not reach the kernel synchronously and still references `buf`: read into a fresh one.
       this.ownReadBuf = Buffer.allocUnsafeSlow(READ_BUF_LARGE);
@@ -450,7 +479,7 @@ export class Connection {
     if (up && !this.upstreamClosed) {
       if (!up.writableEnded) up.end();
       up.resume();
-      this.lingerThenDestroy(up);
+      this.linger();
     }
     this.maybeFinish();
   }
@@ -468,17 +497,25 @@ export class Connection {
       c.removeListener('data', this.onClientData);
       c.on('data', noop);
       c.resume();
-      this.lingerThenDestroy(c);
+      this.linger();
     }
     this.maybeFinish();
   }
 
-  private lingerThenDestroy(s: Socket): void {
-    const clock = this.host.clock;
-    const t = clock.setTimeout(function onLingerTimeout() {
-      s.destroy();
-    }, LINGER_MS);
-    s.once('close', () => clock.clearTimeout(t));
+  /**
+   * Gives the side still open {@link LINGER_MS} to finish its half, then destroys it. Only one side ever lingers
+   * (the other has closed); its close finishes the connection, and finish() clears the timer. One timer and one
+   * closure, made only when a side closes (held connections carry no handler for it).
+   */
+  private linger(): void {
+    this.host.clock.clearTimeout(this.lingerTimer);
+    this.lingerTimer = this.host.clock.setTimeout(() => this.onLingerTimeout(), LINGER_MS);
+  }
+
+  private onLingerTimeout(): void {
+    this.lingerTimer = undefined;
+    this.upstream?.destroy();
+    this.client.destroy();
   }
 
   private maybeFinish(): void {
@@ -515,6 +552,8 @@ export class Connection {
     this.timer = undefined;
     this.host.clock.clearTimeout(this.helloTimer);
     this.helloTimer = undefined;
+    this.host.clock.clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
     this.dropReplay();
     const lease = this.lease;
     this.lease = undefined;
