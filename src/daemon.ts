@@ -25,7 +25,7 @@ import { HealthMonitor, type HealthMonitorUpdate } from './health/health-monitor
 import { isUnauthenticated } from './health/https-checker.js';
 import { Pool, type TransitionEvent } from './pool/pool.js';
 import { bindListener, createListener, listenerAddress } from './proxy/listen.js';
-import { Proxy, type Dialer } from './proxy/proxy.js';
+import { TcpProxy, type Dialer } from './proxy/proxy.js';
 import { Rebalancer } from './proxy/rebalancer.js';
 import { connectionsForFdLimit, readOpenFileLimit } from './proxy/fd-limit.js';
 import { VERSION } from './version.js';
@@ -91,7 +91,7 @@ export class Daemon {
   readonly pool: Pool;
   /** Union of backend sources (static seeds, DNS, discovery) applied to the pool. */
   readonly backendSet: BackendSet;
-  readonly proxy: Proxy;
+  readonly proxy: TcpProxy;
   /** Moves long-lived connections towards even shares (undefined with --rebalance=false); runs once started. */
   readonly rebalancer: Rebalancer | undefined;
   /** Health-check credentials, followed as their files change (a change replaces every checker). */
@@ -167,7 +167,7 @@ export class Daemon {
     this.unsubscribe.push(subscribeDnsLogger(this.logger, this.dns));
     const fdLimit = deps.openFileLimit ?? readOpenFileLimit();
     this.fdConnectionCap = fdLimit === undefined ? undefined : connectionsForFdLimit(fdLimit);
-    this.proxy = new Proxy({ pool: this.pool, clock, ...(deps.dial ? { dial: deps.dial } : {}), ...this.proxyOptionsFrom(config) });
+    this.proxy = new TcpProxy({ pool: this.pool, clock, ...(deps.dial ? { dial: deps.dial } : {}), ...this.proxyOptionsFrom(config) });
     if (config.rebalance) {
       this.rebalancer = new Rebalancer({
         proxy: this.proxy,
@@ -639,7 +639,7 @@ function bindRetryDelay(attempt: number): number {
 }
 
 /** What {@link Daemon} sets on its proxy from the configuration (at start and on reload). */
-type ProxySettings = Required<Parameters<Proxy['update']>[0]>;
+type ProxySettings = Required<Parameters<TcpProxy['update']>[0]>;
 
 /** The health-check settings of a configuration, checking with `tls` (at start and on reload). */
 function healthOptionsFrom(config: Config, tls: TlsMaterial): Required<Pick<HealthMonitorUpdate, 'mode' | 'path' | 'interval' | 'timeout' | 'tls'>> {

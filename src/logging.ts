@@ -10,7 +10,7 @@ import { TLS_ERROR_PREFIX } from './net-errors.js';
 import type { HealthCheckEvent, HealthCheckSource } from './health/health-monitor.js';
 import { isUnauthenticated } from './health/https-checker.js';
 import type { CredentialReload } from './config/credentials.js';
-import type { CloseEvent, DialFailureEvent, Proxy } from './proxy/proxy.js';
+import type { CloseEvent, DialFailureEvent, TcpProxy } from './proxy/proxy.js';
 import type { Rebalancer } from './proxy/rebalancer.js';
 import type { ErrorCode } from './errors.js';
 import { formatAddress } from './config/values.js';
@@ -86,7 +86,7 @@ export function createLogger(level = 'info', destination?: pino.DestinationStrea
  * Subscribes `log` to pool, proxy and (when given) rebalancer events; returns a function that unsubscribes.
  * Rebalancing logs one info line per round that moved connections (a few a minute at most), others at debug.
  */
-export function subscribeLogger(log: Logger, pool: Pool, proxy: Proxy, rebalancer?: Rebalancer): () => void {
+export function subscribeLogger(log: Logger, pool: Pool, proxy: TcpProxy, rebalancer?: Rebalancer): () => void {
   function onTransitionLog(ev: TransitionEvent): void {
     const level = ev.to === 'down' || ev.to === 'draining' ? 'warn' : 'info';
     log[level](

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Pool } from '../src/pool/pool.js';
-import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
+import { TcpProxy, type ProxyOptions } from '../src/proxy/proxy.js';
 import { parseAddress } from '../src/config/values.js';
 import { createMetrics } from '../src/metrics/metrics.js';
 import { CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../src/proxy/reasons.js';
@@ -17,7 +17,7 @@ import { parseExposition } from './support/prom-text.js';
 import { serveProxy } from './support/proxy-harness.js';
 
 /** A proxy over `addresses`, serving on a loopback port. */
-async function proxyOver(tt: Test, addresses: string[], opts: Partial<ProxyOptions> = {}): Promise<{ pool: Pool; proxy: Proxy; port: number }> {
+async function proxyOver(tt: Test, addresses: string[], opts: Partial<ProxyOptions> = {}): Promise<{ pool: Pool; proxy: TcpProxy; port: number }> {
   const pool = new Pool();
   for (const a of addresses) pool.add({ address: parseAddress(a) });
   return { pool, ...(await serveProxy(tt, pool, { firstByteTimeout: 0, ...opts })) };
@@ -95,7 +95,7 @@ t.test('every reason the code can produce is an exported label', async (tt) => {
   for (const r of produced.reject) tt.ok((REJECT_REASONS as readonly string[]).includes(r), `reject reason ${r} is in REJECT_REASONS`);
 
   const pool = new Pool();
-  const proxy = new Proxy({ pool });
+  const proxy = new TcpProxy({ pool });
   const b = pool.add({ address: parseAddress('127.0.0.1:6443') });
   const metrics = createMetrics({ pool, proxy, version: 't', defaultMetrics: false });
   const m = parseExposition(await metrics.render());

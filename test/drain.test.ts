@@ -7,7 +7,7 @@ import t, { type Test } from 'tap';
 import type { Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
 import type { Backend } from '../src/pool/backend.js';
-import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
+import { TcpProxy, type ProxyOptions } from '../src/proxy/proxy.js';
 import { parseAddress } from '../src/config/values.js';
 import { FakeClock } from './support/fake-clock.js';
 import { serveProxy } from './support/proxy-harness.js';
@@ -17,7 +17,7 @@ const DRAIN = 10_000;
 
 interface Harness {
   pool: Pool;
-  proxy: Proxy;
+  proxy: TcpProxy;
   clock: FakeClock;
   port: number;
   backends: Backend[];
@@ -243,8 +243,8 @@ t.test('a fleet of 5 nodes draining the same backend at the same instant: closes
 
 t.test('--close-spread is validated like the other durations', async (tt) => {
   const pool = new Pool();
-  tt.throws(() => new Proxy({ pool, closeSpread: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });
-  const proxy = new Proxy({ pool, closeSpread: 5 });
+  tt.throws(() => new TcpProxy({ pool, closeSpread: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });
+  const proxy = new TcpProxy({ pool, closeSpread: 5 });
   tt.throws(() => proxy.update({ closeSpread: Number.NaN }), { code: 'APILB_ERR_OPTION_INVALID' });
   tt.equal(proxy.closeSpread, 5, 'a rejected update changes nothing');
   proxy.update({ closeSpread: 0 });

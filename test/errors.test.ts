@@ -12,7 +12,7 @@ import { Writable } from 'node:stream';
 import { ERROR_CODES } from '../src/errors.js';
 import { createLogger, subscribeLogger } from '../src/logging.js';
 import { Pool } from '../src/pool/pool.js';
-import type { Proxy } from '../src/proxy/proxy.js';
+import type { TcpProxy } from '../src/proxy/proxy.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -102,7 +102,7 @@ t.test('dial timeouts, first-byte timeouts and all-backends-failed closes are lo
   const pool = new Pool();
   const backend = pool.add({ address: { host: '127.0.0.1', port: 6443 } });
   const proxy = new EventEmitter();
-  const unsubscribe = subscribeLogger(createLogger('debug', sink), pool, proxy as unknown as Proxy);
+  const unsubscribe = subscribeLogger(createLogger('debug', sink), pool, proxy as unknown as TcpProxy);
   for (const reason of ['timeout', 'first_byte_timeout', 'refused']) proxy.emit('dial-failure', { backend, reason });
   proxy.emit('close', { backend: undefined, reason: 'all_backends_failed', bytesFromClient: 0, bytesToClient: 0, durationMs: 1 });
   proxy.emit('close', { backend, reason: 'normal', bytesFromClient: 0, bytesToClient: 0, durationMs: 1 });

@@ -17,7 +17,7 @@ import { createMetrics } from '../src/metrics/metrics.js';
 import type { HealthCheckEvent } from '../src/health/health-monitor.js';
 import type { StatusDoc } from '../src/admin/status.js';
 import { Pool } from '../src/pool/pool.js';
-import { Proxy } from '../src/proxy/proxy.js';
+import { TcpProxy } from '../src/proxy/proxy.js';
 import { parseAddress } from '../src/config/values.js';
 import { VERSION } from '../src/version.js';
 import { dial, echoServer, readBytes, until, type TestServer } from './support/net.js';
@@ -320,7 +320,7 @@ t.test('a removed backend with open connections keeps its series until its last 
 
 t.test('createMetrics: health-check latency histogram from check events; counters from the daemon; close()', async (tt) => {
   const pool = new Pool();
-  const proxy = new Proxy({ pool });
+  const proxy = new TcpProxy({ pool });
   tt.teardown(() => proxy.close(0));
   const b1 = pool.add({ address: parseAddress('127.0.0.1:1001') });
   const b2 = pool.add({ address: parseAddress('127.0.0.1:1002') });
@@ -399,7 +399,7 @@ t.test('createMetrics: health-check latency histogram from check events; counter
 
 t.test('watchHealth attaches a health monitor created after the metrics', async (tt) => {
   const pool = new Pool();
-  const proxy = new Proxy({ pool });
+  const proxy = new TcpProxy({ pool });
   tt.teardown(() => proxy.close(0));
   const b = pool.add({ address: parseAddress('127.0.0.1:1001') });
   const metrics = createMetrics({ pool, proxy, version: '1', defaultMetrics: false });

@@ -14,7 +14,7 @@ import { createMetrics } from '../src/metrics/metrics.js';
 import type { HealthCheckEvent } from '../src/health/health-monitor.js';
 import { parseAddress } from '../src/config/values.js';
 import { Pool } from '../src/pool/pool.js';
-import { Proxy } from '../src/proxy/proxy.js';
+import { TcpProxy } from '../src/proxy/proxy.js';
 import { parseExposition, promtool } from './support/prom-text.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -34,7 +34,7 @@ interface Panel {
 /** What apilb exports with every optional part on: a backend, a check observation, DNS, discovery, defaults. */
 async function exported(): Promise<ReturnType<typeof parseExposition>> {
   const pool = new Pool();
-  const proxy = new Proxy({ pool });
+  const proxy = new TcpProxy({ pool });
   const b = pool.add({ address: parseAddress('127.0.0.1:6443') });
   const health = new EventEmitter<{ check: [HealthCheckEvent] }>();
   const metrics = createMetrics({

@@ -12,7 +12,7 @@ import { createLogger, isJournalStream } from '../src/logging.js';
 import { resolveConfig, type ResolveInput } from '../src/config/config.js';
 import { Daemon, startDaemon } from '../src/daemon.js';
 import { Pool } from '../src/pool/pool.js';
-import { Proxy } from '../src/proxy/proxy.js';
+import { TcpProxy } from '../src/proxy/proxy.js';
 import { createMetrics } from '../src/metrics/metrics.js';
 import { parseAddress } from '../src/config/values.js';
 import { echoServer } from './support/net.js';
@@ -138,7 +138,7 @@ t.test('apilb_config_last_reload_successful: 0 while the latest reload is reject
 
 t.test('apilb_backend_unauthenticated follows the latest check: 401/403 → 1, anything else → 0', async (tt) => {
   const pool = new Pool();
-  const proxy = new Proxy({ pool });
+  const proxy = new TcpProxy({ pool });
   const b = pool.add({ address: parseAddress('127.0.0.1:6443') });
   const metrics = createMetrics({ pool, proxy, version: 't', defaultMetrics: false });
   tt.teardown(() => metrics.close());

@@ -7,7 +7,7 @@ import t, { type Test } from 'tap';
 import { randomBytes, createHash } from 'node:crypto';
 import { connect, Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
-import { Proxy, type ProxyOptions } from '../src/proxy/proxy.js';
+import { TcpProxy, type ProxyOptions } from '../src/proxy/proxy.js';
 import { releaseReadBuffer } from '../src/proxy/connection.js';
 import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
@@ -373,8 +373,8 @@ t.test('listener errors name the address', async (tt) => {
 
 t.test('invalid options throw typed errors at construction', async (tt) => {
   const pool = new Pool();
-  tt.throws(() => new Proxy({ pool, connectTimeout: 0 }), { code: 'APILB_ERR_OPTION_INVALID' });
-  tt.throws(() => new Proxy({ pool, maxConnections: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });
+  tt.throws(() => new TcpProxy({ pool, connectTimeout: 0 }), { code: 'APILB_ERR_OPTION_INVALID' });
+  tt.throws(() => new TcpProxy({ pool, maxConnections: -1 }), { code: 'APILB_ERR_OPTION_INVALID' });
   tt.throws(() => new Pool({ rise: 0 }), { code: 'APILB_ERR_OPTION_INVALID' });
 });
 
@@ -384,7 +384,7 @@ t.test('no handles left after close', async (tt) => {
   const srv = await echoServer();
   const pool = new Pool();
   pool.add({ address: parseAddress(srv.address) });
-  const proxy = new Proxy({ pool });
+  const proxy = new TcpProxy({ pool });
   const server = createListener();
   await bindListener(server, { host: '127.0.0.1', port: 0 });
   proxy.serve(server);

@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { Backend, type BackendState } from '../src/pool/backend.js';
 import { Pool } from '../src/pool/pool.js';
 import { isMovable, isUneven, planRebalance, type MoveCandidate, type RebalancePolicy } from '../src/pool/rebalance.js';
-import { Proxy } from '../src/proxy/proxy.js';
+import { TcpProxy } from '../src/proxy/proxy.js';
 import { Rebalancer } from '../src/proxy/rebalancer.js';
 import { bindListener, createListener } from '../src/proxy/listen.js';
 import { parseAddress } from '../src/config/values.js';
@@ -347,7 +347,7 @@ t.test('Rebalancer on real sockets: moves only quiet connections, never one with
   const a = pool.add({ address: parseAddress(sa!.address) });
   const b = pool.add({ address: parseAddress(sb!.address) });
   pool.markDown(b, 'test: b is being upgraded');
-  const proxy = new Proxy({ pool, firstByteTimeout: 0, clock });
+  const proxy = new TcpProxy({ pool, firstByteTimeout: 0, clock });
   const server = createListener();
   await bindListener(server, { host: '127.0.0.1', port: 0 });
   proxy.serve(server);
@@ -425,7 +425,7 @@ t.test('Rebalancer on real sockets: moves only quiet connections, never one with
 t.test('Rebalancer: options are validated, rounds run on the (jittered) timer and stop, counters follow the pool', async (tt) => {
   const clock = new FakeClock();
   const pool = new Pool({ clock });
-  const proxy = new Proxy({ pool, clock });
+  const proxy = new TcpProxy({ pool, clock });
   tt.throws(() => new Rebalancer({ proxy, tolerance: 0 }), /tolerance/);
   tt.throws(() => new Rebalancer({ proxy, maxMovesFraction: 1.5 }), /maxMovesFraction/);
   tt.throws(() => new Rebalancer({ proxy, interval: 0 }), /interval/);
@@ -461,7 +461,7 @@ t.test('least connections counts dials: a refused dial, a retry and a close leav
   // Nothing listens on port 1 of 127.0.0.2 (loopback): refused at once.
   const refusing = pool.add({ address: parseAddress('127.0.0.2:1') });
   const good = pool.add({ address: parseAddress(ok!.address) });
-  const proxy = new Proxy({ pool, firstByteTimeout: 0 });
+  const proxy = new TcpProxy({ pool, firstByteTimeout: 0 });
   const server = createListener();
   await bindListener(server, { host: '127.0.0.1', port: 0 });
   proxy.serve(server);

@@ -9,7 +9,7 @@ import { ApilbError } from '../errors.js';
 import type { Backend, BackendSource, BackendState } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
 import { connectionShare } from '../pool/rebalance.js';
-import type { Proxy } from '../proxy/proxy.js';
+import type { TcpProxy } from '../proxy/proxy.js';
 import type { Readiness } from './admin-server.js';
 
 /** The last active check of a backend. */
@@ -86,7 +86,7 @@ export interface StatusDoc {
 export interface StatusInput {
   version: string;
   pool: Pool;
-  proxy: Proxy;
+  proxy: TcpProxy;
   readiness: Readiness;
   listeners: string[];
   admin: string;
@@ -104,7 +104,7 @@ function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
 
-function backendStatus(b: Backend, proxy: Proxy, all: readonly Backend[]): StatusBackend {
+function backendStatus(b: Backend, proxy: TcpProxy, all: readonly Backend[]): StatusBackend {
   const bytes = proxy.bytesFor(b);
   const c = b.lastCheck;
   return {

@@ -10,7 +10,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from './pr
 import type { Backend } from '../pool/backend.js';
 import { BACKEND_STATES } from '../pool/backend.js';
 import type { Pool } from '../pool/pool.js';
-import type { Proxy } from '../proxy/proxy.js';
+import type { TcpProxy } from '../proxy/proxy.js';
 import { BACKENDLESS_CLOSE_REASONS, CLOSE_REASONS, DIAL_FAILURE_REASONS, REJECT_REASONS } from '../proxy/reasons.js';
 import type { Rebalancer } from '../proxy/rebalancer.js';
 import { connectionShare, REBALANCE_OUTCOMES } from '../pool/rebalance.js';
@@ -37,7 +37,7 @@ const LINT_FAILING_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_req
 /** Options of {@link createMetrics}. */
 export interface MetricsOptions {
   pool: Pool;
-  proxy: Proxy;
+  proxy: TcpProxy;
   /** Connection rebalancing (`apilb_rebalance_*`). Default none: those counters stay at 0. */
   rebalancer?: Rebalancer;
   /** Source of `check` events for the latency histogram. Default none (attach later with `watchHealth`). */

@@ -82,7 +82,7 @@ export interface ConnectionSettings {
 }
 
 /**
- * Everything a Connection needs of its owner, handed in at construction (Proxy builds one, privately). The
+ * Everything a Connection needs of its owner, handed in at construction (TcpProxy builds one, privately). The
  * connection holds at most one lease at a time and hands it back exactly once, through {@link detach} or
  * {@link finished}; the host keeps the pool's counters and its own index of connections per backend with it.
  */
@@ -116,7 +116,7 @@ export interface ConnectionHost {
   finished(conn: Connection, reason: CloseReason, lease: BackendLease | undefined): void;
 }
 
-/** A proxied client connection. Created by Proxy; not constructed elsewhere. */
+/** A proxied client connection. Created by TcpProxy; not constructed elsewhere. */
 export class Connection {
   readonly client: Socket;
   /** The backend currently dialed or committed to. */

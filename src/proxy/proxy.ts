@@ -32,7 +32,7 @@ export interface UpstreamOnRead {
   callback: (bytesRead: number, buf: Uint8Array) => boolean;
 }
 
-/** Options of {@link Proxy}. Durations in milliseconds. */
+/** Options of {@link TcpProxy}. Durations in milliseconds. */
 export interface ProxyOptions {
   pool: Pool;
   /** TCP connect timeout per attempt. Default 1000; must be > 0. */
@@ -91,7 +91,7 @@ export interface DialFailureEvent {
   error?: Error;
 }
 
-/** Events of {@link Proxy}. */
+/** Events of {@link TcpProxy}. */
 export interface ProxyEvents {
   open: [{ backend: Backend }];
   close: [CloseEvent];
@@ -144,13 +144,13 @@ function defaultDial(backend: Backend, onread?: UpstreamOnRead): Socket {
   return connect({ host: backend.address.host, port: backend.address.port, allowHalfOpen: true, noDelay: true, ...(onread ? { onread } : {}) });
 }
 
-/** The settings {@link Proxy.update} can change (a reload); the others are fixed at construction. */
+/** The settings {@link TcpProxy.update} can change (a reload); the others are fixed at construction. */
 type ReloadableSettings = Pick<
   ProxyOptions,
   'connectTimeout' | 'firstByteTimeout' | 'maxConnections' | 'drainTimeout' | 'closeSpread' | 'clientHelloTimeout' | 'replayBufferTotal'
 >;
 
-/** A Proxy's validated settings (see {@link ProxyOptions}); one object, changed in place by {@link Proxy.update}. */
+/** A TcpProxy's validated settings (see {@link ProxyOptions}); one object, changed in place by {@link TcpProxy.update}. */
 interface ProxySettings extends ConnectionSettings {
   connectTimeout: number;
   firstByteTimeout: number;
@@ -162,7 +162,7 @@ interface ProxySettings extends ConnectionSettings {
 }
 
 /** TCP passthrough proxy over a {@link Pool}. */
-export class Proxy extends EventEmitter<ProxyEvents> {
+export class TcpProxy extends EventEmitter<ProxyEvents> {
   readonly pool: Pool;
   readonly clock: Clock;
   readonly counters: ProxyCounters = { accepted: 0, rejected: new Map(), retries: new Map(), closed: new Map(), localDialFailures: new Map() };

@@ -9,11 +9,11 @@ import { OptionError } from '../errors.js';
 import type { Backend } from '../pool/backend.js';
 import { planRebalance, type RebalanceOutcome, type RebalancePlan, type RebalancePolicy } from '../pool/rebalance.js';
 import type { Connection } from './connection.js';
-import type { Proxy } from './proxy.js';
+import type { TcpProxy } from './proxy.js';
 
 /** Options of {@link Rebalancer}. Durations in ms. */
 export interface RebalancerOptions {
-  proxy: Proxy;
+  proxy: TcpProxy;
   /** Time between rounds, jittered ±50% each round. Default 10000; must be > 0. */
   interval?: number;
   /** Fraction of the fair share a backend may be off by. Default 0.2; must be in (0, 1]. */
@@ -38,9 +38,9 @@ export interface RebalancerEvents {
   move: [{ from: Backend; to: Backend }];
 }
 
-/** Paced, jittered rebalancing over a {@link Proxy}'s connections. */
+/** Paced, jittered rebalancing over a {@link TcpProxy}'s connections. */
 export class Rebalancer extends EventEmitter<RebalancerEvents> {
-  readonly proxy: Proxy;
+  readonly proxy: TcpProxy;
   readonly interval: number;
   readonly policy: Readonly<RebalancePolicy>;
   /** Connections moved, by backend id they were moved off (read by metrics/ at scrape time). */
