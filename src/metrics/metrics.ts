@@ -125,8 +125,9 @@ function readGauge(registry: Registry, name: string, help: string, labelNames: s
 export function createMetrics(options: MetricsOptions): Metrics {
   const { pool, proxy, version } = options;
   const registry = new Registry();
+  let stopDefaultMetrics: (() => void) | undefined;
   if (options.defaultMetrics ?? true) {
-    collectDefaultMetrics({ register: registry });
+    stopDefaultMetrics = collectDefaultMetrics({ register: registry });
     for (const name of LINT_FAILING_DEFAULTS) registry.removeSingleMetric(name);
   }
   const backends = (): readonly Backend[] => pool.backends;
@@ -438,6 +439,7 @@ export function createMetrics(options: MetricsOptions): Metrics {
     watchHealth,
     close() {
       for (const off of [...unwatch]) off();
+      stopDefaultMetrics?.();
       registry.clear();
     },
   };
