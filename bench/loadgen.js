@@ -15,64 +15,52 @@ const host = '127.0.0.1';
 const hardStop = setTimeout(() => { out({ error: 'loadgen hard timeout' }); process.exit(2); }, (opt.limit ?? 120) * 1000);
 hardStop.unref();
 
-if (opt.mode === 'bulk') {
-  let bytes = 0;
-  let total = 0;
-  let counting = false;
-  const socks = [];
-  let errors = 0;
-  for (let i = 0; i < opt.streams; i++) {
-    const s = connect({ port: opt.port, host });
-    s.on('error', () => { errors++; });
-    s.on('connect', () => s.write(opt.paced ? 'P' : 'S'));
-    s.on('data', (d) => { total += d.length; if (counting) bytes += d.length; });
-    socks.push(s);
-  }
+/** Counts bytes for opt.seconds after opt.warmup, then prints {mbps, bytes, total, errors} and exits. */
+function reportAfterWindow(socks, st) {
   setTimeout(() => {
-    counting = true;
+    st.counting = true;
     const t0 = process.hrtime.bigint();
     setTimeout(() => {
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-      counting = false;
+      st.counting = false;
+      st.stop = true;
       for (const s of socks) s.destroy();
-      out({ mbps: bytes / secs / 1e6, bytes, total, errors });
+      out({ mbps: st.bytes / secs / 1e6, bytes: st.bytes, total: st.total, errors: st.errors });
       process.exit(0);
     }, opt.seconds * 1000);
   }, (opt.warmup ?? 0.5) * 1000);
+}
+const count = (st, n) => { st.total += n; if (st.counting) st.bytes += n; };
+
+if (opt.mode === 'bulk') {
+  const st = { bytes: 0, total: 0, counting: false, stop: false, errors: 0 };
+  const socks = [];
+  for (let i = 0; i < opt.streams; i++) {
+    const s = connect({ port: opt.port, host });
+    s.on('error', () => { st.errors++; });
+    s.on('connect', () => s.write(opt.paced ? 'P' : 'S'));
+    s.on('data', (d) => count(st, d.length));
+    socks.push(s);
+  }
+  reportAfterWindow(socks, st);
 } else if (opt.mode === 'upload') {
-  let bytes = 0;
-  let total = 0;
-  let counting = false;
-  let stop = false;
-  let errors = 0;
+  const st = { bytes: 0, total: 0, counting: false, stop: false, errors: 0 };
   const chunk = Buffer.alloc(64 * 1024, 0x75);
   const socks = [];
   for (let i = 0; i < opt.streams; i++) {
     const s = connect({ port: opt.port, host });
-    s.on('error', () => { errors++; });
-    // Count a chunk when write() hands it on without buffering or when its callback says it left the process.
+    s.on('error', () => { st.errors++; });
+    // A chunk counts once its write callback says it left the process.
     const pump = () => {
-      while (!stop && s.writable) {
-        const ok = s.write(chunk, () => { total += chunk.length; if (counting) bytes += chunk.length; });
-        if (!ok) return;
+      while (!st.stop && s.writable) {
+        if (!s.write(chunk, () => count(st, chunk.length))) return;
       }
     };
     s.on('connect', () => { s.write('U'); pump(); });
     s.on('drain', pump);
     socks.push(s);
   }
-  setTimeout(() => {
-    counting = true;
-    const t0 = process.hrtime.bigint();
-    setTimeout(() => {
-      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-      counting = false;
-      stop = true;
-      for (const s of socks) s.destroy();
-      out({ mbps: bytes / secs / 1e6, bytes, total, errors });
-      process.exit(0);
-    }, opt.seconds * 1000);
-  }, (opt.warmup ?? 0.5) * 1000);
+  reportAfterWindow(socks, st);
 } else if (opt.mode === 'hold') {
   const socks = [];
   let opened = 0;

@@ -133,12 +133,12 @@ export class Daemon {
   readonly notifier: Notifier;
   /** Client connections the open-file limit allows (--max-connections is capped at it); undefined = no cap. */
   readonly fdConnectionCap: number | undefined;
-  /** Failed binds of the admin endpoint (it is retried; see bindAdmin). */
+  /** Failed binds of the admin endpoint (it is retried; see bindRetrying). */
   adminBindFailures = 0;
-  private adminRetry: TimerHandle | undefined;
   /** Failed binds of the metrics-only listener (--metrics-listen), retried like the admin endpoint's. */
   metricsBindFailures = 0;
-  private metricsRetry: TimerHandle | undefined;
+  /** Pending bind retries (admin endpoint, metrics listener), by {@link RetriedBind.event}. */
+  private readonly bindRetries = new Map<RetriedBind['event'], TimerHandle>();
   /** apilb's own listeners, never backends (see guardOwnListeners). */
   private readonly ownListeners = new AddressPolicy({ allowLocal: true });
 
@@ -367,8 +367,8 @@ export class Daemon {
         });
         this.discovery.start();
       }
-      await this.bindAdmin(0);
-      if (this.config.metricsListen && this.metricsServer) await this.bindMetricsListener(this.config.metricsListen, this.metricsServer, 0);
+      await this.bindRetrying(this.adminBind(), 0);
+      if (this.config.metricsListen && this.metricsServer) await this.bindRetrying(this.metricsBind(this.config.metricsListen, this.metricsServer), 0);
       // Ready only after a first check round: until then every backend is merely eligible.
       this.health.start();
       this.credentials.start();
@@ -432,71 +432,72 @@ export class Daemon {
   }
 
   /**
-   * Binds the admin endpoint. A failure never stops apilb: the data path must serve whatever happens to the admin
-   * port (any local user can hold 127.0.0.1:9643 first). It is logged as an error, counted
-   * (apilb_admin_bind_failures_total) and retried with backoff, 1 s doubling to 60 s, until it works or apilb stops.
+   * Binds a listener that is not on the data path (the admin endpoint, the metrics listener). A failure never
+   * stops apilb: the data path must serve whatever happens to those ports (any local user can hold 127.0.0.1:9643
+   * first; a node exporter may hold the metrics port). It is logged as an error, counted and retried with backoff,
+   * 1 s doubling to 60 s, until it works or apilb stops.
    */
-  private async bindAdmin(attempt: number): Promise<void> {
-    this.adminRetry = undefined;
+  private async bindRetrying(b: RetriedBind, attempt: number): Promise<void> {
+    this.bindRetries.delete(b.event);
     if (this.closing) return;
-    const where = formatAddress(this.config.adminListen);
     try {
-      await this.admin.listen(this.config.adminListen);
+      await b.listen();
     } catch (err) {
-      this.adminBindFailures++;
+      b.failed();
       const delay = bindRetryDelay(attempt);
       const e = err as Error & { code?: string };
       this.logger.error(
-        { event: 'admin_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
-        `admin endpoint NOT available (${e.message}); apilb keeps serving clients without /metrics, /status and /reload and retries in ${delay / 1000} s`,
+        { event: `${b.event}_bind_failed`, code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
+        `${b.what} NOT available (${e.message}); ${b.meanwhile} and retries in ${delay / 1000} s`,
       );
-      this.adminRetry = this.clock.setTimeout(() => void this.bindAdmin(attempt + 1), delay);
+      this.bindRetries.set(
+        b.event,
+        this.clock.setTimeout(() => void this.bindRetrying(b, attempt + 1), delay),
+      );
       return;
     }
-    if (attempt > 0)
-      this.logger.warn(
-        { event: 'admin_bound', admin: this.adminAddress, failures: attempt },
-        `admin endpoint listening on ${this.adminAddress} after ${attempt} failed binds`,
-      );
-    const bound = { host: this.config.adminListen.host, port: (this.admin.server.address() as AddressInfo).port };
-    this.discovery?.policy.addOwn(bound);
-    this.ownListeners.addOwn(bound);
-    this.backendSet.guard(this.ownListeners);
-    if (classifyHost(canonicalHost(this.config.adminListen.host)) !== 'loopback') {
-      this.logger.warn(
-        { event: 'admin_not_loopback', admin: where },
-        `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`,
-      );
+    if (attempt > 0) {
+      const where = b.address();
+      this.logger.warn({ event: `${b.event}_bound`, [b.event]: where, failures: attempt }, `${b.what} listening on ${where} after ${attempt} failed binds`);
     }
+    b.bound?.();
   }
 
-  /**
-   * Binds the metrics-only listener (--metrics-listen). Like the admin endpoint, a failure never stops apilb (a
-   * node exporter or another agent may hold that port; crash-looping would take the node off the API for a
-   * scrape target): logged as an error, counted (apilb_metrics_listener_bind_failures_total, readable through the
-   * admin endpoint's /metrics meanwhile) and retried with the same backoff.
-   */
-  private async bindMetricsListener(address: Address, server: MetricsServer, attempt: number): Promise<void> {
-    this.metricsRetry = undefined;
-    if (this.closing) return;
-    try {
-      await server.listen(address);
-    } catch (err) {
-      this.metricsBindFailures++;
-      const delay = bindRetryDelay(attempt);
-      const e = err as Error & { code?: string };
-      this.logger.error(
-        { event: 'metrics_bind_failed', code: e.code, err: e.message, attempt: attempt + 1, retryInMs: delay },
-        `metrics listener NOT available (${e.message}); apilb keeps serving clients (the admin endpoint's /metrics still answers) and retries in ${delay / 1000} s`,
-      );
-      this.metricsRetry = this.clock.setTimeout(() => void this.bindMetricsListener(address, server, attempt + 1), delay);
-      return;
-    }
-    if (attempt > 0)
-      this.logger.warn(
-        { event: 'metrics_bound', metrics: formatAddress(address), failures: attempt },
-        `metrics listener listening on ${formatAddress(address)} after ${attempt} failed binds`,
-      );
+  /** The admin endpoint's bind (counted in apilb_admin_bind_failures_total); once bound, its port is apilb's own. */
+  private adminBind(): RetriedBind {
+    return {
+      event: 'admin',
+      what: 'admin endpoint',
+      meanwhile: 'apilb keeps serving clients without /metrics, /status and /reload',
+      listen: () => this.admin.listen(this.config.adminListen),
+      address: () => this.adminAddress,
+      failed: () => void this.adminBindFailures++,
+      bound: () => {
+        const where = formatAddress(this.config.adminListen);
+        const bound = { host: this.config.adminListen.host, port: (this.admin.server.address() as AddressInfo).port };
+        this.discovery?.policy.addOwn(bound);
+        this.ownListeners.addOwn(bound);
+        this.backendSet.guard(this.ownListeners);
+        if (classifyHost(canonicalHost(this.config.adminListen.host)) !== 'loopback') {
+          this.logger.warn(
+            { event: 'admin_not_loopback', admin: where },
+            `the admin endpoint listens on ${where}, not on loopback: anyone who can reach it reads /status and /metrics and can POST /reload; bind it to 127.0.0.1 or firewall it`,
+          );
+        }
+      },
+    };
+  }
+
+  /** The metrics-only listener's bind (--metrics-listen; counted in apilb_metrics_listener_bind_failures_total). */
+  private metricsBind(address: Address, server: MetricsServer): RetriedBind {
+    return {
+      event: 'metrics',
+      what: 'metrics listener',
+      meanwhile: "apilb keeps serving clients (the admin endpoint's /metrics still answers)",
+      listen: () => server.listen(address),
+      address: () => formatAddress(address),
+      failed: () => void this.metricsBindFailures++,
+    };
   }
 
   /**
@@ -620,8 +621,8 @@ export class Daemon {
         'shutting down: listeners closed, draining connections',
       );
       await this.proxy.close(timeoutMs);
-      this.clock.clearTimeout(this.adminRetry);
-      this.clock.clearTimeout(this.metricsRetry);
+      for (const t of this.bindRetries.values()) this.clock.clearTimeout(t);
+      this.bindRetries.clear();
       await this.admin.close();
       await this.metricsServer?.close();
       this.metrics.close();
@@ -631,6 +632,23 @@ export class Daemon {
     })();
     return this.closing;
   }
+}
+
+/** A listener off the data path whose bind is retried (see Daemon.bindRetrying). */
+interface RetriedBind {
+  /** Names the log events (`<event>_bind_failed`, `<event>_bound`) and the address field of the latter. */
+  event: 'admin' | 'metrics';
+  /** What it is, in messages. */
+  what: string;
+  /** What apilb does while it is not bound, in the error message. */
+  meanwhile: string;
+  listen(): Promise<void>;
+  /** Its address once bound, for the recovery message. */
+  address(): string;
+  /** Counts a failed bind. */
+  failed(): void;
+  /** Runs once it is bound. */
+  bound?(): void;
 }
 
 /** Backoff between retried binds of the admin endpoint and the metrics listener: 1 s doubling to 60 s. */

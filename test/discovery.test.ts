@@ -514,7 +514,8 @@ t.test('LIST errors back off; 403 points at the RBAC manifest', async (t) => {
   await until(() => r.discovered().length === 1, 'listed after the RBAC fix');
 });
 
-t.test('TLS: a server certificate from another CA is refused, nothing is applied', async (t) => {
+/** Discovery trusting `ca` against an API server whose certificate comes from `otherCa`; started. */
+async function discoveryAgainstOtherCa(t: Test) {
   const cluster = new FakeCluster();
   const [s] = await startApiStandIns(cluster, ['127.0.0.2'], { tls: otherCa.server(), ca: ca.cert });
   t.teardown(() => s!.close());
@@ -527,11 +528,17 @@ t.test('TLS: a server certificate from another CA is refused, nothing is applied
     target: { host: s!.host, port: s!.port },
     tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key },
     clock,
+    random: () => 0.5,
     logger,
     allowLocal: true,
   });
   t.teardown(() => d.close());
   d.start();
+  return { cluster, set, clock, lines, d };
+}
+
+t.test('TLS: a server certificate from another CA is refused, nothing is applied', async (t) => {
+  const { cluster, set, lines, d } = await discoveryAgainstOtherCa(t);
   await until(() => d.stats.errors === 1, 'the TLS failure');
   t.equal(cluster.requests.length, 0, 'no request reached the impostor');
   t.match(String(lines.find((l) => l.event === 'discovery_error')?.msg), /does not verify against the cluster CA/);
@@ -1059,24 +1066,7 @@ t.test('daemon: a DNS name or seed naming apilb itself in another spelling is ne
 
 t.test('TLS rotation: updateTls applies a new CA and client certificate from the next request, without a restart', async (t) => {
   // The API server's certificate now comes from another CA (the cluster's CA was rotated): the old trust fails.
-  const cluster = new FakeCluster();
-  const [s] = await startApiStandIns(cluster, ['127.0.0.2'], { tls: otherCa.server(), ca: ca.cert });
-  t.teardown(() => s!.close());
-  cluster.setSlice('kubernetes', eps('127.0.0.2'), s!.port);
-  const set = new BackendSet(new Pool());
-  const clock = new FakeClock();
-  const { logger } = captureLogger();
-  const d = new EndpointSliceDiscovery({
-    backendSet: set,
-    target: { host: s!.host, port: s!.port },
-    tls: { ca: ca.cert, cert: clientCert.cert, key: clientCert.key },
-    clock,
-    random: () => 0.5,
-    logger,
-    allowLocal: true,
-  });
-  t.teardown(() => d.close());
-  d.start();
+  const { cluster, set, clock, d } = await discoveryAgainstOtherCa(t);
   await until(() => d.stats.errors === 1, 'the TLS failure with the old CA');
   // Unusable material is refused as a whole; the old stays.
   t.throws(() => d.updateTls({ ca: 'not a certificate' }), { code: 'APILB_ERR_TLS_CONFIG' }, 'a CA without a certificate is refused');
