@@ -208,6 +208,8 @@ export function parseRunArgs(args: readonly string[]): Record<string, unknown> |
   for (const token of parsed.tokens) {
     if (token.kind !== 'option') return undefined; // `--` and anything after it
     if (seen.has(token.name) && options[token.name]!.multiple !== true) return undefined;
+    // An empty value (`--backend=`): yargs drops it from an array and reads it its own way elsewhere.
+    if (token.value === '') return undefined;
     seen.add(token.name);
   }
   const argv: Record<string, unknown> = {};
