@@ -92,7 +92,14 @@ t.test('apilb under a real systemd', { skip: why && !process.env.APILB_REQUIRE_R
     t.comment(`systemctl start kubelet.service (pulling apilb in) took ${Date.now() - t0} ms`);
     t.equal(await node.show('apilb.service', 'ActiveState'), 'active');
     t.equal(await node.show('apilb.service', 'SubState'), 'running', 'active (running)');
-    const saw = await node.run('cat /run/kubelet-saw');
+    // The stand-in is Type=simple: `systemctl start` returns once it is forked, maybe before its shell wrote the file.
+    const saw = await waitFor(
+      async () => {
+        const text = await node.run('cat /run/kubelet-saw 2>/dev/null || true');
+        return text.includes('StatusText=') ? text : undefined;
+      },
+      { timeoutMs: 10_000, what: 'the kubelet stand-in wrote what it saw' },
+    );
     t.match(saw, /ActiveState=active/, 'kubelet started only once apilb was active (Type=notify: after READY=1)');
     t.match(saw, /StatusText=serving 3\/3 backends up/, 'and READY=1 came after the first health round (all three checked up)');
     const journal = await node.run('journalctl -u apilb.service -o cat --no-pager');
