@@ -12,7 +12,7 @@ import { startDaemon } from '../src/daemon.js';
 import { dial, echoServer, readBytes, until } from './support/net.js';
 import { FakeClock } from './support/fake-clock.js';
 import { captureLogger } from './support/logs.js';
-import { CLI } from './support/cli.js';
+import { spawnDaemon } from './support/cli.js';
 
 function call(
   port: number,
@@ -201,36 +201,13 @@ t.test('finding 5: --admin-allowed-hosts is applied by a reload', async (tt) => 
 
 t.test('finding 5: an admin endpoint off loopback is warned about (in a network namespace of our own: only lo exists)', async (tt) => {
   // 0.0.0.0 inside a fresh network namespace reaches nothing but that namespace's loopback: nothing is exposed.
-  const child = spawn(
-    'unshare',
-    [
-      '-n',
-      'sh',
-      '-c',
-      'ip link set lo up && exec "$0" "$@"',
-      process.execPath,
-      CLI,
-      'run',
-      '--listen',
-      '127.0.0.1:0',
-      '--admin-listen',
-      '0.0.0.0:0',
-      '--backend',
-      '127.0.0.1:1',
-      '--health-check-mode',
-      'tcp',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawnDaemon(tt, ['--listen', '127.0.0.1:0', '--admin-listen', '0.0.0.0:0', '--backend', '127.0.0.1:1', '--health-check-mode', 'tcp'], {
+    wrapper: ['unshare', '-n', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"'],
+  });
   let out = '';
   let err = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  tt.teardown(() => {
-    child.kill('SIGKILL');
-    return exited;
-  });
   await until(() => out.includes('"event":"started"') || child.exitCode !== null, 'apilb started in its namespace', 15_000);
   tt.equal(child.exitCode, null, `running (stderr: ${err.trim()})`);
   const warn = out.split('\n').filter((l) => l.includes('"event":"admin_not_loopback"'));

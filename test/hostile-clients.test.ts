@@ -6,14 +6,13 @@
 import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { createServer as createTlsServer, connect as tlsConnect, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import { spawn } from 'node:child_process';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { Pool } from '../src/pool/pool.js';
 import type { ProxyOptions } from '../src/proxy/proxy.js';
 import { ClientOpening } from '../src/proxy/client-opening.js';
 import { parseAddress } from '../src/config/values.js';
 import { dial, echoServer, ended, silentServer, until } from './support/net.js';
-import { CLI } from './support/cli.js';
+import { spawnDaemon } from './support/cli.js';
 import { serveProxy } from './support/proxy-harness.js';
 import { FakeClock } from './support/fake-clock.js';
 import { createTestCA, type TestCA } from './support/index.js';
@@ -211,30 +210,11 @@ t.test('finding 3: out of file descriptors, every client is still accounted for 
   // event to Node: they would vanish uncounted. apilb caps --max-connections at what its descriptors allow.
   const backend = await echoServer();
   tt.teardown(() => backend.close());
-  const child = spawn(
-    'bash',
-    [
-      '-c',
-      'ulimit -n 300 && exec "$0" "$@"',
-      process.execPath,
-      CLI,
-      'run',
-      '--listen',
-      '127.0.0.1:0',
-      '--admin-listen',
-      '127.0.0.1:0',
-      '--backend',
-      backend.address,
-      '--health-check-mode',
-      'tcp',
-      '--max-connections',
-      '10000',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+  const child = spawnDaemon(
+    tt,
+    ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--backend', backend.address, '--health-check-mode', 'tcp', '--max-connections', '10000'],
+    { wrapper: ['bash', '-c', 'ulimit -n 300 && exec "$0" "$@"'] },
   );
-  tt.teardown(() => {
-    child.kill('SIGKILL');
-  });
   const lines: Record<string, unknown>[] = [];
   let out = '';
   child.stdout.on('data', (c: Buffer) => {

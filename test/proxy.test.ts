@@ -2,7 +2,7 @@
  * Data path on real loopback sockets: round-robin, connect failover table, bit-exact bulk both ways, half-close,
  * resets, max-connections and leaks.
  */
-import { CLI } from './support/cli.js';
+import { spawnDaemon } from './support/cli.js';
 import t, { type Test } from 'tap';
 import { randomBytes, createHash } from 'node:crypto';
 import { connect, Socket } from 'node:net';
@@ -600,16 +600,10 @@ t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and
   // dial to the backend (client dials and health checks every 200 ms) fail with EMFILE for a while. (Data-path
   // clients no longer can: --max-connections is capped below the descriptor limit, see hostile-clients.test.ts.)
   const [srv] = await servers(tt, echoServer());
-  const { spawn } = await import('node:child_process');
   const { readdirSync } = await import('node:fs');
-  const child = spawn(
-    'sh',
+  const child = spawnDaemon(
+    tt,
     [
-      '-c',
-      'ulimit -n 64 && exec "$0" "$@"',
-      process.execPath,
-      CLI,
-      'run',
       '--listen',
       '127.0.0.1:0',
       '--admin-listen',
@@ -625,11 +619,8 @@ t.test('out of file descriptors (EMFILE): apilb survives, blames no backend, and
       '--log-level',
       'info',
     ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+    { wrapper: ['sh', '-c', 'ulimit -n 64 && exec "$0" "$@"'], stderr: 'inherit' },
   );
-  tt.teardown(() => {
-    child.kill('SIGKILL');
-  });
   let out = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   let exited = false;

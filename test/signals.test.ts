@@ -3,7 +3,7 @@
  * within --shutdown-timeout, the rest are closed after it; a second SIGTERM exits at once; SIGHUP reloads.
  * In-process through Daemon.close(), and end to end through a spawned `node dist/cli.js run`.
  */
-import { CLI } from './support/cli.js';
+import { CLI, spawnDaemon } from './support/cli.js';
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -234,29 +234,19 @@ t.test('SIGHUP while apilb is still starting (first health round) does not kill 
   const { silentServer } = await import('./support/net.js');
   const hung = await silentServer();
   tt.teardown(() => hung.close());
-  const { spawn } = await import('node:child_process');
-  const child = spawn(
-    process.execPath,
-    [
-      CLI,
-      'run',
-      '--listen',
-      '127.0.0.1:0',
-      '--admin-listen',
-      '127.0.0.1:0',
-      '--backend',
-      hung.address,
-      '--health-check-insecure',
-      '--health-check-timeout',
-      '1s',
-      '--log-level',
-      'info',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  tt.teardown(() => {
-    child.kill('SIGKILL');
-  });
+  const child = spawnDaemon(tt, [
+    '--listen',
+    '127.0.0.1:0',
+    '--admin-listen',
+    '127.0.0.1:0',
+    '--backend',
+    hung.address,
+    '--health-check-insecure',
+    '--health-check-timeout',
+    '1s',
+    '--log-level',
+    'info',
+  ]);
   let out = '';
   let err = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
